@@ -1,0 +1,147 @@
+//! `GET /auth/v1/user` and `PUT /auth/v1/user` (password, email change, metadata).
+
+use axum::{Json, extract::State, http::StatusCode};
+use lockstep_protocol::{
+    audit::AuditAction,
+    auth::{ErrorCode, UpdateUserRequest, User},
+};
+
+use super::{
+    emails::{self, TokenMail},
+    signup::{MAX_METADATA_BYTES, check_strength},
+    valid_email,
+};
+use crate::{
+    db::{
+        audit, sessions,
+        users::{self, UserRow},
+    },
+    error::{ApiError, ApiResult},
+    extract::{AuthSession, ClientMeta, JsonBody},
+    state::AppState,
+};
+
+pub async fn get_user(State(state): State<AppState>, caller: AuthSession) -> ApiResult<Json<User>> {
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(Json(load(&mut conn, &caller.user_id).await?.to_wire()))
+}
+
+pub(crate) async fn load(conn: &mut sqlx::AnyConnection, user_id: &str) -> ApiResult<UserRow> {
+    users::by_id(conn, user_id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UserNotFound,
+            "User from sub claim in JWT does not exist",
+        )
+    })
+}
+
+/// Changing the password signs out every other session of the user; changing the email sends
+/// a confirmation link to the new address and takes effect when it is opened.
+pub async fn update_user(
+    State(state): State<AppState>,
+    caller: AuthSession,
+    meta: ClientMeta,
+    JsonBody(body): JsonBody<UpdateUserRequest>,
+) -> ApiResult<Json<User>> {
+    let new_email = body.email.as_deref().map(valid_email).transpose()?;
+    if let Some(password) = &body.password {
+        check_strength(password)?;
+    }
+    let metadata = body.data.as_ref();
+    let mut conn = state.db.pool.acquire().await?;
+    let user = load(&mut conn, &caller.user_id).await?;
+    drop(conn);
+
+    let new_hash = match body.password {
+        Some(password) => {
+            if crate::password::verify(password.clone(), Some(user.password_hash.clone())).await? {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::SamePassword,
+                    "New password should be different from the old password.",
+                ));
+            }
+            Some(crate::password::hash(password).await?)
+        }
+        None => None,
+    };
+
+    let now = state.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    let entry = |action, payload| audit::NewEntry {
+        user_id: Some(&caller.user_id),
+        action,
+        device_id: Some(&caller.device_id),
+        device_name: None,
+        ip_address: &meta.ip,
+        payload,
+        now,
+    };
+    if let Some(data) = metadata {
+        let mut merged = user.metadata();
+        for (key, value) in data {
+            if value.is_null() {
+                merged.remove(key);
+            } else {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        let json = serde_json::to_string(&merged).map_err(anyhow::Error::from)?;
+        if json.len() > MAX_METADATA_BYTES {
+            return Err(ApiError::validation(format!(
+                "data is too large: at most {MAX_METADATA_BYTES} bytes of JSON"
+            )));
+        }
+        users::set_metadata(&mut tx, &user.id, &json, now).await?;
+    }
+    if let Some(hash) = new_hash {
+        users::set_password(&mut tx, &user.id, &hash, now).await?;
+        let ended =
+            sessions::delete_all_for_user(&mut tx, &user.id, Some(&caller.session_id)).await?;
+        audit::insert(
+            &mut tx,
+            entry(
+                AuditAction::PasswordChanged,
+                serde_json::json!({ "other_sessions_ended": ended }),
+            ),
+        )
+        .await?;
+    }
+    let mut mail = None;
+    if let Some(new_email) = new_email.filter(|e| *e != user.email) {
+        if users::by_email(&mut tx, &new_email).await?.is_some() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::EmailExists,
+                "A user with this email address has already been registered",
+            ));
+        }
+        users::request_email_change(&mut tx, &user.id, &new_email, now).await?;
+        mail = Some(
+            emails::prepare(
+                &state,
+                &mut tx,
+                &user,
+                TokenMail::EmailChange,
+                &new_email,
+                None,
+            )
+            .await?,
+        );
+        audit::insert(
+            &mut tx,
+            entry(
+                AuditAction::EmailChangeRequested,
+                serde_json::json!({ "new_email": new_email }),
+            ),
+        )
+        .await?;
+    }
+    let updated = load(&mut tx, &user.id).await?;
+    tx.commit().await?;
+    if let Some(mail) = mail {
+        emails::deliver(&state, mail).await;
+    }
+    Ok(Json(updated.to_wire()))
+}

@@ -1,0 +1,222 @@
+//! Server configuration: one typed struct, read from flags and `LOCKSTEP_*` environment variables.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::Parser;
+
+/// Configuration of one `lockstep-cloud` node. Every flag can also be set by the environment
+/// variable named in its help.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "lockstep-cloud", version, about = "The Lockstep cloud server")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LOCKSTEP_BIND", default_value = "127.0.0.1:54321")]
+    pub bind: SocketAddr,
+
+    /// Directory for the embedded database, generated keys and (without SMTP) outgoing mail.
+    #[arg(long, env = "LOCKSTEP_DATA_DIR", default_value = "lockstep-data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `sqlite://…` or `postgres://…`. Default: SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Public base URL of this server, used in links sent by email. Default: `http://<bind>`.
+    #[arg(long, env = "LOCKSTEP_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Where confirmation links land after verification. Default: the public URL.
+    #[arg(long, env = "LOCKSTEP_SITE_URL")]
+    pub site_url: Option<String>,
+
+    /// Extra allowed `redirect_to` prefixes, comma separated (the site URL is always allowed).
+    #[arg(long, env = "LOCKSTEP_REDIRECT_ALLOW_LIST", value_delimiter = ',')]
+    pub redirect_allow_list: Vec<String>,
+
+    /// Development mode: serves the dev mailbox at `/dev/mailbox`. Never in production.
+    #[arg(long, env = "LOCKSTEP_DEV_MODE", default_value_t = false)]
+    pub dev: bool,
+
+    /// SMTP server URL for outgoing mail, e.g. `smtps://user:pass@smtp.example.com:465`.
+    /// Without it, mail is written to `<data dir>/mail/`.
+    #[arg(long, env = "LOCKSTEP_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender address of outgoing mail.
+    #[arg(
+        long,
+        env = "LOCKSTEP_SMTP_FROM",
+        default_value = "Lockstep <no-reply@lockstep.invalid>"
+    )]
+    pub smtp_from: String,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "LOCKSTEP_JWT_EXPIRY", default_value_t = 3600)]
+    pub jwt_expiry_seconds: i64,
+
+    /// Confirm emails at signup without a link (for closed deployments).
+    #[arg(long, env = "LOCKSTEP_MAILER_AUTOCONFIRM", default_value_t = false)]
+    pub mailer_autoconfirm: bool,
+
+    /// Let users sign in before they confirm their email (the app shows a banner meanwhile).
+    #[arg(
+        long,
+        env = "LOCKSTEP_ALLOW_UNVERIFIED_SIGN_IN",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_unverified_sign_in: bool,
+
+    /// Refuse new signups.
+    #[arg(long, env = "LOCKSTEP_DISABLE_SIGNUP", default_value_t = false)]
+    pub disable_signup: bool,
+
+    /// Trust `X-Forwarded-For` for the client's IP (only behind a reverse proxy you run).
+    #[arg(long, env = "LOCKSTEP_TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "LOCKSTEP_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    #[command(flatten)]
+    pub rate_limits: RateLimits,
+}
+
+/// Rate limits, each written `COUNT/SECONDS` (e.g. `30/300`: 30 in five minutes).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RateLimits {
+    /// Failed sign-ins per client IP.
+    #[arg(long, env = "LOCKSTEP_RATE_SIGN_IN_IP", default_value = "30/300")]
+    pub sign_in_failures_per_ip: Limit,
+    /// Failed sign-ins per account.
+    #[arg(long, env = "LOCKSTEP_RATE_SIGN_IN_ACCOUNT", default_value = "10/900")]
+    pub sign_in_failures_per_account: Limit,
+    /// Signups per client IP.
+    #[arg(long, env = "LOCKSTEP_RATE_SIGNUP_IP", default_value = "30/3600")]
+    pub signups_per_ip: Limit,
+    /// Verification attempts (links and codes) per client IP.
+    #[arg(long, env = "LOCKSTEP_RATE_VERIFY_IP", default_value = "30/300")]
+    pub verify_per_ip: Limit,
+    /// Resend and recovery emails per client IP.
+    #[arg(long, env = "LOCKSTEP_RATE_EMAIL_IP", default_value = "10/3600")]
+    pub emails_per_ip: Limit,
+    /// Minimum seconds between two emails to one address.
+    #[arg(long, env = "LOCKSTEP_EMAIL_INTERVAL", default_value_t = 60)]
+    pub email_interval_seconds: i64,
+}
+
+/// At most `count` events per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl Limit {
+    pub const fn new(count: u32, window_seconds: u64) -> Self {
+        Limit {
+            count,
+            window: Duration::from_secs(window_seconds),
+        }
+    }
+}
+
+impl FromStr for Limit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, secs) = s.split_once('/').ok_or_else(|| {
+            format!("rate limit '{s}' must be written COUNT/SECONDS, e.g. 30/300")
+        })?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{count}' is not a count"))?;
+        let secs: u64 = secs
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{secs}' is not a number of seconds"))?;
+        if count == 0 || secs == 0 {
+            return Err("a rate limit needs a count and a window above zero".into());
+        }
+        Ok(Limit::new(count, secs))
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            sign_in_failures_per_ip: Limit::new(30, 300),
+            sign_in_failures_per_account: Limit::new(10, 900),
+            signups_per_ip: Limit::new(30, 3600),
+            verify_per_ip: Limit::new(30, 300),
+            emails_per_ip: Limit::new(10, 3600),
+            email_interval_seconds: 60,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests and embedding: everything at its default, the given data dir.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["lockstep-cloud"]);
+        // Ignore what the environment says about where things live: the caller decides.
+        config.data_dir = data_dir.into();
+        config.database_url = None;
+        config.public_url = None;
+        config.site_url = None;
+        config.smtp_url = None;
+        config
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("lockstep.sqlite3").display()
+            )
+        })
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.bind))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Where verification redirects land by default.
+    pub fn site_url(&self) -> String {
+        self.site_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/", self.public_url()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_count_per_seconds() {
+        assert_eq!("30/300".parse::<Limit>(), Ok(Limit::new(30, 300)));
+        assert!("30".parse::<Limit>().unwrap_err().contains("COUNT/SECONDS"));
+        assert!("0/10".parse::<Limit>().is_err());
+        assert!("x/10".parse::<Limit>().is_err());
+    }
+
+    #[test]
+    fn defaults_point_into_the_data_dir() {
+        let config = Config::for_data_dir("/tmp/x");
+        assert_eq!(
+            config.database_url(),
+            "sqlite:///tmp/x/lockstep.sqlite3?mode=rwc"
+        );
+        assert_eq!(config.public_url(), "http://127.0.0.1:54321");
+        assert_eq!(config.site_url(), "http://127.0.0.1:54321/");
+    }
+}

@@ -1,0 +1,96 @@
+//! Storage: one SQL dialect subset that SQLite and PostgreSQL both run, through `sqlx::Any`.
+//!
+//! Queries are written once with `$N` placeholders (both drivers accept them) and use only
+//! portable types: TEXT for ids and JSON, BIGINT milliseconds for times, BLOB/BYTEA for bytes.
+//! Each backend has its own append-only migrations directory, applied at start.
+//!
+//! Functions take `&mut AnyConnection`, so they run the same on a pooled connection or inside a
+//! transaction. One module per aggregate.
+
+pub mod audit;
+pub mod devices;
+pub mod sessions;
+pub mod tokens;
+pub mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{AnyPool, any::AnyPoolOptions, migrate::Migrator};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> anyhow::Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!("database URL must start with sqlite:// or postgres://")
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The connection pool and what it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Connects and applies the backend's migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        // SQLite allows one writer at a time, and a transaction that upgrades from reading to
+        // writing fails at once (SQLITE_BUSY) instead of waiting. One connection serialises
+        // every transaction, which is simple and fast enough for the embedded default.
+        let options = match backend {
+            Backend::Sqlite => options.max_connections(1),
+            Backend::Postgres => options.max_connections(16),
+        };
+        let pool = options.connect(url).await.with_context(|| {
+            format!(
+                "cannot open the {} database (check DATABASE_URL)",
+                backend.name()
+            )
+        })?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Whether an error is a violated unique constraint.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
+}

@@ -1,0 +1,101 @@
+//! The `sessions` table. Refresh tokens are not stored: each is an HMAC over (session, counter)
+//! keyed by the server, so the table holds only the counter and a per-session salt.
+
+use sqlx::AnyConnection;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub aal: String,
+    /// JSON array of `{method, timestamp}`, newest first.
+    pub amr: String,
+    pub refresh_salt: Vec<u8>,
+    pub refresh_counter: i64,
+    pub refreshed_at: i64,
+    pub created_at: i64,
+    pub ip_address: String,
+    pub user_agent: String,
+}
+
+const COLUMNS: &str = "id, user_id, device_id, aal, amr, refresh_salt, refresh_counter, \
+    refreshed_at, created_at, ip_address, user_agent";
+
+pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> sqlx::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(&s.id)
+    .bind(&s.user_id)
+    .bind(&s.device_id)
+    .bind(&s.aal)
+    .bind(&s.amr)
+    .bind(&s.refresh_salt)
+    .bind(s.refresh_counter)
+    .bind(s.refreshed_at)
+    .bind(s.created_at)
+    .bind(&s.ip_address)
+    .bind(&s.user_agent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut AnyConnection, id: &str) -> sqlx::Result<Option<SessionRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM sessions WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn list(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<Vec<SessionRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"
+    ))
+    .bind(user_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Moves the refresh counter from `expected` to `expected + 1`; false if another request
+/// rotated it first.
+pub async fn rotate(
+    conn: &mut AnyConnection,
+    id: &str,
+    expected: i64,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE sessions SET refresh_counter = refresh_counter + 1, refreshed_at = $1 \
+         WHERE id = $2 AND refresh_counter = $3",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(expected)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn delete(conn: &mut AnyConnection, id: &str) -> sqlx::Result<bool> {
+    let result = sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Deletes every session of the user, except `keep` if given; returns how many went.
+pub async fn delete_all_for_user(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    keep: Option<&str>,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
+        .bind(user_id)
+        .bind(keep.unwrap_or(""))
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,23 @@
+//! Development-only routes (mounted only with `--dev`): the mailbox of mail written to the data
+//! dir, so a person or a test can follow confirmation links without an SMTP server.
+
+use axum::{
+    Json, Router,
+    extract::{RawQuery, State},
+    routing::get,
+};
+
+use crate::{error::ApiResult, extract::query_param, mail::OutgoingMail, state::AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/mailbox", get(mailbox))
+}
+
+/// `GET /dev/mailbox[?to=address]`: messages, newest first.
+async fn mailbox(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Vec<OutgoingMail>>> {
+    let to = query_param(query.as_deref(), "to");
+    Ok(Json(state.mailer.mailbox(to.as_deref()).await?))
+}

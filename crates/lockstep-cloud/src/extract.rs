@@ -1,0 +1,346 @@
+//! Request extractors and the API-key gate: everything a handler needs from a request, with
+//! every rejection turned into an [`ApiError`] that names the problem.
+
+use std::net::SocketAddr;
+
+use axum::{
+    body::Bytes,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State},
+    http::{HeaderMap, Method, StatusCode, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use lockstep_protocol::{
+    auth::{Aal, ErrorCode},
+    devices::{
+        APP_VERSION_HEADER, DEVICE_ID_HEADER, DEVICE_NAME_HEADER, DEVICE_PLATFORM_HEADER,
+        DeviceInfo,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    db::{devices, sessions},
+    error::ApiError,
+    keys::ApiKeyRole,
+    state::AppState,
+    token::{JwtError, verify_access_token},
+};
+
+/// Routes reachable without an `apikey`: the email link (opened in a browser), health, landing.
+fn is_open_route(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/" | "/health" | "/auth/v1/verify")
+}
+
+/// Middleware: every other route needs the anon or service key, in the `apikey` header or the
+/// `apikey` query parameter (as Supabase's gateway accepts).
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if is_open_route(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(request.uri().query(), "apikey"));
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::NoApiKey,
+            "No API key found in request: send the anon key in the `apikey` header",
+        )
+        .into_response();
+    };
+    match state.keys.role_of(&presented) {
+        Some(role) => {
+            request.extensions_mut().insert(role);
+            next.run(request).await
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidApiKey,
+            "Invalid API key",
+        )
+        .into_response(),
+    }
+}
+
+/// The decoded `key=value` pairs of a query string, in order.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// One query parameter's value (the first, if repeated).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// A JSON body. Unlike axum's `Json`, every rejection is a GoTrue-style 4xx that says what is
+/// wrong, and a missing `Content-Type` is accepted (curl users forget it).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !(essence == "application/json" || essence.ends_with("+json") || essence.is_empty())
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ErrorCode::UnsupportedMediaType,
+                    format!("Content-Type {essence} is not supported: send application/json"),
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::RequestTooLarge,
+                    "Request body is too large",
+                )
+            } else {
+                ApiError::bad_json(format!("Could not read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a JSON body into `T`, with an error that names the problem (never the value).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_json(
+            "Request body is empty: send a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::bad_json(format!(
+                "Request body has the wrong shape: {}",
+                scrub_serde_message(&e.to_string())
+            )),
+            _ => ApiError::bad_json(format!(
+                "Could not parse request body as JSON: {}",
+                scrub_serde_message(&e.to_string())
+            )),
+        }
+    })
+}
+
+/// serde quotes offending values (`invalid type: string "hunter2"`); a password must never be
+/// echoed back, so quoted values are replaced.
+fn scrub_serde_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quotes = false;
+    for c in message.chars() {
+        match c {
+            '"' if !in_quotes => {
+                in_quotes = true;
+                out.push_str("\"…");
+            }
+            '"' => {
+                in_quotes = false;
+                out.push('"');
+            }
+            _ if in_quotes => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Who is calling from where: client IP, user agent and the device named in headers.
+#[derive(Debug, Clone)]
+pub struct ClientMeta {
+    pub ip: String,
+    pub user_agent: String,
+    pub device: Option<DeviceInfo>,
+}
+
+impl FromRequestParts<AppState> for ClientMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let forwarded = state
+            .config
+            .trust_proxy
+            .then(|| header_str(&parts.headers, "x-forwarded-for"))
+            .flatten()
+            .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
+            .filter(|s| !s.is_empty());
+        let user_agent = header_str(&parts.headers, header::USER_AGENT.as_str())
+            .map(|ua| ua.chars().take(256).collect())
+            .unwrap_or_default();
+        Ok(ClientMeta {
+            ip: forwarded.unwrap_or(peer),
+            user_agent,
+            device: device_from_headers(&parts.headers)?,
+        })
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The device described by the `X-Lockstep-Device-*` headers, if any.
+fn device_from_headers(headers: &HeaderMap) -> Result<Option<DeviceInfo>, ApiError> {
+    let Some(id) = header_str(headers, DEVICE_ID_HEADER) else {
+        return Ok(None);
+    };
+    let name = match header_str(headers, DEVICE_NAME_HEADER) {
+        Some(raw) => urlencoding::decode(raw)
+            .map_err(|_| {
+                ApiError::validation("X-Lockstep-Device-Name must be percent-encoded UTF-8")
+            })?
+            .into_owned(),
+        None => "Unnamed device".to_owned(),
+    };
+    let info = DeviceInfo {
+        id: id.to_owned(),
+        name,
+        platform: header_str(headers, DEVICE_PLATFORM_HEADER)
+            .unwrap_or("")
+            .to_owned(),
+        app_version: header_str(headers, APP_VERSION_HEADER)
+            .unwrap_or("")
+            .to_owned(),
+    };
+    info.validate().map_err(ApiError::validation)?;
+    Ok(Some(info))
+}
+
+/// A signed-in caller: a valid access token whose session still exists.
+#[derive(Debug, Clone)]
+pub struct AuthSession {
+    pub user_id: String,
+    pub session_id: String,
+    pub device_id: String,
+    pub aal: Aal,
+    pub email: String,
+}
+
+impl FromRequestParts<AppState> for AuthSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = header_str(&parts.headers, header::AUTHORIZATION.as_str())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::NoAuthorization,
+                    "This endpoint requires a Bearer token",
+                )
+            })?;
+        let claims =
+            verify_access_token(&state.keys.jwt_secret, token, state.now_secs()).map_err(|e| {
+                let message = match e {
+                    JwtError::Expired => "invalid JWT: token is expired",
+                    JwtError::Invalid => "invalid JWT: unable to parse or verify signature",
+                };
+                ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::BadJwt, message)
+            })?;
+        let mut conn = state.db.pool.acquire().await?;
+        let session = sessions::get(&mut conn, &claims.session_id).await?;
+        let Some(session) = session.filter(|s| s.user_id == claims.sub) else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::SessionNotFound,
+                "Session from session_id claim in JWT does not exist: sign in again",
+            ));
+        };
+        devices::touch(
+            &mut conn,
+            &session.user_id,
+            &session.device_id,
+            state.now_ms(),
+        )
+        .await?;
+        Ok(AuthSession {
+            aal: Aal::parse(&session.aal).unwrap_or(Aal::Aal1),
+            user_id: session.user_id,
+            session_id: session.id,
+            device_id: session.device_id,
+            email: claims.email,
+        })
+    }
+}
+
+/// Which API key the request carried (set by [`require_api_key`]).
+impl<S: Send + Sync> FromRequestParts<S> for ApiKeyRole {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ApiKeyRole>()
+            .copied()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::NoApiKey,
+                    "No API key found in request",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_quoted_values() {
+        let scrubbed = scrub_serde_message("invalid type: string \"hunter2\", expected a map");
+        assert!(!scrubbed.contains("hunter2"));
+        assert!(scrubbed.contains("expected a map"));
+    }
+
+    #[test]
+    fn device_headers_are_decoded_and_validated() {
+        let mut headers = HeaderMap::new();
+        assert!(
+            device_from_headers(&headers)
+                .expect("no headers is fine")
+                .is_none()
+        );
+        headers.insert(DEVICE_ID_HEADER, "laptop-1".parse().expect("header"));
+        headers.insert(
+            DEVICE_NAME_HEADER,
+            "Work%20laptop%20%E2%9C%93".parse().expect("header"),
+        );
+        let info = device_from_headers(&headers)
+            .expect("valid")
+            .expect("present");
+        assert_eq!(info.name, "Work laptop ✓");
+        headers.insert(DEVICE_ID_HEADER, "bad id!".parse().expect("header"));
+        assert!(device_from_headers(&headers).is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! Server secrets: the JWT signing secret and the API keys, generated on first run.
+//!
+//! Stored in `<data dir>/secrets.json`, created with mode 0600. Each can be overridden by the
+//! environment (`LOCKSTEP_JWT_SECRET`, `LOCKSTEP_ANON_KEY`, `LOCKSTEP_SERVICE_KEY`), which is how
+//! several nodes sharing one database are given the same keys.
+
+use std::{fmt, fs, io::Write, path::Path};
+
+use anyhow::Context;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hkdf::Hkdf;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Which key a request presented in `apikey`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyRole {
+    Anon,
+    Service,
+}
+
+/// The server's secrets. `Debug` never prints them.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ServerKeys {
+    pub jwt_secret: String,
+    pub anon_key: String,
+    pub service_key: String,
+}
+
+impl fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerKeys { .. }")
+    }
+}
+
+impl ServerKeys {
+    /// Fresh random keys.
+    pub fn generate() -> Self {
+        ServerKeys {
+            jwt_secret: random_token(32),
+            anon_key: format!("lsk_anon_{}", random_token(24)),
+            service_key: format!("lsk_service_{}", random_token(32)),
+        }
+    }
+
+    /// Loads the keys from `<data_dir>/secrets.json`, creating the file (0600) on first run, then
+    /// applies environment overrides.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        let path = data_dir.join("secrets.json");
+        let mut keys = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid; fix or remove it", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let keys = ServerKeys::generate();
+                write_private(&path, &serde_json::to_vec_pretty(&keys)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                keys
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        if let Ok(v) = std::env::var("LOCKSTEP_JWT_SECRET") {
+            anyhow::ensure!(
+                v.len() >= 32,
+                "LOCKSTEP_JWT_SECRET must be at least 32 characters"
+            );
+            keys.jwt_secret = v;
+        }
+        if let Ok(v) = std::env::var("LOCKSTEP_ANON_KEY") {
+            keys.anon_key = v;
+        }
+        if let Ok(v) = std::env::var("LOCKSTEP_SERVICE_KEY") {
+            keys.service_key = v;
+        }
+        Ok(keys)
+    }
+
+    /// Which role an `apikey` value grants, compared in constant time.
+    pub fn role_of(&self, presented: &str) -> Option<ApiKeyRole> {
+        let eq = |a: &str| bool::from(a.as_bytes().ct_eq(presented.as_bytes()));
+        if eq(&self.anon_key) {
+            Some(ApiKeyRole::Anon)
+        } else if eq(&self.service_key) {
+            Some(ApiKeyRole::Service)
+        } else {
+            None
+        }
+    }
+
+    /// A key for HMAC-ing refresh and one-time tokens, derived from the JWT secret so that every
+    /// node given the same secret agrees on it.
+    pub fn token_key(&self) -> [u8; 32] {
+        let hk = Hkdf::<Sha256>::new(Some(b"lockstep-cloud"), self.jwt_secret.as_bytes());
+        let mut key = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+        let _ = hk.expand(b"token hmac v1", &mut key);
+        key
+    }
+}
+
+/// `n` random bytes, base64url without padding.
+pub fn random_token(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Writes a file only its owner can read, atomically (temp file, fsync, rename).
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = ServerKeys::load_or_create(dir.path()).expect("create");
+        let again = ServerKeys::load_or_create(dir.path()).expect("reload");
+        assert_eq!(first.anon_key, again.anon_key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("secrets.json"))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn api_keys_map_to_roles_and_debug_hides_them() {
+        let keys = ServerKeys::generate();
+        assert_eq!(keys.role_of(&keys.anon_key), Some(ApiKeyRole::Anon));
+        assert_eq!(keys.role_of(&keys.service_key), Some(ApiKeyRole::Service));
+        assert_eq!(keys.role_of("nope"), None);
+        assert!(!format!("{keys:?}").contains(&keys.anon_key));
+    }
+}

@@ -1,0 +1,46 @@
+//! The `lockstep-cloud` binary: reads the configuration, opens the database and serves.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use lockstep_cloud::{AppState, Config, clock::SystemClock};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let config = Config::parse();
+    let state = AppState::new(config, Arc::new(SystemClock)).await?;
+    let listener = tokio::net::TcpListener::bind(state.config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", state.config.bind))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!();
+    println!("  Lockstep cloud is running");
+    println!("  URL:       {url}");
+    println!("  Anon key:  {}", state.keys.anon_key);
+    println!("  Database:  {}", state.db.backend.name());
+    println!("  Data dir:  {}", state.config.data_dir.display());
+    if state.config.dev {
+        println!(
+            "  Mailbox:   {url}/dev/mailbox?apikey={}",
+            state.keys.anon_key
+        );
+    }
+    println!();
+    axum::serve(
+        listener,
+        lockstep_cloud::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
+    .await
+    .context("server failed")
+}

@@ -1,0 +1,365 @@
+//! `/rest/v1`: PostgREST-compatible tables, each scoped to the signed-in user (row level
+//! security semantics: other users' rows are simply absent).
+
+mod query;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRequestParts, Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use lockstep_protocol::{audit::AuditAction, auth::ErrorCode, devices::validate_device_name};
+use serde_json::Value;
+
+pub use query::RowQuery;
+
+use crate::{
+    clock::from_millis,
+    db::{audit, devices, sessions},
+    error::{ApiError, ApiResult},
+    extract::{AuthSession, ClientMeta, query_pairs},
+    state::AppState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/devices",
+            get(list_devices)
+                .patch(rename_devices)
+                .delete(revoke_devices),
+        )
+        .route("/audit_log_entries", get(list_audit))
+        .route("/sessions", get(list_sessions))
+        .route("/{table}", axum::routing::any(unknown_table))
+}
+
+/// The signed-in caller, with auth failures answered in PostgREST's shape.
+#[derive(Debug, Clone)]
+pub struct RestSession(pub AuthSession);
+
+impl FromRequestParts<AppState> for RestSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        AuthSession::from_request_parts(parts, state).await.map(RestSession).map_err(|e| match e {
+            ApiError::Auth { code: ErrorCode::NoAuthorization, .. } => ApiError::rest(
+                StatusCode::UNAUTHORIZED,
+                "PGRST302",
+                "Anonymous access is not allowed: send Authorization: Bearer <access token>",
+            ),
+            ApiError::Auth { code: ErrorCode::SessionNotFound, .. } => ApiError::rest(
+                StatusCode::UNAUTHORIZED,
+                "PGRST301",
+                "The session of this JWT has ended (signed out or device revoked): sign in again",
+            ),
+            ApiError::Auth { message, status: StatusCode::UNAUTHORIZED, .. } => {
+                ApiError::rest(StatusCode::UNAUTHORIZED, "PGRST301", message)
+            }
+            other => other,
+        })
+    }
+}
+
+async fn unknown_table(Path(table): Path<String>) -> ApiError {
+    ApiError::rest(
+        StatusCode::NOT_FOUND,
+        "PGRST205",
+        format!("Could not find the table 'public.{table}' in the schema cache"),
+    )
+}
+
+/// Answers rows as PostgREST does: an array with `Content-Range`, or one object when the client
+/// asked for `application/vnd.pgrst.object+json` (406 unless exactly one row matched).
+fn rows_response(rows: Vec<Value>, headers: &HeaderMap) -> Response {
+    let wants_object = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/vnd.pgrst.object+json"));
+    let range = if rows.is_empty() {
+        "*/*".to_owned()
+    } else {
+        format!("0-{}/*", rows.len() - 1)
+    };
+    let mut response = if wants_object {
+        if rows.len() != 1 {
+            return ApiError::Rest {
+                status: StatusCode::NOT_ACCEPTABLE,
+                code: "PGRST116",
+                message: "JSON object requested, multiple (or no) rows returned".into(),
+                details: Some(format!("The result contains {} rows", rows.len())),
+            }
+            .into_response();
+        }
+        Json(rows.into_iter().next().unwrap_or(Value::Null)).into_response()
+    } else {
+        Json(rows).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&range) {
+        response.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    response
+}
+
+fn wants_representation(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim() == "return=representation"))
+}
+
+const DEVICE_COLUMNS: &[&str] = &[
+    "id",
+    "user_id",
+    "name",
+    "platform",
+    "app_version",
+    "created_at",
+    "last_seen_at",
+    "current",
+];
+
+async fn device_rows(state: &AppState, caller: &AuthSession) -> ApiResult<Vec<Value>> {
+    let mut conn = state.db.pool.acquire().await?;
+    let rows = devices::list(&mut conn, &caller.user_id).await?;
+    rows.iter()
+        .map(|d| {
+            serde_json::to_value(d.to_wire(&caller.device_id))
+                .map_err(|e| anyhow::Error::from(e).into())
+        })
+        .collect()
+}
+
+/// `GET /rest/v1/devices`: the caller's devices; `current` marks the calling one.
+async fn list_devices(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    RestSession(caller): RestSession,
+) -> ApiResult<Response> {
+    let query = RowQuery::parse(&query_pairs(raw.as_deref()), "devices", DEVICE_COLUMNS)?;
+    Ok(rows_response(
+        query.apply(device_rows(&state, &caller).await?),
+        &headers,
+    ))
+}
+
+/// The ids of the caller's devices that a PATCH/DELETE filter selects. A filter is required.
+async fn targeted_devices(
+    state: &AppState,
+    caller: &AuthSession,
+    raw: Option<&str>,
+) -> ApiResult<(RowQuery, Vec<Value>)> {
+    let query = RowQuery::parse(&query_pairs(raw), "devices", DEVICE_COLUMNS)?;
+    if query.filters.is_empty() {
+        return Err(ApiError::rest(
+            StatusCode::BAD_REQUEST,
+            "21000",
+            "this request needs a filter naming the devices, e.g. ?id=eq.<device id>",
+        ));
+    }
+    let rows = device_rows(state, caller)
+        .await?
+        .into_iter()
+        .filter(|r| query.matches(r))
+        .collect();
+    Ok((query, rows))
+}
+
+/// `PATCH /rest/v1/devices?id=eq.<id>` `{"name": "…"}`: rename.
+async fn rename_devices(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    meta: ClientMeta,
+    RestSession(caller): RestSession,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let patch: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::rest(
+            StatusCode::BAD_REQUEST,
+            "PGRST102",
+            format!("Empty or invalid json: {e}"),
+        )
+    })?;
+    if let Some(other) = patch.keys().find(|k| *k != "name") {
+        return Err(ApiError::rest(
+            StatusCode::BAD_REQUEST,
+            "PGRST204",
+            format!("Column '{other}' of devices cannot be changed: only name can"),
+        ));
+    }
+    let name = match patch.get("name") {
+        Some(Value::String(name)) => name.trim().to_owned(),
+        _ => {
+            return Err(ApiError::rest(
+                StatusCode::BAD_REQUEST,
+                "22023",
+                "name must be a string",
+            ));
+        }
+    };
+    validate_device_name(&name).map_err(|m| ApiError::rest(StatusCode::BAD_REQUEST, "22023", m))?;
+    let (_, targets) = targeted_devices(&state, &caller, raw.as_deref()).await?;
+    let now = state.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    for row in &targets {
+        let id = row["id"].as_str().unwrap_or_default();
+        devices::rename(&mut tx, &caller.user_id, id, &name).await?;
+        audit::insert(
+            &mut tx,
+            audit::NewEntry {
+                user_id: Some(&caller.user_id),
+                action: AuditAction::DeviceRenamed,
+                device_id: Some(&caller.device_id),
+                device_name: None,
+                ip_address: &meta.ip,
+                payload: serde_json::json!({ "device_id": id, "old_name": row["name"], "new_name": name }),
+                now,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if wants_representation(&headers) {
+        let ids: Vec<&str> = targets.iter().filter_map(|r| r["id"].as_str()).collect();
+        let rows = device_rows(&state, &caller)
+            .await?
+            .into_iter()
+            .filter(|r| r["id"].as_str().is_some_and(|id| ids.contains(&id)))
+            .collect();
+        return Ok(rows_response(rows, &headers));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /rest/v1/devices?id=eq.<id>`: revoke. The device's sessions end at once; its next
+/// request is refused. The calling device cannot revoke itself (that is signing out).
+async fn revoke_devices(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    meta: ClientMeta,
+    RestSession(caller): RestSession,
+) -> ApiResult<Response> {
+    let (_, targets) = targeted_devices(&state, &caller, raw.as_deref()).await?;
+    if targets
+        .iter()
+        .any(|r| r["id"].as_str() == Some(caller.device_id.as_str()))
+    {
+        return Err(ApiError::rest(
+            StatusCode::BAD_REQUEST,
+            "22023",
+            "a device cannot revoke itself: sign out with POST /auth/v1/logout instead",
+        ));
+    }
+    let now = state.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    for row in &targets {
+        let id = row["id"].as_str().unwrap_or_default();
+        devices::delete(&mut tx, &caller.user_id, id).await?;
+        audit::insert(
+            &mut tx,
+            audit::NewEntry {
+                user_id: Some(&caller.user_id),
+                action: AuditAction::DeviceRevoked,
+                device_id: Some(&caller.device_id),
+                device_name: None,
+                ip_address: &meta.ip,
+                payload: serde_json::json!({ "device_id": id, "device_name": row["name"] }),
+                now,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(user_id = %caller.user_id, count = targets.len(), "devices revoked");
+    if wants_representation(&headers) {
+        return Ok(rows_response(targets, &headers));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// How many of a user's newest audit entries the table serves.
+const AUDIT_WINDOW: i64 = 1000;
+
+const AUDIT_COLUMNS: &[&str] = &[
+    "id",
+    "user_id",
+    "action",
+    "device_id",
+    "device_name",
+    "ip_address",
+    "payload",
+    "created_at",
+];
+
+/// `GET /rest/v1/audit_log_entries`: the caller's newest 1000 security events.
+async fn list_audit(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    RestSession(caller): RestSession,
+) -> ApiResult<Response> {
+    let query = RowQuery::parse(
+        &query_pairs(raw.as_deref()),
+        "audit_log_entries",
+        AUDIT_COLUMNS,
+    )?;
+    let mut conn = state.db.pool.acquire().await?;
+    let rows = audit::list(&mut conn, &caller.user_id, AUDIT_WINDOW).await?;
+    let rows = rows
+        .iter()
+        .map(|r| serde_json::to_value(r.to_wire()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::from)?;
+    Ok(rows_response(query.apply(rows), &headers))
+}
+
+const SESSION_COLUMNS: &[&str] = &[
+    "id",
+    "device_id",
+    "aal",
+    "created_at",
+    "refreshed_at",
+    "ip_address",
+    "user_agent",
+    "current",
+];
+
+/// `GET /rest/v1/sessions`: the caller's live sessions (never their tokens).
+async fn list_sessions(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    RestSession(caller): RestSession,
+) -> ApiResult<Response> {
+    let query = RowQuery::parse(&query_pairs(raw.as_deref()), "sessions", SESSION_COLUMNS)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let rows = sessions::list(&mut conn, &caller.user_id).await?;
+    let rows = rows
+        .iter()
+        .map(|s| {
+            let fmt = |ms| {
+                from_millis(ms)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            serde_json::json!({
+                "id": s.id,
+                "device_id": s.device_id,
+                "aal": s.aal,
+                "created_at": fmt(s.created_at),
+                "refreshed_at": fmt(s.refreshed_at),
+                "ip_address": s.ip_address,
+                "user_agent": s.user_agent,
+                "current": s.id == caller.session_id,
+            })
+        })
+        .collect();
+    Ok(rows_response(query.apply(rows), &headers))
+}

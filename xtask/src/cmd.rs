@@ -1,0 +1,147 @@
+//! Small helpers around [`std::process::Command`]: finding programs, running
+//! them with a visible header, and capturing their output.
+
+use std::env;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The repository root: the directory holding the workspace `Cargo.toml`.
+///
+/// `cargo run` sets `CARGO_MANIFEST_DIR` for the program it runs; the value
+/// baked in at compile time is only a fallback.
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
+}
+
+/// A `cargo` command that runs in the repository root.
+///
+/// Uses the same cargo that runs xtask (`$CARGO`), so the toolchain matches.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Looks `name` up in `PATH`, like `command -v` does.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Looks `name` up in `PATH`, then in the sbin directories that are often
+/// missing from a non-root `PATH` (`runuser`, `useradd`, ...).
+pub fn find_system_program(name: &str) -> Option<PathBuf> {
+    find_program(name).or_else(|| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|candidate| is_executable(candidate))
+    })
+}
+
+/// Whether `path` is a file this process could execute.
+pub fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+/// Prints `==> <command>` and runs it with inherited stdio; fails unless it
+/// exits successfully.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    println!("==> {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` quietly and returns its stdout; on failure, the error shows
+/// everything the command printed.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !out.status.success() {
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bail!("`{shown}` failed ({}):\n{}", out.status, printed.trim_end());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `cmd` runs and exits successfully, with all output discarded.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A shell-like rendering of `cmd`, including the environment variables it sets.
+pub fn display(cmd: &Command) -> String {
+    let envs = cmd.get_envs().filter_map(|(key, value)| {
+        value.map(|value| format!("{}={}", key.to_string_lossy(), quote(value)))
+    });
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program());
+    let words = std::iter::once(quote(program)).chain(cmd.get_args().map(quote));
+    envs.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+/// Quotes `word` for display if a shell would need it.
+fn quote(word: &OsStr) -> String {
+    let word = word.to_string_lossy();
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain {
+        word.into_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_what_needs_it() {
+        let mut cmd = Command::new("/usr/bin/cargo");
+        cmd.args(["doc", "--workspace", "it's here", ""])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        assert_eq!(
+            display(&cmd),
+            r"RUSTDOCFLAGS='-D warnings' cargo doc --workspace 'it'\''s here' ''"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! Developer tasks for the Lockstep workspace, run as `cargo xtask <task>`.
+//!
+//! Every task installs the system packages it needs (through apt on
+//! Debian-like systems), so on a fresh machine with only the Rust toolchain
+//! these work out of the box:
+//!
+//! - `cargo xtask run`: the cloud server in development mode;
+//! - `cargo xtask test`: formatting, clippy, docs and every test, against a
+//!   throwaway PostgreSQL cluster (this is what CI runs);
+//! - `cargo xtask postgres`: that throwaway cluster on its own, for running
+//!   `cargo test` by hand.
+
+mod cmd;
+mod postgres;
+mod server;
+mod system;
+mod test;
+
+use std::io::{self, Write as _};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for the Lockstep workspace.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build and run the cloud server in development mode on 127.0.0.1:54321.
+    ///
+    /// Its data lives in `.lockstep-dev/cloud` at the repository root.
+    Run {
+        /// Extra arguments for `lockstep-cloud`, after `--`.
+        #[arg(last = true, value_name = "SERVER_ARGS")]
+        server_args: Vec<String>,
+    },
+    /// Run everything CI runs: fmt, clippy, docs and all tests against a throwaway PostgreSQL.
+    Test(test::Args),
+    /// Start a throwaway PostgreSQL for running `cargo test` by hand; Ctrl-D stops it.
+    Postgres,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Run { server_args } => server::run(&server_args),
+        Task::Test(args) => test::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::Postgres => postgres_task().map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `cargo xtask postgres`: runs the throwaway cluster until stdin reaches EOF.
+fn postgres_task() -> Result<()> {
+    system::ensure(&[postgres::PACKAGE])?;
+    let cluster = postgres::Cluster::start(postgres::DEV_CLUSTER)?;
+    let url = cluster.url();
+    println!();
+    println!("PostgreSQL is running at {url}");
+    println!("For `cargo test` in another terminal:");
+    println!();
+    println!("    export {}={url}", postgres::URL_VAR);
+    println!();
+    println!("Press Ctrl-D to stop it and exit. (After Ctrl-C the server keeps running");
+    println!("until the next `cargo xtask postgres` stops it.)");
+    io::stdout().flush().context("could not write to stdout")?;
+
+    // Block until EOF (Ctrl-D in a terminal); anything typed is ignored.
+    io::copy(&mut io::stdin().lock(), &mut io::sink()).context("could not read stdin")?;
+    cluster.stop()
+}

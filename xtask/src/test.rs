@@ -1,0 +1,114 @@
+//! `cargo xtask test`: everything CI checks, in order, stopping at the first
+//! failure.
+
+use std::env;
+use std::process::Command;
+
+use anyhow::{Result, anyhow};
+
+use crate::postgres::{self, Cluster};
+use crate::{cmd, system};
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip the fmt, clippy and doc checks; only run the tests.
+    #[arg(long)]
+    no_lint: bool,
+
+    /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p lockstep-cloud -- --nocapture`).
+    #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+    cargo_test_args: Vec<String>,
+}
+
+/// Set by xtask for the tests: a missing PostgreSQL is a failure, not a skip.
+const REQUIRE_POSTGRES_VAR: &str = "LOCKSTEP_REQUIRE_POSTGRES";
+
+/// A named step whose failure ends the run.
+struct Stage {
+    name: &'static str,
+    command: Command,
+}
+
+impl Stage {
+    fn new(name: &'static str, command: Command) -> Self {
+        Self { name, command }
+    }
+
+    /// Runs the stage; the error is the one-line summary of the whole run.
+    fn run(mut self) -> Result<()> {
+        cmd::run(&mut self.command).map_err(|err| anyhow!("stage `{}` failed: {err:#}", self.name))
+    }
+}
+
+/// Runs the lint stages (unless `--no-lint`) and then the whole test suite
+/// against PostgreSQL: `$LOCKSTEP_TEST_POSTGRES` if set, else a throwaway
+/// cluster that is stopped afterwards, whatever happens.
+pub fn run(args: &Args) -> Result<()> {
+    let external_postgres = env::var(postgres::URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty());
+
+    let mut packages = system::BUILD.to_vec();
+    if external_postgres.is_none() {
+        packages.push(postgres::PACKAGE);
+    }
+    system::ensure(&packages)?;
+
+    if !args.no_lint {
+        for stage in lint_stages() {
+            stage.run()?;
+        }
+    }
+
+    // Lives until this function returns: dropping it stops the cluster,
+    // whether the tests pass or not.
+    let cluster;
+    let url = match external_postgres {
+        Some(url) => {
+            println!("==> using the PostgreSQL in ${}", postgres::URL_VAR);
+            url
+        }
+        None => {
+            cluster = Cluster::start(postgres::TEST_CLUSTER)?;
+            cluster.url()
+        }
+    };
+
+    let mut test = cmd::cargo();
+    test.args(["test", "--workspace", "--locked"])
+        .args(&args.cargo_test_args)
+        .env(postgres::URL_VAR, url)
+        .env(REQUIRE_POSTGRES_VAR, "1");
+    Stage::new("cargo test", test).run()?;
+
+    println!("==> all checks passed");
+    Ok(())
+}
+
+/// `cargo fmt`, `cargo clippy` and `cargo doc`, all warnings denied.
+fn lint_stages() -> Vec<Stage> {
+    let mut fmt = cmd::cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+
+    let mut clippy = cmd::cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+
+    let mut doc = cmd::cargo();
+    doc.args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+
+    vec![
+        Stage::new("cargo fmt", fmt),
+        Stage::new("cargo clippy", clippy),
+        Stage::new("cargo doc", doc),
+    ]
+}
