@@ -121,25 +121,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Parses a JSON body into `T`, with an error that names the problem (never the value).
+/// Parses a JSON object body into `T`, with an error that names the problem (never the value).
+/// Every body this API takes is an object; serde alone would also accept an array for a struct.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_json(
             "Request body is empty: send a JSON object",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => ApiError::bad_json(format!(
-                "Request body has the wrong shape: {}",
-                scrub_serde_message(&e.to_string())
-            )),
-            _ => ApiError::bad_json(format!(
-                "Could not parse request body as JSON: {}",
-                scrub_serde_message(&e.to_string())
-            )),
-        }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_json(format!(
+            "Could not parse request body as JSON: {}",
+            scrub_serde_message(&e.to_string())
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_json("Request body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_json(format!(
+            "Request body has the wrong shape: {}",
+            scrub_serde_message(&e.to_string())
+        ))
     })
 }
 

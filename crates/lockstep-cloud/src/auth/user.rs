@@ -44,6 +44,11 @@ pub async fn update_user(
     meta: ClientMeta,
     JsonBody(body): JsonBody<UpdateUserRequest>,
 ) -> ApiResult<Json<User>> {
+    if body.email.is_none() && body.password.is_none() && body.data.is_none() {
+        return Err(ApiError::validation(
+            "Nothing to update: send email, password or data",
+        ));
+    }
     let new_email = body.email.as_deref().map(valid_email).transpose()?;
     if let Some(password) = &body.password {
         check_strength(password)?;

@@ -84,6 +84,7 @@ macro_rules! backend_tests {
 pub const PASSWORD: &str = "Correct horse 42";
 
 /// A running server plus an HTTP client for it.
+#[derive(Debug)]
 pub struct TestApp {
     pub url: String,
     pub anon_key: String,

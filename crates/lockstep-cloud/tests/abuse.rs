@@ -1,0 +1,252 @@
+//! Rate limits and malformed input: every bad request gets a 4xx that names the problem, never a
+//! 5xx or a dropped connection.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Backend, PASSWORD, TestApp, access_token};
+use lockstep_cloud::config::Limit;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use time::Duration;
+
+backend_tests! {
+    failed_sign_ins_lock_the_account_for_a_while,
+    failed_sign_ins_are_limited_per_ip,
+    verify_signup_and_email_sending_are_limited_per_ip,
+    malformed_bodies_get_clear_4xx_answers,
+    oversized_and_mistyped_requests_are_refused,
+    unknown_routes_and_methods_answer_json,
+}
+
+async fn failed_sign_ins_lock_the_account_for_a_while(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.sign_in_failures_per_account = Limit::new(3, 60);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    app.signup("bob@example.com", "laptop").await;
+    for _ in 0..3 {
+        app.sign_in_reply("ada@example.com", "Wrong password 1", "x")
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_credentials");
+    }
+    // Even the right password is refused while the account is locked.
+    let locked = app.sign_in_reply("ada@example.com", PASSWORD, "x").await;
+    locked.expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+    let retry: u64 = locked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Other accounts from the same address are unaffected.
+    app.sign_in("bob@example.com", "x").await;
+    app.clock.advance(Duration::seconds(61));
+    app.sign_in("ada@example.com", "x").await;
+}
+
+async fn failed_sign_ins_are_limited_per_ip(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.sign_in_failures_per_ip = Limit::new(4, 300);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    for i in 0..4 {
+        app.sign_in_reply(&format!("guess{i}@example.com"), PASSWORD, "x")
+            .await
+            .expect(StatusCode::BAD_REQUEST);
+    }
+    app.sign_in_reply("ada@example.com", PASSWORD, "x")
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+    app.clock.advance(Duration::seconds(301));
+    app.sign_in("ada@example.com", "x").await;
+}
+
+async fn verify_signup_and_email_sending_are_limited_per_ip(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.verify_per_ip = Limit::new(3, 60);
+        c.rate_limits.signups_per_ip = Limit::new(2, 3600);
+        c.rate_limits.emails_per_ip = Limit::new(2, 3600);
+    })
+    .await;
+    for _ in 0..3 {
+        app.post(
+            "/auth/v1/verify",
+            None,
+            json!({ "type": "signup", "token_hash": "guess" }),
+        )
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "otp_expired");
+    }
+    app.post(
+        "/auth/v1/verify",
+        None,
+        json!({ "type": "signup", "token_hash": "guess" }),
+    )
+    .await
+    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+
+    app.signup("a@example.com", "x").await;
+    app.signup("b@example.com", "x").await;
+    app.post(
+        "/auth/v1/signup",
+        None,
+        json!({ "email": "c@example.com", "password": PASSWORD }),
+    )
+    .await
+    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+
+    for email in ["x@example.com", "y@example.com"] {
+        app.post("/auth/v1/recover", None, json!({ "email": email }))
+            .await
+            .expect(StatusCode::OK);
+    }
+    app.post(
+        "/auth/v1/recover",
+        None,
+        json!({ "email": "z@example.com" }),
+    )
+    .await
+    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_email_send_rate_limit");
+}
+
+/// Every (method, path) that takes a JSON body, with a valid token where one is needed.
+async fn body_endpoints(app: &TestApp) -> Vec<(Method, String, Option<String>)> {
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = Some(access_token(&session).to_owned());
+    vec![
+        (Method::POST, "/auth/v1/signup".into(), None),
+        (
+            Method::POST,
+            "/auth/v1/token?grant_type=password".into(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/auth/v1/token?grant_type=refresh_token".into(),
+            None,
+        ),
+        (Method::POST, "/auth/v1/verify".into(), None),
+        (Method::POST, "/auth/v1/resend".into(), None),
+        (Method::POST, "/auth/v1/recover".into(), None),
+        (Method::PUT, "/auth/v1/user".into(), token.clone()),
+        (Method::PATCH, "/rest/v1/devices?id=eq.laptop".into(), token),
+    ]
+}
+
+async fn malformed_bodies_get_clear_4xx_answers(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        b"42".to_vec(),
+        b"\"text\"".to_vec(),
+        br#"{"email": 5, "password": ["x"]}"#.to_vec(),
+        br#"{"email": ["a@example.com"], "password": "Pass\u0000word 1", "type": 7, "device": "laptop"}"#.to_vec(),
+        br#"{"refresh_token": {"nested": true}}"#.to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        nested.into_bytes(),
+    ];
+    for (method, path, token) in body_endpoints(&app).await {
+        for body in &bodies {
+            let reply = app
+                .send(
+                    app.request(method.clone(), &path, token.as_deref())
+                        .header("content-type", "application/json")
+                        .body(body.clone()),
+                )
+                .await;
+            let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+            assert!(
+                reply.status.is_client_error(),
+                "{method} {path} {shown:?} → {} {}",
+                reply.status,
+                reply.text
+            );
+            let message = reply
+                .body
+                .get("msg")
+                .or(reply.body.get("message"))
+                .or(reply.body.get("error_description"));
+            assert!(
+                message
+                    .and_then(|m| m.as_str())
+                    .is_some_and(|m| !m.is_empty()),
+                "{method} {path} {shown:?}: {}",
+                reply.text
+            );
+        }
+    }
+    // The server is still healthy afterwards.
+    app.get("/health", None).await.expect(StatusCode::OK);
+}
+
+async fn oversized_and_mistyped_requests_are_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let huge = json!({ "email": "a@example.com", "password": "x".repeat(300 * 1024) });
+    app.post("/auth/v1/signup", None, huge)
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large");
+    let long_password = app
+        .post(
+            "/auth/v1/signup",
+            None,
+            json!({ "email": "a@example.com", "password": format!("Aa1{}", "x".repeat(300)) }),
+        )
+        .await;
+    long_password.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "weak_password");
+    let form = app
+        .send(
+            app.request(Method::POST, "/auth/v1/signup", None)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("email=a%40example.com&password=x"),
+        )
+        .await;
+    form.expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    // No Content-Type at all is fine (curl users forget it).
+    let bare = app
+        .send(
+            app.request(Method::POST, "/auth/v1/signup", None)
+                .body(json!({ "email": "a@example.com", "password": PASSWORD }).to_string()),
+        )
+        .await;
+    bare.expect(StatusCode::OK);
+    let bad_header = app
+        .send(
+            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+                .header("X-Lockstep-Device-Id", "d1")
+                .header("X-Lockstep-Device-Name", "%FF%FE")
+                .json(&json!({ "email": "a@example.com", "password": PASSWORD })),
+        )
+        .await;
+    bad_header.expect_error(StatusCode::BAD_REQUEST, "validation_failed");
+    let garbage_query = app
+        .get(
+            "/rest/v1/devices?id=eq.%ZZ&order=%",
+            Some(access_token(&bare.body)),
+        )
+        .await;
+    assert!(
+        garbage_query.status.is_client_error() || garbage_query.status.is_success(),
+        "{}",
+        garbage_query.text
+    );
+}
+
+async fn unknown_routes_and_methods_answer_json(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.get("/auth/v1/nothing-here", None)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.get("/nothing", None)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.send(app.request(Method::DELETE, "/auth/v1/signup", None))
+        .await
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
