@@ -16,7 +16,8 @@ pub struct Args {
     #[arg(long)]
     no_lint: bool,
 
-    /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p lockstep-cloud -- --nocapture`).
+    /// Extra arguments for `cargo test`, after `--` (e.g. `-- refresh` to run only tests whose
+    /// name contains "refresh", or `-- -- --nocapture`).
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
     cargo_test_args: Vec<String>,
 }

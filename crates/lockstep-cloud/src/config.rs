@@ -18,7 +18,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Database URL: `sqlite://…` or `postgres://…`. Default: SQLite in the data dir.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "LOCKSTEP_DATABASE_URL")]
     pub database_url: Option<String>,
 
     /// Public base URL of this server, used in links sent by email. Default: `http://<bind>`.
@@ -34,7 +34,12 @@ pub struct Config {
     pub redirect_allow_list: Vec<String>,
 
     /// Development mode: serves the dev mailbox at `/dev/mailbox`. Never in production.
-    #[arg(long, env = "LOCKSTEP_DEV_MODE", default_value_t = false)]
+    #[arg(
+        long,
+        env = "LOCKSTEP_DEV_MODE",
+        default_value_t = false,
+        value_parser = boolish(), num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set
+    )]
     pub dev: bool,
 
     /// SMTP server URL for outgoing mail, e.g. `smtps://user:pass@smtp.example.com:465`.
@@ -51,11 +56,21 @@ pub struct Config {
     pub smtp_from: String,
 
     /// Lifetime of access tokens, in seconds.
-    #[arg(long, env = "LOCKSTEP_JWT_EXPIRY", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "LOCKSTEP_JWT_EXPIRY",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(i64).range(60..=7 * 24 * 3600)
+    )]
     pub jwt_expiry_seconds: i64,
 
     /// Confirm emails at signup without a link (for closed deployments).
-    #[arg(long, env = "LOCKSTEP_MAILER_AUTOCONFIRM", default_value_t = false)]
+    #[arg(
+        long,
+        env = "LOCKSTEP_MAILER_AUTOCONFIRM",
+        default_value_t = false,
+        value_parser = boolish(), num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set
+    )]
     pub mailer_autoconfirm: bool,
 
     /// Let users sign in before they confirm their email (the app shows a banner meanwhile).
@@ -63,16 +78,27 @@ pub struct Config {
         long,
         env = "LOCKSTEP_ALLOW_UNVERIFIED_SIGN_IN",
         default_value_t = true,
+        value_parser = boolish(),
         action = clap::ArgAction::Set
     )]
     pub allow_unverified_sign_in: bool,
 
     /// Refuse new signups.
-    #[arg(long, env = "LOCKSTEP_DISABLE_SIGNUP", default_value_t = false)]
+    #[arg(
+        long,
+        env = "LOCKSTEP_DISABLE_SIGNUP",
+        default_value_t = false,
+        value_parser = boolish(), num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set
+    )]
     pub disable_signup: bool,
 
     /// Trust `X-Forwarded-For` for the client's IP (only behind a reverse proxy you run).
-    #[arg(long, env = "LOCKSTEP_TRUST_PROXY", default_value_t = false)]
+    #[arg(
+        long,
+        env = "LOCKSTEP_TRUST_PROXY",
+        default_value_t = false,
+        value_parser = boolish(), num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set
+    )]
     pub trust_proxy: bool,
 
     /// Largest accepted request body, in bytes.
@@ -98,12 +124,20 @@ pub struct RateLimits {
     /// Verification attempts (links and codes) per client IP.
     #[arg(long, env = "LOCKSTEP_RATE_VERIFY_IP", default_value = "30/300")]
     pub verify_per_ip: Limit,
+    /// Wrong emailed codes (`POST /verify` with `token`) per address.
+    #[arg(long, env = "LOCKSTEP_RATE_CODE_ACCOUNT", default_value = "5/900")]
+    pub code_failures_per_account: Limit,
     /// Resend and recovery emails per client IP.
     #[arg(long, env = "LOCKSTEP_RATE_EMAIL_IP", default_value = "10/3600")]
     pub emails_per_ip: Limit,
     /// Minimum seconds between two emails to one address.
     #[arg(long, env = "LOCKSTEP_EMAIL_INTERVAL", default_value_t = 60)]
     pub email_interval_seconds: i64,
+}
+
+/// Booleans from flags or the environment: true/false, yes/no, on/off, 1/0.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 /// At most `count` events per `window`.
@@ -151,6 +185,7 @@ impl Default for RateLimits {
             sign_in_failures_per_account: Limit::new(10, 900),
             signups_per_ip: Limit::new(30, 3600),
             verify_per_ip: Limit::new(30, 300),
+            code_failures_per_account: Limit::new(5, 900),
             emails_per_ip: Limit::new(10, 3600),
             email_interval_seconds: 60,
         }
@@ -207,6 +242,16 @@ mod tests {
         assert!("30".parse::<Limit>().unwrap_err().contains("COUNT/SECONDS"));
         assert!("0/10".parse::<Limit>().is_err());
         assert!("x/10".parse::<Limit>().is_err());
+    }
+
+    #[test]
+    fn boolean_flags_take_words_and_digits() {
+        let parse = |args: &[&str]| Config::try_parse_from(args).map(|c| c.dev);
+        assert_eq!(parse(&["x"]).ok(), Some(false));
+        assert_eq!(parse(&["x", "--dev"]).ok(), Some(true));
+        assert_eq!(parse(&["x", "--dev=1"]).ok(), Some(true));
+        assert_eq!(parse(&["x", "--dev=no"]).ok(), Some(false));
+        assert!(Config::try_parse_from(["x", "--jwt-expiry-seconds=0"]).is_err());
     }
 
     #[test]

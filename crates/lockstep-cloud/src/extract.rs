@@ -86,7 +86,7 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// A JSON body. Unlike axum's `Json`, every rejection is a GoTrue-style 4xx that says what is
-/// wrong, and a missing `Content-Type` is accepted (curl users forget it).
+/// wrong, and the `Content-Type` is not insisted on (see [`decode_body`]).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
@@ -94,18 +94,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = content_type.to_str().unwrap_or("").to_ascii_lowercase();
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            if !(essence == "application/json" || essence.ends_with("+json") || essence.is_empty())
-            {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    ErrorCode::UnsupportedMediaType,
-                    format!("Content-Type {essence} is not supported: send application/json"),
-                ));
-            }
-        }
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -117,8 +106,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::bad_json(format!("Could not read the request body: {rejection}"))
             }
         })?;
-        parse_json(&bytes).map(JsonBody)
+        decode_body(content_type.as_ref().and_then(|v| v.to_str().ok()), &bytes).map(JsonBody)
     }
+}
+
+/// Decodes a request body that should be a JSON object. A JSON `Content-Type` (or none) is
+/// parsed as JSON; any other type is accepted only if the body is JSON anyway (`curl -d` sends
+/// `application/x-www-form-urlencoded`), and otherwise refused with 415.
+pub fn decode_body<T: DeserializeOwned>(
+    content_type: Option<&str>,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    let essence = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let declared_json =
+        essence.is_empty() || essence == "application/json" || essence.ends_with("+json");
+    if !declared_json && serde_json::from_slice::<serde_json::Value>(bytes).is_err() {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "Content-Type {essence} is not supported: send a JSON object as application/json"
+            ),
+        ));
+    }
+    parse_json(bytes)
 }
 
 /// Parses a JSON object body into `T`, with an error that names the problem (never the value).

@@ -27,7 +27,7 @@ pub struct OutgoingMail {
 #[derive(Clone)]
 pub enum Mailer {
     Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
         from: Mailbox,
     },
     Directory {
@@ -57,7 +57,8 @@ impl Mailer {
             Some(url) => {
                 let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .context("LOCKSTEP_SMTP_URL is not a valid smtp:// or smtps:// URL")?
-                    .build();
+                    .build()
+                    .into();
                 let from = from
                     .parse()
                     .context("LOCKSTEP_SMTP_FROM is not a valid mailbox")?;

@@ -19,14 +19,19 @@ pub enum Bucket {
     SignInFailuresAccount,
     SignupIp,
     VerifyIp,
+    /// Wrong emailed codes per address (a code is 6 digits: attempts must be few).
+    CodeFailuresAccount,
     EmailIp,
 }
+
+/// Event times per (bucket, key), oldest first.
+type Events = HashMap<(Bucket, String), VecDeque<OffsetDateTime>>;
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     clock: Arc<dyn Clock>,
     limits: HashMap<Bucket, Limit>,
-    events: Arc<Mutex<HashMap<(Bucket, String), VecDeque<OffsetDateTime>>>>,
+    events: Arc<Mutex<Events>>,
 }
 
 /// Bound on tracked keys; past it, keys whose windows have emptied are dropped.

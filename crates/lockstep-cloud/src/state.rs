@@ -60,6 +60,10 @@ impl AppState {
                 ),
                 (Bucket::SignupIp, limits.signups_per_ip),
                 (Bucket::VerifyIp, limits.verify_per_ip),
+                (
+                    Bucket::CodeFailuresAccount,
+                    limits.code_failures_per_account,
+                ),
                 (Bucket::EmailIp, limits.emails_per_ip),
             ]),
         );

@@ -208,7 +208,16 @@ async fn oversized_and_mistyped_requests_are_refused(backend: Backend) {
         )
         .await;
     form.expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-    // No Content-Type at all is fine (curl users forget it).
+    // `curl -d '{…}'` labels JSON as a form; JSON is JSON whatever the label.
+    let curl_d = app
+        .send(
+            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(json!({ "email": "nobody@example.com", "password": PASSWORD }).to_string()),
+        )
+        .await;
+    curl_d.expect_error(StatusCode::BAD_REQUEST, "invalid_credentials");
+    // No Content-Type at all is fine too.
     let bare = app
         .send(
             app.request(Method::POST, "/auth/v1/signup", None)

@@ -15,6 +15,7 @@ backend_tests! {
     verify_by_link_token_or_emailed_code,
     verify_rejects_bad_input,
     resend_sends_a_new_link_and_is_rate_limited_per_address,
+    wrong_codes_are_limited_per_address,
     recovery_link_signs_in_to_set_a_new_password,
     email_change_takes_effect_when_the_new_address_confirms,
     unknown_addresses_are_not_revealed,
@@ -99,35 +100,49 @@ async fn confirmation_redirects_only_to_allowed_urls(backend: Backend) {
         c.redirect_allow_list = vec!["lockstep://".into()];
     })
     .await;
-    app.signup("ada@example.com", "laptop").await;
-    let link = app.latest_link("ada@example.com").await;
-    let with = |target: &str| {
-        link.replace(
-            &format!(
-                "redirect_to={}",
-                common::urlencoding(&app.state.config.site_url())
-            ),
-            &format!("redirect_to={}", common::urlencoding(target)),
-        )
+    let app = &app;
+    let signup = |email: &str, redirect: &str| {
+        let path = format!(
+            "/auth/v1/signup?redirect_to={}",
+            common::urlencoding(redirect)
+        );
+        let body = json!({ "email": email, "password": PASSWORD });
+        async move { app.post(&path, None, body).await }
     };
-    let evil = app.open_link(&with("https://evil.example/")).await;
+    signup("ada@example.com", "https://evil.example/")
+        .await
+        .expect(StatusCode::OK);
+    let evil = app
+        .open_link(&app.latest_link("ada@example.com").await)
+        .await;
     assert!(
         evil.starts_with(&app.state.config.site_url()),
         "unlisted target replaced: {evil}"
     );
-    app.resend_after_interval("ada@example.com").await;
-    let link = app.latest_link("ada@example.com").await;
-    let with = |target: &str| {
-        link.replace(
-            &format!(
-                "redirect_to={}",
-                common::urlencoding(&app.state.config.site_url())
-            ),
-            &format!("redirect_to={}", common::urlencoding(target)),
-        )
-    };
-    let allowed = app.open_link(&with("lockstep://verified")).await;
+
+    signup("bob@example.com", "lockstep://verified")
+        .await
+        .expect(StatusCode::OK);
+    let allowed = app
+        .open_link(&app.latest_link("bob@example.com").await)
+        .await;
     assert!(allowed.starts_with("lockstep://verified#"), "{allowed}");
+
+    // Recovery honours redirect_to too (supabase-js sends `redirectTo` this way).
+    app.post(
+        "/auth/v1/recover?redirect_to=lockstep%3A%2F%2Freset",
+        None,
+        json!({ "email": "bob@example.com" }),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let reset = app
+        .open_link(&app.latest_link("bob@example.com").await)
+        .await;
+    assert!(
+        reset.starts_with("lockstep://reset#access_token="),
+        "{reset}"
+    );
 }
 
 impl TestApp {
@@ -141,6 +156,15 @@ impl TestApp {
         .await
         .expect(StatusCode::OK);
     }
+}
+
+/// The 6-digit code in the newest mail to `to`.
+async fn emailed_code(app: &TestApp, to: &str) -> String {
+    let text = app.mailbox(to).await[0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    text.split("code in the app: ").nth(1).unwrap()[..6].to_owned()
 }
 
 async fn verify_by_link_token_or_emailed_code(backend: Backend) {
@@ -193,6 +217,34 @@ async fn verify_by_link_token_or_emailed_code(backend: Backend) {
     )
     .await
     .expect_error(StatusCode::FORBIDDEN, "otp_expired");
+}
+
+async fn wrong_codes_are_limited_per_address(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.code_failures_per_account = lockstep_cloud::config::Limit::new(3, 900);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    let code = emailed_code(&app, "ada@example.com").await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let attempt = |c: &str| {
+        app.post(
+            "/auth/v1/verify",
+            None,
+            json!({ "type": "signup", "token": c, "email": "ada@example.com" }),
+        )
+    };
+    for _ in 0..3 {
+        attempt(wrong)
+            .await
+            .expect_error(StatusCode::FORBIDDEN, "otp_expired");
+    }
+    // Now even the right code must wait: guessing is capped per address, not only per IP.
+    attempt(&code)
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+    app.clock.advance(Duration::minutes(16));
+    attempt(&code).await.expect(StatusCode::OK);
 }
 
 async fn verify_rejects_bad_input(backend: Backend) {

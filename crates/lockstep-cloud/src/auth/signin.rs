@@ -4,7 +4,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{RawQuery, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use lockstep_protocol::{
@@ -19,7 +19,7 @@ use super::{
 use crate::{
     db::{audit, devices, sessions, users},
     error::{ApiError, ApiResult},
-    extract::{AuthSession, ClientMeta, parse_json, query_param},
+    extract::{AuthSession, ClientMeta, decode_body, query_param},
     ratelimit::Bucket,
     state::AppState,
     token::RefreshToken,
@@ -33,11 +33,15 @@ pub async fn token(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     meta: ClientMeta,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     match query_param(query.as_deref(), "grant_type").as_deref() {
-        Some("password") => password_grant(state, meta, parse_json(&body)?).await,
-        Some("refresh_token") => refresh_grant(state, parse_json(&body)?).await,
+        Some("password") => password_grant(state, meta, decode_body(content_type, &body)?).await,
+        Some("refresh_token") => refresh_grant(state, decode_body(content_type, &body)?).await,
         Some(other) => Err(ApiError::OAuth {
             error: "unsupported_grant_type",
             description: format!(

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::State,
+    extract::{RawQuery, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -24,7 +24,7 @@ use crate::{
         users::{self, UserRow},
     },
     error::{ApiError, ApiResult},
-    extract::{ClientMeta, JsonBody},
+    extract::{ClientMeta, JsonBody, query_param},
     ratelimit::Bucket,
     state::AppState,
 };
@@ -34,6 +34,7 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 pub async fn signup(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     meta: ClientMeta,
     JsonBody(body): JsonBody<SignupRequest>,
 ) -> ApiResult<Response> {
@@ -54,6 +55,7 @@ pub async fn signup(
         )));
     }
     let device = DeviceChoice::pick(body.device, &meta)?;
+    let redirect_to = query_param(query.as_deref(), "redirect_to");
     state
         .limiter
         .hit(Bucket::SignupIp, &meta.ip)
@@ -108,7 +110,7 @@ pub async fn signup(
                 &user,
                 TokenMail::Confirmation,
                 &email,
-                None,
+                redirect_to.as_deref(),
             )
             .await?,
         )

@@ -1,6 +1,10 @@
 //! `GET /auth/v1/user` and `PUT /auth/v1/user` (password, email change, metadata).
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::{RawQuery, State},
+    http::StatusCode,
+};
 use lockstep_protocol::{
     audit::AuditAction,
     auth::{ErrorCode, UpdateUserRequest, User},
@@ -17,7 +21,7 @@ use crate::{
         users::{self, UserRow},
     },
     error::{ApiError, ApiResult},
-    extract::{AuthSession, ClientMeta, JsonBody},
+    extract::{AuthSession, ClientMeta, JsonBody, query_param},
     state::AppState,
 };
 
@@ -41,6 +45,7 @@ pub(crate) async fn load(conn: &mut sqlx::AnyConnection, user_id: &str) -> ApiRe
 pub async fn update_user(
     State(state): State<AppState>,
     caller: AuthSession,
+    RawQuery(query): RawQuery,
     meta: ClientMeta,
     JsonBody(body): JsonBody<UpdateUserRequest>,
 ) -> ApiResult<Json<User>> {
@@ -130,7 +135,7 @@ pub async fn update_user(
                 &user,
                 TokenMail::EmailChange,
                 &new_email,
-                None,
+                query_param(query.as_deref(), "redirect_to").as_deref(),
             )
             .await?,
         );

@@ -26,7 +26,7 @@ use crate::{
         users::{self, UserRow},
     },
     error::{ApiError, ApiResult},
-    extract::{ClientMeta, JsonBody, query_pairs},
+    extract::{ClientMeta, JsonBody, query_pairs, query_param},
     ratelimit::Bucket,
     state::AppState,
     token::{hash_code, hash_link_token},
@@ -207,18 +207,33 @@ pub async fn verify(
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
     let device = DeviceChoice::pick(body.device, &meta)?;
     let mut tx = state.db.pool.begin().await?;
-    let row = match (&body.token_hash, &body.token, &body.email) {
+    let user = match (&body.token_hash, &body.token, &body.email) {
         (Some(hash), _, _) => {
-            tokens::by_token_hash(&mut tx, &hash_link_token(&state.token_key, hash)).await?
+            let row =
+                tokens::by_token_hash(&mut tx, &hash_link_token(&state.token_key, hash)).await?;
+            redeem(&state, &mut tx, row, body.kind, &meta).await?
         }
         (None, Some(code), Some(email)) => {
+            // A code is only 6 digits: besides the per-IP limit, wrong codes are counted per
+            // address, so that many addresses cannot share the guessing of one code.
             let email = valid_email(email)?;
-            match users::by_email(&mut tx, &email).await? {
+            state
+                .limiter
+                .check(Bucket::CodeFailuresAccount, &email)
+                .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
+            let row = match users::by_email(&mut tx, &email).await? {
                 Some(user) => {
                     let hash = hash_code(&state.token_key, &user.id, code);
                     tokens::by_code(&mut tx, &user.id, stored_kind(body.kind), &hash).await?
                 }
                 None => None,
+            };
+            match redeem(&state, &mut tx, row, body.kind, &meta).await {
+                Err(e) if e.code() == Some(ErrorCode::OtpExpired) => {
+                    state.limiter.record(Bucket::CodeFailuresAccount, &email);
+                    return Err(e);
+                }
+                other => other?,
             }
         }
         _ => {
@@ -227,7 +242,6 @@ pub async fn verify(
             ));
         }
     };
-    let user = redeem(&state, &mut tx, row, body.kind, &meta).await?;
     let session = issue_session(&state, &mut tx, &user, &device, &meta, "otp").await?;
     tx.commit().await?;
     Ok(Json(session).into_response())
@@ -263,6 +277,7 @@ fn check_interval(state: &AppState, last_sent: Option<i64>) -> ApiResult<()> {
 /// address is known.
 pub async fn resend(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     meta: ClientMeta,
     JsonBody(body): JsonBody<ResendRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -280,19 +295,32 @@ pub async fn resend(
         .limiter
         .hit(Bucket::EmailIp, &meta.ip)
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverEmailSendRateLimit, secs))?;
+    let redirect_to = query_param(query.as_deref(), "redirect_to");
     let mut tx = state.db.pool.begin().await?;
     let mut mail = None;
     if let Some(user) = users::by_email(&mut tx, &email).await? {
         match what {
             TokenMail::Confirmation if user.email_confirmed_at.is_none() => {
                 check_interval(&state, user.confirmation_sent_at)?;
-                mail =
-                    Some(emails::prepare(&state, &mut tx, &user, what, &user.email, None).await?);
+                mail = Some(
+                    emails::prepare(
+                        &state,
+                        &mut tx,
+                        &user,
+                        what,
+                        &user.email,
+                        redirect_to.as_deref(),
+                    )
+                    .await?,
+                );
             }
             TokenMail::EmailChange if user.new_email.is_some() => {
                 check_interval(&state, user.email_change_sent_at)?;
                 let to = user.new_email.clone().unwrap_or_default();
-                mail = Some(emails::prepare(&state, &mut tx, &user, what, &to, None).await?);
+                mail = Some(
+                    emails::prepare(&state, &mut tx, &user, what, &to, redirect_to.as_deref())
+                        .await?,
+                );
             }
             _ => {}
         }
@@ -308,6 +336,7 @@ pub async fn resend(
 /// the address is known.
 pub async fn recover(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     meta: ClientMeta,
     JsonBody(body): JsonBody<RecoverRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -316,6 +345,7 @@ pub async fn recover(
         .limiter
         .hit(Bucket::EmailIp, &meta.ip)
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverEmailSendRateLimit, secs))?;
+    let redirect_to = query_param(query.as_deref(), "redirect_to");
     let mut tx = state.db.pool.begin().await?;
     let mut mail = None;
     if let Some(user) = users::by_email(&mut tx, &email).await? {
@@ -327,7 +357,7 @@ pub async fn recover(
                 &user,
                 TokenMail::Recovery,
                 &user.email,
-                None,
+                redirect_to.as_deref(),
             )
             .await?,
         );

@@ -54,7 +54,8 @@ pub async fn insert(conn: &mut AnyConnection, e: NewEntry<'_>) -> sqlx::Result<(
         "INSERT INTO audit_log (id, user_id, action, device_id, device_name, ip_address, payload, \
          created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(Uuid::new_v4().to_string())
+    // Time-ordered ids keep entries written in the same millisecond in order.
+    .bind(Uuid::now_v7().to_string())
     .bind(e.user_id)
     .bind(e.action.as_str())
     .bind(e.device_id)
