@@ -547,3 +547,13 @@ async fn errors_take_the_2024_shape_when_asked(backend: Backend) {
     ok.expect(StatusCode::OK);
     assert_eq!(ok.headers["x-supabase-api-version"], "2024-01-01");
 }
+
+/// The embedded default keeps SQLite in write-ahead-log mode (readers never block the writer).
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let mode = app.raw_rows("PRAGMA journal_mode").await;
+    assert_eq!(mode[0][0].as_deref(), Some("wal"));
+    let fk = app.raw_rows("PRAGMA foreign_keys").await;
+    assert_eq!(fk[0][0].as_deref(), Some("1"));
+}

@@ -64,7 +64,23 @@ impl Db {
         // writing fails at once (SQLITE_BUSY) instead of waiting. One connection serialises
         // every transaction, which is simple and fast enough for the embedded default.
         let options = match backend {
-            Backend::Sqlite => options.max_connections(1),
+            Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Write-ahead logging: readers never block the writer, and a commit is one
+                    // append. `synchronous` stays FULL (the default), so a commit that was
+                    // acknowledged survives power loss.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            }),
             Backend::Postgres => options.max_connections(16),
         };
         let pool = options.connect(url).await.with_context(|| {
