@@ -105,6 +105,18 @@ pub struct Config {
     #[arg(long, env = "LOCKSTEP_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Days the change feed keeps entries; a client further behind does a full pull.
+    #[arg(long, env = "LOCKSTEP_FEED_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    pub feed_retention_days: i64,
+
+    /// How far ahead of this server's clock a client's HLC stamp may be, in seconds.
+    #[arg(long, env = "LOCKSTEP_MAX_CLOCK_SKEW", default_value_t = 60)]
+    pub max_clock_skew_seconds: u64,
+
+    /// Seconds between SSE heartbeats (comment lines that keep proxies from closing the stream).
+    #[arg(long, env = "LOCKSTEP_SSE_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub sse_heartbeat_seconds: u64,
+
     #[command(flatten)]
     pub rate_limits: RateLimits,
 }

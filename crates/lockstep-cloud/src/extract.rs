@@ -259,6 +259,10 @@ pub struct AuthSession {
     pub device_id: String,
     pub aal: Aal,
     pub email: String,
+    /// The calling device's name, as registered.
+    pub device_name: Option<String>,
+    /// When the access token expires (Unix seconds).
+    pub expires_at: i64,
 }
 
 impl FromRequestParts<AppState> for AuthSession {
@@ -279,6 +283,14 @@ impl FromRequestParts<AppState> for AuthSession {
                     "This endpoint requires a Bearer token",
                 )
             })?;
+        AuthSession::from_token(state, token).await
+    }
+}
+
+impl AuthSession {
+    /// Checks an access token: signature, expiry (by the injected clock) and that its session
+    /// still exists. Also refreshes the device's last-seen time.
+    pub async fn from_token(state: &AppState, token: &str) -> Result<AuthSession, ApiError> {
         let claims =
             verify_access_token(&state.keys.jwt_secret, token, state.now_secs()).map_err(|e| {
                 let message = match e {
@@ -296,6 +308,7 @@ impl FromRequestParts<AppState> for AuthSession {
                 "Session from session_id claim in JWT does not exist: sign in again",
             ));
         };
+        let device = devices::get(&mut conn, &session.user_id, &session.device_id).await?;
         devices::touch(
             &mut conn,
             &session.user_id,
@@ -308,8 +321,19 @@ impl FromRequestParts<AppState> for AuthSession {
             user_id: session.user_id,
             session_id: session.id,
             device_id: session.device_id,
+            device_name: device.map(|d| d.name),
             email: claims.email,
+            expires_at: claims.exp,
         })
+    }
+
+    /// The writer of changes made through this session.
+    pub fn writer(&self) -> crate::sync::Writer {
+        crate::sync::Writer {
+            user_id: self.user_id.clone(),
+            device_id: self.device_id.clone(),
+            device_name: self.device_name.clone(),
+        }
     }
 }
 

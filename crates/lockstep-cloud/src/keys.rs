@@ -2,7 +2,8 @@
 //!
 //! Stored in `<data dir>/secrets.json`, created with mode 0600. Each can be overridden by the
 //! environment (`LOCKSTEP_JWT_SECRET`, `LOCKSTEP_ANON_KEY`, `LOCKSTEP_SERVICE_KEY`), which is how
-//! several nodes sharing one database are given the same keys.
+//! several nodes sharing one database are given the same keys. `LOCKSTEP_DATA_KEYS` gives the
+//! master keys for encryption at rest (`id:base64url,…`, the first seals new values).
 
 use std::{fmt, fs, io::Write, path::Path};
 
@@ -13,6 +14,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+
+use crate::sealing::DataKeys;
 
 /// Which key a request presented in `apikey`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,9 @@ pub struct ServerKeys {
     pub jwt_secret: String,
     pub anon_key: String,
     pub service_key: String,
+    /// Master keys for [`crate::sealing`], as `id:base64url,…` (first = active).
+    #[serde(default)]
+    pub data_keys: String,
 }
 
 impl fmt::Debug for ServerKeys {
@@ -42,6 +48,7 @@ impl ServerKeys {
             jwt_secret: random_token(32),
             anon_key: format!("lsk_anon_{}", random_token(24)),
             service_key: format!("lsk_service_{}", random_token(32)),
+            data_keys: DataKeys::generate_spec("k1"),
         }
     }
 
@@ -50,8 +57,18 @@ impl ServerKeys {
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join("secrets.json");
         let mut keys = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not valid; fix or remove it", path.display()))?,
+            Ok(bytes) => {
+                let mut keys: ServerKeys = serde_json::from_slice(&bytes).with_context(|| {
+                    format!("{} is not valid; fix or remove it", path.display())
+                })?;
+                if keys.data_keys.is_empty() {
+                    // Written by a version without encryption at rest: add a master key.
+                    keys.data_keys = DataKeys::generate_spec("k1");
+                    write_private(&path, &serde_json::to_vec_pretty(&keys)?)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                keys
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let keys = ServerKeys::generate();
                 write_private(&path, &serde_json::to_vec_pretty(&keys)?)
@@ -73,7 +90,17 @@ impl ServerKeys {
         if let Ok(v) = std::env::var("LOCKSTEP_SERVICE_KEY") {
             keys.service_key = v;
         }
+        if let Ok(v) = std::env::var("LOCKSTEP_DATA_KEYS") {
+            keys.data_keys = v;
+        }
+        keys.sealing()
+            .context("LOCKSTEP_DATA_KEYS (or data_keys in secrets.json) is invalid")?;
         Ok(keys)
+    }
+
+    /// The master keys for encryption at rest.
+    pub fn sealing(&self) -> anyhow::Result<DataKeys> {
+        DataKeys::parse(&self.data_keys).map_err(anyhow::Error::msg)
     }
 
     /// Which role an `apikey` value grants, compared in constant time.

@@ -14,13 +14,18 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod feed;
 pub mod keys;
 pub mod mail;
 pub mod password;
 pub mod ratelimit;
+pub mod realtime;
 pub mod rest;
+pub mod sealing;
 pub mod state;
+pub mod sync;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -51,7 +56,8 @@ pub fn router(state: AppState) -> Router {
             "/auth/v1",
             auth::router().layer(middleware::from_fn(error::negotiate_error_shape)),
         )
-        .nest("/rest/v1", rest::router());
+        .nest("/rest/v1", rest::router())
+        .nest("/realtime/v1", realtime::router());
     if state.config.dev {
         app = app.nest("/dev", dev::router());
     }

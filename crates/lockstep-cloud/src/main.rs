@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", state.config.bind))?;
     let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(prune_feed_hourly(state.clone()));
     println!();
     println!("  Lockstep cloud is running");
     println!("  URL:       {url}");
@@ -63,4 +64,16 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Keeps the change feed within its retention.
+async fn prune_feed_hourly(state: AppState) {
+    let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every_hour.tick().await;
+        match lockstep_cloud::feed::prune(&state).await {
+            Ok(pruned) => tracing::info!(pruned, "pruned the change feed"),
+            Err(error) => tracing::warn!(?error, "pruning the change feed failed"),
+        }
+    }
 }

@@ -1,16 +1,24 @@
 //! Shared state of one server node.
 
-use std::{collections::HashMap, ops::Deref, sync::Arc};
+use std::{
+    collections::HashMap,
+    ops::Deref,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context;
+use lockstep_protocol::hlc::Hlc;
+use tokio::task::JoinHandle;
 
 use crate::{
     clock::{Clock, to_millis},
     config::Config,
-    db::Db,
+    db::{Backend, Db},
+    feed::Hub,
     keys::ServerKeys,
     mail::Mailer,
     ratelimit::{Bucket, RateLimiter},
+    sealing::DataKeys,
 };
 
 /// Cheap to clone: everything sits behind one `Arc`.
@@ -27,6 +35,22 @@ pub struct AppInner {
     pub clock: Arc<dyn Clock>,
     pub mailer: Mailer,
     pub limiter: RateLimiter,
+    /// Master keys for encryption at rest.
+    pub sealing: DataKeys,
+    /// Wake-ups for this node's open streams.
+    pub hub: Arc<Hub>,
+    /// This node's hybrid logical clock, for writes that come without a stamp.
+    hlc: Mutex<Hlc>,
+    /// Background tasks (feed listener, pruning), stopped with the state.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for AppInner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Deref for AppState {
@@ -68,7 +92,16 @@ impl AppState {
             ]),
         );
         let token_key = keys.token_key();
-        Ok(AppState(Arc::new(AppInner {
+        let sealing = keys.sealing()?;
+        let hub = Arc::new(Hub::default());
+        let mut tasks = Vec::new();
+        if db.backend == Backend::Postgres {
+            tasks.push(tokio::spawn(crate::feed::listen(
+                hub.clone(),
+                config.database_url(),
+            )));
+        }
+        let state = AppState(Arc::new(AppInner {
             config,
             db,
             keys,
@@ -76,7 +109,12 @@ impl AppState {
             clock,
             mailer,
             limiter,
-        })))
+            sealing,
+            hub,
+            hlc: Mutex::new(Hlc::ZERO),
+            tasks,
+        }));
+        Ok(state)
     }
 
     /// Now, in stored form (Unix milliseconds).
@@ -87,6 +125,31 @@ impl AppState {
     /// Now, in Unix seconds (JWT times).
     pub fn now_secs(&self) -> i64 {
         self.clock.now().unix_timestamp()
+    }
+
+    /// Wakes the user's streams after a transaction that appended to their feed committed.
+    pub fn publish(&self, user_id: &str) {
+        self.hub.wake(user_id);
+    }
+
+    /// A stamp from this node's hybrid logical clock, later than `observed` (the stamp of the
+    /// value being replaced) and than every stamp this node issued or saw before.
+    pub fn stamp(&self, observed: Option<Hlc>) -> Hlc {
+        let now = u64::try_from(self.now_ms()).unwrap_or(0);
+        let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        let base = match observed {
+            Some(remote) => hlc.observe(remote, now),
+            None => hlc.tick(now),
+        };
+        *hlc = base;
+        base
+    }
+
+    /// Lets this node's clock learn of a stamp a client sent.
+    pub fn observe_stamp(&self, remote: Hlc) {
+        let now = u64::try_from(self.now_ms()).unwrap_or(0);
+        let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        *hlc = hlc.observe(remote, now);
     }
 
     /// The `iss` claim of access tokens.

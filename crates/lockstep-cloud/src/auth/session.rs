@@ -16,7 +16,9 @@ use crate::{
         users::{self, UserRow},
     },
     error::ApiResult,
+    events::{self, Actor},
     extract::ClientMeta,
+    feed::EventType,
     state::AppState,
     token::{AccessClaims, RefreshToken, sign_access_token},
 };
@@ -49,7 +51,8 @@ impl DeviceChoice {
 }
 
 /// Creates a session for `user` on `device`, inside the caller's transaction, and records the
-/// sign-in (and the device, when new) in the audit log.
+/// sign-in (and the device, when new) in the audit log and the change feed. The caller publishes
+/// the feed after commit.
 pub async fn issue_session(
     state: &AppState,
     conn: &mut AnyConnection,
@@ -61,7 +64,18 @@ pub async fn issue_session(
     let now = state.now_ms();
     let device = &device.0;
     let is_new = devices::upsert(&mut *conn, &user.id, device, now).await?;
+    let actor = Actor::device(&device.id, Some(&device.name));
     if is_new {
+        let row = devices::get(&mut *conn, &user.id, &device.id).await?;
+        events::device_changed(
+            state,
+            &mut *conn,
+            EventType::Insert,
+            None,
+            row.as_ref(),
+            &actor,
+        )
+        .await?;
         audit::insert(
             &mut *conn,
             audit::NewEntry {
@@ -96,6 +110,7 @@ pub async fn issue_session(
         user_agent: meta.user_agent.clone(),
     };
     sessions::insert(&mut *conn, &row).await?;
+    events::session_started(state, &mut *conn, &row, &actor).await?;
     users::set_last_sign_in(&mut *conn, &user.id, now).await?;
     audit::insert(
         &mut *conn,

@@ -19,6 +19,7 @@ use super::{
 use crate::{
     db::{audit, devices, sessions, users},
     error::{ApiError, ApiResult},
+    events::{self, Actor},
     extract::{AuthSession, ClientMeta, decode_body, query_param},
     ratelimit::Bucket,
     state::AppState,
@@ -124,6 +125,7 @@ async fn password_grant(
     let mut tx = state.db.pool.begin().await?;
     let session = issue_session(&state, &mut tx, &user, &device, &meta, "password").await?;
     tx.commit().await?;
+    state.publish(&user.id);
     tracing::info!(user_id = %user.id, device_id = %device.0.id, "signed in");
     Ok(Json(session).into_response())
 }
@@ -165,21 +167,8 @@ async fn refresh_grant(state: AppState, body: RefreshGrant) -> ApiResult<Respons
             1 => session,
             n if n > 1 && recent => session,
             n if n > 0 => {
-                sessions::delete(&mut conn, &session.id).await?;
-                audit::insert(
-                    &mut conn,
-                    audit::NewEntry {
-                        user_id: Some(&session.user_id),
-                        action: AuditAction::RefreshTokenReused,
-                        device_id: Some(&session.device_id),
-                        device_name: None,
-                        ip_address: &session.ip_address,
-                        payload: serde_json::json!({ "session_id": session.id, "behind": n }),
-                        now,
-                    },
-                )
-                .await?;
-                tracing::warn!(user_id = %session.user_id, session_id = %session.id, "refresh token reused; session revoked");
+                drop(conn);
+                revoke_reused(&state, &session, n).await?;
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     ErrorCode::RefreshTokenAlreadyUsed,
@@ -196,6 +185,42 @@ async fn refresh_grant(state: AppState, body: RefreshGrant) -> ApiResult<Respons
     }
 }
 
+/// A refresh token was used again long after it was replaced: it may have leaked, so the whole
+/// session ends (recorded in the audit log and the change feed).
+async fn revoke_reused(
+    state: &AppState,
+    session: &sessions::SessionRow,
+    behind: i64,
+) -> ApiResult<()> {
+    let mut tx = state.db.pool.begin().await?;
+    sessions::delete(&mut tx, &session.id).await?;
+    events::sessions_ended(
+        state,
+        &mut tx,
+        std::slice::from_ref(session),
+        "refresh_token_reused",
+        &Actor::default(),
+    )
+    .await?;
+    audit::insert(
+        &mut tx,
+        audit::NewEntry {
+            user_id: Some(&session.user_id),
+            action: AuditAction::RefreshTokenReused,
+            device_id: Some(&session.device_id),
+            device_name: None,
+            ip_address: &session.ip_address,
+            payload: serde_json::json!({ "session_id": session.id, "behind": behind }),
+            now: state.now_ms(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    state.publish(&session.user_id);
+    tracing::warn!(user_id = %session.user_id, session_id = %session.id, "refresh token reused; session revoked");
+    Ok(())
+}
+
 /// `POST /logout?scope=local|others|global`: this session, every other one, or all.
 pub async fn logout(
     State(state): State<AppState>,
@@ -204,20 +229,28 @@ pub async fn logout(
     caller: AuthSession,
 ) -> ApiResult<StatusCode> {
     let scope = query_param(query.as_deref(), "scope").unwrap_or_else(|| "local".into());
-    let mut tx = state.db.pool.begin().await?;
-    let removed = match scope.as_str() {
-        "local" => u64::from(sessions::delete(&mut tx, &caller.session_id).await?),
-        "others" => {
-            sessions::delete_all_for_user(&mut tx, &caller.user_id, Some(&caller.session_id))
-                .await?
-        }
-        "global" => sessions::delete_all_for_user(&mut tx, &caller.user_id, None).await?,
-        other => {
-            return Err(ApiError::validation(format!(
-                "scope {other:?} is not valid: use local, others or global"
-            )));
-        }
+    if !matches!(scope.as_str(), "local" | "others" | "global") {
+        return Err(ApiError::validation(format!(
+            "scope {scope:?} is not valid: use local, others or global"
+        )));
+    }
+    let ends = |s: &sessions::SessionRow| match scope.as_str() {
+        "local" => s.id == caller.session_id,
+        "others" => s.id != caller.session_id,
+        _ => true,
     };
+    let mut tx = state.db.pool.begin().await?;
+    let ended: Vec<_> = sessions::list(&mut tx, &caller.user_id)
+        .await?
+        .into_iter()
+        .filter(|s| ends(s))
+        .collect();
+    for session in &ended {
+        sessions::delete(&mut tx, &session.id).await?;
+    }
+    let removed = ended.len();
+    let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
+    events::sessions_ended(&state, &mut tx, &ended, "signed_out", &actor).await?;
     audit::insert(
         &mut tx,
         audit::NewEntry {
@@ -232,5 +265,6 @@ pub async fn logout(
     )
     .await?;
     tx.commit().await?;
+    state.publish(&caller.user_id);
     Ok(StatusCode::NO_CONTENT)
 }

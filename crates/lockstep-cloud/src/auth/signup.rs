@@ -125,6 +125,7 @@ pub async fn signup(
         Json(user.to_wire()).into_response()
     };
     tx.commit().await?;
+    state.publish(&user.id);
     tracing::info!(user_id = %user.id, "user signed up");
     if let Some(mail) = mail {
         emails::deliver(&state, mail).await;

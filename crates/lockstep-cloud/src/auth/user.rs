@@ -21,6 +21,7 @@ use crate::{
         users::{self, UserRow},
     },
     error::{ApiError, ApiResult},
+    events::{self, Actor},
     extract::{AuthSession, ClientMeta, JsonBody, query_param},
     state::AppState,
 };
@@ -78,6 +79,7 @@ pub async fn update_user(
     };
 
     let now = state.now_ms();
+    let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
     let mut tx = state.db.pool.begin().await?;
     let entry = |action, payload| audit::NewEntry {
         user_id: Some(&caller.user_id),
@@ -107,8 +109,16 @@ pub async fn update_user(
     }
     if let Some(hash) = new_hash {
         users::set_password(&mut tx, &user.id, &hash, now).await?;
-        let ended =
-            sessions::delete_all_for_user(&mut tx, &user.id, Some(&caller.session_id)).await?;
+        let ended: Vec<_> = sessions::list(&mut tx, &user.id)
+            .await?
+            .into_iter()
+            .filter(|s| s.id != caller.session_id)
+            .collect();
+        for session in &ended {
+            sessions::delete(&mut tx, &session.id).await?;
+        }
+        events::sessions_ended(&state, &mut tx, &ended, "password_changed", &actor).await?;
+        let ended = ended.len();
         audit::insert(
             &mut tx,
             entry(
@@ -149,7 +159,9 @@ pub async fn update_user(
         .await?;
     }
     let updated = load(&mut tx, &user.id).await?;
+    events::user_updated(&state, &mut tx, &user, &updated, &actor).await?;
     tx.commit().await?;
+    state.publish(&user.id);
     if let Some(mail) = mail {
         emails::deliver(&state, mail).await;
     }

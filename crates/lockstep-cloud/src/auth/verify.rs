@@ -26,6 +26,7 @@ use crate::{
         users::{self, UserRow},
     },
     error::{ApiError, ApiResult},
+    events::{self, Actor},
     extract::{ClientMeta, JsonBody, query_pairs, query_param},
     ratelimit::Bucket,
     state::AppState,
@@ -114,7 +115,9 @@ async fn redeem(
         },
     )
     .await?;
-    load(conn, &user.id).await
+    let updated = load(&mut *conn, &user.id).await?;
+    events::user_updated(state, &mut *conn, &user, &updated, &Actor::default()).await?;
+    Ok(updated)
 }
 
 /// `GET /auth/v1/verify?token=…&type=…&redirect_to=…`: the link in the email, opened in a
@@ -191,6 +194,7 @@ async fn verify_link_inner(
         )
     };
     tx.commit().await?;
+    state.publish(&user.id);
     Ok(fragment)
 }
 
@@ -244,6 +248,7 @@ pub async fn verify(
     };
     let session = issue_session(&state, &mut tx, &user, &device, &meta, "otp").await?;
     tx.commit().await?;
+    state.publish(&user.id);
     Ok(Json(session).into_response())
 }
 

@@ -9,7 +9,9 @@
 
 pub mod audit;
 pub mod devices;
+pub mod feed;
 pub mod sessions;
+pub mod settings;
 pub mod tokens;
 pub mod users;
 

@@ -2,6 +2,7 @@
 //! security semantics: other users' rows are simply absent).
 
 mod query;
+mod settings;
 
 use axum::{
     Json, Router,
@@ -20,7 +21,9 @@ use crate::{
     clock::from_millis,
     db::{audit, devices, sessions},
     error::{ApiError, ApiResult},
+    events::{self, Actor},
     extract::{AuthSession, ClientMeta, query_pairs},
+    feed::EventType,
     state::AppState,
 };
 
@@ -34,6 +37,15 @@ pub fn router() -> Router<AppState> {
         )
         .route("/audit_log_entries", get(list_audit))
         .route("/sessions", get(list_sessions))
+        .route(
+            "/user_settings",
+            get(settings::list)
+                .post(settings::upsert)
+                .patch(settings::patch)
+                .delete(settings::delete),
+        )
+        .route("/rpc/push_settings", axum::routing::post(settings::push))
+        .route("/rpc/changes", get(settings::changes))
         .route("/{table}", axum::routing::any(unknown_table))
 }
 
@@ -206,10 +218,22 @@ async fn rename_devices(
     validate_device_name(&name).map_err(|m| ApiError::rest(StatusCode::BAD_REQUEST, "22023", m))?;
     let (_, targets) = targeted_devices(&state, &caller, raw.as_deref()).await?;
     let now = state.now_ms();
+    let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
     let mut tx = state.db.pool.begin().await?;
     for row in &targets {
         let id = row["id"].as_str().unwrap_or_default();
+        let before = devices::get(&mut tx, &caller.user_id, id).await?;
         devices::rename(&mut tx, &caller.user_id, id, &name).await?;
+        let after = devices::get(&mut tx, &caller.user_id, id).await?;
+        events::device_changed(
+            &state,
+            &mut tx,
+            EventType::Update,
+            before.as_ref(),
+            after.as_ref(),
+            &actor,
+        )
+        .await?;
         audit::insert(
             &mut tx,
             audit::NewEntry {
@@ -225,6 +249,7 @@ async fn rename_devices(
         .await?;
     }
     tx.commit().await?;
+    state.publish(&caller.user_id);
     if wants_representation(&headers) {
         let ids: Vec<&str> = targets.iter().filter_map(|r| r["id"].as_str()).collect();
         let rows = device_rows(&state, &caller)
@@ -258,10 +283,27 @@ async fn revoke_devices(
         ));
     }
     let now = state.now_ms();
+    let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
     let mut tx = state.db.pool.begin().await?;
     for row in &targets {
         let id = row["id"].as_str().unwrap_or_default();
+        let before = devices::get(&mut tx, &caller.user_id, id).await?;
+        let ended: Vec<_> = sessions::list(&mut tx, &caller.user_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.device_id == id)
+            .collect();
         devices::delete(&mut tx, &caller.user_id, id).await?;
+        events::sessions_ended(&state, &mut tx, &ended, "device_revoked", &actor).await?;
+        events::device_changed(
+            &state,
+            &mut tx,
+            EventType::Delete,
+            before.as_ref(),
+            None,
+            &actor,
+        )
+        .await?;
         audit::insert(
             &mut tx,
             audit::NewEntry {
@@ -277,6 +319,7 @@ async fn revoke_devices(
         .await?;
     }
     tx.commit().await?;
+    state.publish(&caller.user_id);
     tracing::info!(user_id = %caller.user_id, count = targets.len(), "devices revoked");
     if wants_representation(&headers) {
         return Ok(rows_response(targets, &headers));

@@ -1,0 +1,128 @@
+//! The change feed tables: `feed_heads` (per-user sequence), `change_feed` (the log) and
+//! `push_receipts` (answers to pushes, for idempotent retries).
+
+use sqlx::AnyConnection;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedRow {
+    pub seq: i64,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// Hands out the user's next sequence number. In PostgreSQL the row lock taken here is held to
+/// commit, so one user's entries commit in sequence order (a reader never sees n+1 before n).
+pub async fn next_seq(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<i64> {
+    sqlx::query(
+        "INSERT INTO feed_heads (user_id, last_seq, pruned_through) VALUES ($1, 0, 0) \
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_scalar(
+        "UPDATE feed_heads SET last_seq = last_seq + 1 WHERE user_id = $1 RETURNING last_seq",
+    )
+    .bind(user_id)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn insert(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    seq: i64,
+    payload: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO change_feed (user_id, seq, payload, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(user_id)
+    .bind(seq)
+    .bind(payload)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `(last_seq, pruned_through)`; `(0, 0)` for a user without entries yet.
+pub async fn head(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<(i64, i64)> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT last_seq, pruned_through FROM feed_heads WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
+/// Entries after `since`, oldest first, at most `limit`.
+pub async fn after(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    since: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<FeedRow>> {
+    sqlx::query_as(
+        "SELECT seq, payload, created_at FROM change_feed WHERE user_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+    )
+    .bind(user_id)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Drops entries and push receipts written before `cutoff`, remembering per user how far the
+/// log was pruned.
+pub async fn prune(conn: &mut AnyConnection, cutoff: i64) -> sqlx::Result<u64> {
+    sqlx::query(
+        "UPDATE feed_heads SET pruned_through = COALESCE((SELECT MAX(c.seq) FROM change_feed c \
+         WHERE c.user_id = feed_heads.user_id AND c.created_at < $1), pruned_through)",
+    )
+    .bind(cutoff)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM push_receipts WHERE created_at < $1")
+        .bind(cutoff)
+        .execute(&mut *conn)
+        .await?;
+    let result = sqlx::query("DELETE FROM change_feed WHERE created_at < $1")
+        .bind(cutoff)
+        .execute(conn)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+pub async fn receipt(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    mutation_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT response FROM push_receipts WHERE user_id = $1 AND mutation_id = $2")
+        .bind(user_id)
+        .bind(mutation_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn store_receipt(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    mutation_id: &str,
+    response: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO push_receipts (user_id, mutation_id, response, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(user_id)
+    .bind(mutation_id)
+    .bind(response)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
