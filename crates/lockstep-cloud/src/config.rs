@@ -60,7 +60,7 @@ pub struct Config {
         long,
         env = "LOCKSTEP_JWT_EXPIRY",
         default_value_t = 3600,
-        value_parser = clap::value_parser!(i64).range(60..=7 * 24 * 3600)
+        value_parser = clap::value_parser!(i64).range(5..=7 * 24 * 3600)
     )]
     pub jwt_expiry_seconds: i64,
 
@@ -264,6 +264,7 @@ mod tests {
         assert_eq!(parse(&["x", "--dev=1"]).ok(), Some(true));
         assert_eq!(parse(&["x", "--dev=no"]).ok(), Some(false));
         assert!(Config::try_parse_from(["x", "--jwt-expiry-seconds=0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--jwt-expiry-seconds=-60"]).is_err());
     }
 
     #[test]

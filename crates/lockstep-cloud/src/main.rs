@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Parser;
 use lockstep_cloud::{AppState, Config, clock::SystemClock};
@@ -21,19 +23,20 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", state.config.bind))?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(prune_feed_hourly(state.clone()));
-    println!();
-    println!("  Lockstep cloud is running");
-    println!("  URL:       {url}");
-    println!("  Anon key:  {}", state.keys.anon_key);
-    println!("  Database:  {}", state.db.backend.name());
-    println!("  Data dir:  {}", state.config.data_dir.display());
+    // The banner is for a person at a terminal: a closed stdout must not stop the server.
+    let mut banner = format!(
+        "\n  Lockstep cloud is running\n  URL:       {url}\n  Anon key:  {}\n  Database:  {}\n  Data dir:  {}\n",
+        state.keys.anon_key,
+        state.db.backend.name(),
+        state.config.data_dir.display()
+    );
     if state.config.dev {
-        println!(
-            "  Mailbox:   {url}/dev/mailbox?apikey={}",
+        banner.push_str(&format!(
+            "  Mailbox:   {url}/dev/mailbox?apikey={}\n",
             state.keys.anon_key
-        );
+        ));
     }
-    println!();
+    let _ = writeln!(std::io::stdout(), "{banner}");
     axum::serve(
         listener,
         lockstep_cloud::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),

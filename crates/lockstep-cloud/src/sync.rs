@@ -76,6 +76,7 @@ pub async fn apply(
     for change in changes {
         check(state, change)?;
     }
+    crate::db::feed::lock_user(&mut *conn, state.db.backend, &writer.user_id).await?;
     let mut outcome = Outcome::default();
     for change in changes {
         state.observe_stamp(change.hlc);

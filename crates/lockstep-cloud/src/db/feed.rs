@@ -3,6 +3,8 @@
 
 use sqlx::AnyConnection;
 
+use super::Backend;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FeedRow {
     pub seq: i64,
@@ -26,6 +28,30 @@ pub async fn next_seq(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<i
     .bind(user_id)
     .fetch_one(conn)
     .await
+}
+
+/// Serialises writers of one user's data until the transaction ends: PostgreSQL locks the
+/// user's feed head row (SQLite runs one transaction at a time anyway). Merges read, decide and
+/// write under this lock, so two concurrent pushes can never both win against a stale read.
+pub async fn lock_user(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    user_id: &str,
+) -> sqlx::Result<()> {
+    if backend == Backend::Postgres {
+        sqlx::query(
+            "INSERT INTO feed_heads (user_id, last_seq, pruned_through) VALUES ($1, 0, 0) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("SELECT last_seq FROM feed_heads WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 pub async fn insert(

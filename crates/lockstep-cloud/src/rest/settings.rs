@@ -330,7 +330,22 @@ pub async fn push(
     validate_push(&push)
         .map_err(|e| ApiError::rest(StatusCode::BAD_REQUEST, "22023", e.to_string()))?;
     let mut tx = state.db.pool.begin().await?;
+    // Under the user's lock, so a retry racing its original sees the original's receipt.
+    log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
     if let Some(stored) = log::receipt(&mut tx, &caller.user_id, &push.mutation_id).await? {
+        let stored = if crate::sealing::DataKeys::is_sealed(&stored) {
+            let bytes = state
+                .sealing
+                .open(
+                    caller.user_id.as_bytes(),
+                    push.mutation_id.as_bytes(),
+                    &stored,
+                )
+                .map_err(anyhow::Error::from)?;
+            String::from_utf8(bytes).map_err(anyhow::Error::from)?
+        } else {
+            stored
+        };
         let response = serde_json::from_str(&stored).map_err(anyhow::Error::from)?;
         return Ok(Json(response));
     }

@@ -87,6 +87,7 @@ pub const PASSWORD: &str = "Correct horse 42";
 #[derive(Debug)]
 pub struct TestApp {
     pub url: String,
+    pub database_url: String,
     pub anon_key: String,
     pub clock: ManualClock,
     pub state: AppState,
@@ -109,14 +110,43 @@ impl TestApp {
     /// Starts with the default test configuration (dev mode on), adjusted by `configure`.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
+        let database_url = backend.fresh_database_url(dir.path()).await;
+        Self::launch(dir, database_url, ManualClock::starting_now(), configure).await
+    }
+
+    /// Stops this node and starts a new one on the same data dir and database (a restart).
+    pub async fn restart(mut self) -> TestApp {
+        self.server.abort();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        let (url, clock) = (self.database_url.clone(), self.clock.clone());
+        drop(self);
+        Self::launch(dir, url, clock, |_| {}).await
+    }
+
+    /// A second node on the same database and keys (PostgreSQL: several nodes, one database).
+    pub async fn another_node(&self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            self.state.config.data_dir.join("secrets.json"),
+            dir.path().join("secrets.json"),
+        )
+        .unwrap();
+        Self::launch(dir, self.database_url.clone(), self.clock.clone(), |_| {}).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        database_url: String,
+        clock: ManualClock,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let mut config = Config::for_data_dir(dir.path());
         config.dev = true;
-        config.database_url = Some(backend.fresh_database_url(dir.path()).await);
+        config.database_url = Some(database_url.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         config.bind = addr;
         configure(&mut config);
-        let clock = ManualClock::starting_now();
         let state = AppState::new(config, Arc::new(clock.clone()))
             .await
             .unwrap();
@@ -128,6 +158,7 @@ impl TestApp {
         });
         TestApp {
             url: format!("http://{addr}"),
+            database_url,
             anon_key: state.keys.anon_key.clone(),
             clock,
             state,
@@ -274,6 +305,110 @@ impl TestApp {
                     .collect()
             })
             .collect()
+    }
+}
+
+impl TestApp {
+    /// Opens the change feed as the session of `token`, resuming after `last_event_id`.
+    pub async fn stream(&self, token: &str, last_event_id: Option<i64>) -> Feed {
+        let mut req = self.request(Method::GET, "/realtime/v1/sse", Some(token));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let response = req.send().await.unwrap();
+        Feed::open(response)
+    }
+
+    /// Pushes setting changes from the session of `token`.
+    pub async fn push(&self, token: &str, mutation_id: &str, changes: Value) -> Reply {
+        self.post(
+            "/rest/v1/rpc/push_settings",
+            Some(token),
+            json!({ "mutation_id": mutation_id, "changes": changes }),
+        )
+        .await
+    }
+}
+
+/// An HLC stamp `ms` milliseconds after the app clock's now (text form).
+pub fn hlc_at(app: &TestApp, offset_ms: i64, counter: u32) -> String {
+    let now = lockstep_cloud::clock::to_millis(lockstep_cloud::clock::Clock::now(&app.clock));
+    format!("{:015}-{:010}", now + offset_ms, counter)
+}
+
+/// A server-sent event stream, read event by event.
+pub struct Feed {
+    events: std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<
+                        eventsource_stream::Event,
+                        eventsource_stream::EventStreamError<reqwest::Error>,
+                    >,
+                > + Send,
+        >,
+    >,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Feed")
+    }
+}
+
+/// How long a test waits for an event before it fails (a bound, not a performance claim).
+pub const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl Feed {
+    /// Reads an SSE response.
+    pub fn open(response: reqwest::Response) -> Feed {
+        use eventsource_stream::Eventsource;
+        assert_eq!(response.status(), StatusCode::OK, "the stream opens");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Feed {
+            events: Box::pin(response.bytes_stream().eventsource()),
+        }
+    }
+
+    /// The next event, or None when the stream ended.
+    pub async fn next(&mut self) -> Option<eventsource_stream::Event> {
+        use futures::StreamExt;
+        match tokio::time::timeout(EVENT_WAIT, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(e))) => panic!("stream failed: {e}"),
+            Ok(None) => None,
+            Err(_) => panic!("no event within {EVENT_WAIT:?}"),
+        }
+    }
+
+    /// The next event of the given type, skipping others (e.g. `ready`).
+    pub async fn next_of(&mut self, event: &str) -> eventsource_stream::Event {
+        loop {
+            let next = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before a {event} event"));
+            if next.event == event {
+                return next;
+            }
+        }
+    }
+
+    /// The data of the next change event, with its id checked against `seq`.
+    pub async fn next_change(&mut self) -> Value {
+        let event = self.next_of("change").await;
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(
+            event.id,
+            data["seq"].to_string(),
+            "the SSE id is the sequence number"
+        );
+        data
+    }
+
+    /// Waits for the end of the replay and returns the id it names.
+    pub async fn ready(&mut self) -> i64 {
+        self.next_of("ready").await.id.parse().unwrap()
     }
 }
 
