@@ -14,6 +14,13 @@ use anyhow::{Result, bail};
 use crate::cmd;
 
 /// What every build of the workspace needs.
+/// What the test suite needs besides the build: QR codes are checked by rasterising the SVG
+/// (`rsvg-convert`) and decoding it with a real barcode reader (`zbarimg`).
+pub const TEST_TOOLS: &[Package] = &[
+    Package::binary("rsvg-convert", "librsvg2-bin"),
+    Package::binary("zbarimg", "zbar-tools"),
+];
+
 pub const BUILD: &[Package] = &[
     // A C compiler and linker: rustc links through `cc`, and some crates
     // (e.g. the bundled SQLite) compile C code.

@@ -51,6 +51,7 @@ pub fn run(args: &Args) -> Result<()> {
         .filter(|url| !url.is_empty());
 
     let mut packages = system::BUILD.to_vec();
+    packages.extend_from_slice(system::TEST_TOOLS);
     if external_postgres.is_none() {
         packages.push(postgres::PACKAGE);
     }

@@ -110,7 +110,7 @@ pub struct Config {
     pub feed_retention_days: i64,
 
     /// How far ahead of this server's clock a client's HLC stamp may be, in seconds.
-    #[arg(long, env = "LOCKSTEP_MAX_CLOCK_SKEW", default_value_t = 60)]
+    #[arg(long, env = "LOCKSTEP_MAX_CLOCK_SKEW", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub max_clock_skew_seconds: u64,
 
     /// Seconds between SSE heartbeats (comment lines that keep proxies from closing the stream).
@@ -139,6 +139,9 @@ pub struct RateLimits {
     /// Wrong emailed codes (`POST /verify` with `token`) per address.
     #[arg(long, env = "LOCKSTEP_RATE_CODE_ACCOUNT", default_value = "5/900")]
     pub code_failures_per_account: Limit,
+    /// MFA challenge, verify and recovery-code attempts per client IP.
+    #[arg(long, env = "LOCKSTEP_RATE_MFA_IP", default_value = "30/60")]
+    pub mfa_per_ip: Limit,
     /// Resend and recovery emails per client IP.
     #[arg(long, env = "LOCKSTEP_RATE_EMAIL_IP", default_value = "10/3600")]
     pub emails_per_ip: Limit,
@@ -198,6 +201,7 @@ impl Default for RateLimits {
             signups_per_ip: Limit::new(30, 3600),
             verify_per_ip: Limit::new(30, 300),
             code_failures_per_account: Limit::new(5, 900),
+            mfa_per_ip: Limit::new(30, 60),
             emails_per_ip: Limit::new(10, 3600),
             email_interval_seconds: 60,
         }

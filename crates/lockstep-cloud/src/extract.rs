@@ -263,6 +263,8 @@ pub struct AuthSession {
     pub device_name: Option<String>,
     /// When the access token expires (Unix seconds).
     pub expires_at: i64,
+    /// When this session last proved a second factor (Unix milliseconds).
+    pub mfa_verified_at: Option<i64>,
 }
 
 impl FromRequestParts<AppState> for AuthSession {
@@ -324,7 +326,24 @@ impl AuthSession {
             device_name: device.map(|d| d.name),
             email: claims.email,
             expires_at: claims.exp,
+            mfa_verified_at: session.mfa_verified_at,
         })
+    }
+
+    /// Refuses an aal1 session of a user who has a verified factor: their data needs aal2.
+    pub async fn require_data_access(&self, state: &AppState) -> Result<(), ApiError> {
+        if self.aal == Aal::Aal2 {
+            return Ok(());
+        }
+        let mut conn = state.db.pool.acquire().await?;
+        if crate::db::mfa::has_verified_factor(&mut conn, &self.user_id).await? {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::InsufficientAal,
+                "Two-factor authentication is on for this account: verify a code to continue",
+            ));
+        }
+        Ok(())
     }
 
     /// The writer of changes made through this session.

@@ -171,11 +171,7 @@ pub async fn append(
     log::insert(&mut *conn, user_id, seq, &stored, state.now_ms()).await?;
     if state.db.backend == Backend::Postgres {
         // Delivered to every listening node when (and only if) the transaction commits.
-        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_notify($1, $2)) AS sent")
-            .bind(NOTIFY_CHANNEL)
-            .bind(user_id)
-            .execute(&mut *conn)
-            .await?;
+        log::notify(&mut *conn, NOTIFY_CHANNEL, user_id).await?;
     }
     Ok(seq)
 }

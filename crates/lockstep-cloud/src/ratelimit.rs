@@ -19,6 +19,8 @@ pub enum Bucket {
     SignInFailuresAccount,
     SignupIp,
     VerifyIp,
+    /// MFA challenge and verify attempts per client IP.
+    MfaIp,
     /// Wrong emailed codes per address (a code is 6 digits: attempts must be few).
     CodeFailuresAccount,
     EmailIp,

@@ -9,6 +9,8 @@
 //!   client to do a full pull, and the stream continues from the head.
 //! - `event: ready` (id = last sent) marks the end of the replay.
 //! - A heartbeat comment every 15 s; `retry:` asks clients to reconnect after 2 s.
+//! - Once the user has a verified factor, an aal1 session is refused (403 `insufficient_aal`),
+//!   and an open aal1 stream ends with `event: insufficient_aal` when MFA is turned on elsewhere.
 //! - The stream ends with `event: session` when the session is signed out or revoked
 //!   (`{"reason": "signed_out"}`) or the access token expires (`{"reason": "token_expired"}`:
 //!   reconnect with a fresh token and `Last-Event-ID`; nothing is lost). Reconnecting with a
@@ -84,6 +86,7 @@ async fn stream(
             ),
             _ => e,
         })?;
+    caller.require_data_access(&state).await?;
     let since = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(id) => Some(id.to_owned()),
         None => query_param(raw.as_deref(), "since"),
@@ -158,6 +161,7 @@ fn events(
         loop {
             // Drain the log after `last`.
             let mut session_touched = false;
+            let mut mfa_touched = false;
             loop {
                 let batch = match read(&state, &user, last).await {
                     Ok(batch) => batch,
@@ -166,6 +170,7 @@ fn events(
                 for change in &batch {
                     last = change.seq;
                     session_touched |= matches!(change.table.as_str(), "sessions" | "devices");
+                    mfa_touched |= change.table == "mfa_factors";
                     yield Ok(change_event(change));
                 }
                 if (batch.len() as i64) < BATCH {
@@ -175,6 +180,11 @@ fn events(
             if replaying {
                 replaying = false;
                 yield Ok(control_event("ready", last, json!({ "head": last })));
+            }
+            if mfa_touched && caller.require_data_access(&state).await.is_err() {
+                // MFA was turned on elsewhere: this aal1 session must step up with a code.
+                yield Ok(control_event("insufficient_aal", last, json!({ "reason": "mfa_enabled" })));
+                return;
             }
             if session_touched && !session_alive(&state, &caller.session_id).await {
                 yield Ok(control_event("session", last, json!({ "reason": "signed_out" })));

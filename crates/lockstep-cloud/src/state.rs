@@ -88,6 +88,7 @@ impl AppState {
                     Bucket::CodeFailuresAccount,
                     limits.code_failures_per_account,
                 ),
+                (Bucket::MfaIp, limits.mfa_per_ip),
                 (Bucket::EmailIp, limits.emails_per_ip),
             ]),
         );

@@ -108,10 +108,10 @@ pub async fn apply(
                     }
                 }
                 let row = write(state, &mut *conn, writer, &change.key, &incoming).await?;
-                let event_type = match (&current, incoming.deleted) {
+                let event_type = match (was_live, incoming.deleted) {
                     (_, true) => EventType::Delete,
-                    (None, false) => EventType::Insert,
-                    (Some(_), false) => EventType::Update,
+                    (false, false) => EventType::Insert,
+                    (true, false) => EventType::Update,
                 };
                 feed::append(
                     state,

@@ -150,6 +150,15 @@ pub fn new_code() -> String {
     format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000))
 }
 
+/// SHA-256 of `bytes`, hex: a fingerprint for telling requests apart (not a secret).
+pub fn fingerprint(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn keyed_hex(key: &[u8; 32], parts: &[&[u8]]) -> String {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     for part in parts {

@@ -1,7 +1,7 @@
 //! Synced settings, the change feed and its SSE stream: delivery, resume, merge, isolation.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+pub mod common;
 
 use common::{Backend, TestApp, access_token, hlc_at};
 use reqwest::{Method, StatusCode};
@@ -875,4 +875,26 @@ async fn an_expiring_token_loses_no_events() {
     let mut feed = app.stream(access_token(&desktop), Some(last)).await;
     let change = feed.next_change().await;
     assert_eq!(change["new"]["value"], "dark");
+}
+
+mod reuse {
+    use super::*;
+
+    backend_tests! { a_mutation_id_reused_for_other_changes_is_refused }
+
+    async fn a_mutation_id_reused_for_other_changes_is_refused(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let session = app.signup("ada@example.com", "laptop").await;
+        let token = access_token(&session);
+        let first = theme(&app, "dark", 0);
+        app.push(token, "m-1", first.clone())
+            .await
+            .expect(StatusCode::OK);
+        app.push(token, "m-1", first).await.expect(StatusCode::OK);
+        let other =
+            json!([{ "key": "notifications.desktop", "value": false, "hlc": hlc_at(&app, 1, 0) }]);
+        let reused = app.push(token, "m-1", other).await;
+        reused.expect_rest_error(StatusCode::CONFLICT, "23505");
+        assert!(reused.body["message"].as_str().unwrap().contains("m-1"));
+    }
 }

@@ -20,6 +20,16 @@ pub enum AuditAction {
     EmailChanged,
     PasswordChanged,
     PasswordRecoveryRequested,
+    MfaEnrolled,
+    MfaVerified,
+    MfaEnabled,
+    MfaVerificationFailed,
+    MfaLockedOut,
+    MfaUnenrolled,
+    MfaSecretHandedOver,
+    RecoveryCodesGenerated,
+    RecoveryCodeUsed,
+    RecoveryCodesDeleted,
 }
 
 impl AuditAction {
@@ -38,6 +48,16 @@ impl AuditAction {
             AuditAction::EmailChanged => "email_changed",
             AuditAction::PasswordChanged => "password_changed",
             AuditAction::PasswordRecoveryRequested => "password_recovery_requested",
+            AuditAction::MfaEnrolled => "mfa_enrolled",
+            AuditAction::MfaVerified => "mfa_verified",
+            AuditAction::MfaEnabled => "mfa_enabled",
+            AuditAction::MfaVerificationFailed => "mfa_verification_failed",
+            AuditAction::MfaLockedOut => "mfa_locked_out",
+            AuditAction::MfaUnenrolled => "mfa_unenrolled",
+            AuditAction::MfaSecretHandedOver => "mfa_secret_handed_over",
+            AuditAction::RecoveryCodesGenerated => "recovery_codes_generated",
+            AuditAction::RecoveryCodeUsed => "recovery_code_used",
+            AuditAction::RecoveryCodesDeleted => "recovery_codes_deleted",
         }
     }
 }

@@ -287,6 +287,15 @@ pub enum ErrorCode {
     RefreshTokenAlreadyUsed,
     UserNotFound,
     InsufficientAal,
+    /// A step needs a TOTP verification in this session within the last few minutes.
+    ReauthenticationNeeded,
+    MfaVerificationFailed,
+    MfaChallengeExpired,
+    MfaFactorNotFound,
+    MfaFactorNameConflict,
+    TooManyEnrolledMfaFactors,
+    MfaRecoveryCodesSoleFactor,
+    MfaVerifiedFactorExists,
     OverRequestRateLimit,
     OverEmailSendRateLimit,
     RequestTooLarge,
@@ -320,6 +329,14 @@ impl ErrorCode {
             ErrorCode::RefreshTokenAlreadyUsed => "refresh_token_already_used",
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::InsufficientAal => "insufficient_aal",
+            ErrorCode::ReauthenticationNeeded => "reauthentication_needed",
+            ErrorCode::MfaVerificationFailed => "mfa_verification_failed",
+            ErrorCode::MfaChallengeExpired => "mfa_challenge_expired",
+            ErrorCode::MfaFactorNotFound => "mfa_factor_not_found",
+            ErrorCode::MfaFactorNameConflict => "mfa_factor_name_conflict",
+            ErrorCode::TooManyEnrolledMfaFactors => "too_many_enrolled_mfa_factors",
+            ErrorCode::MfaRecoveryCodesSoleFactor => "mfa_recovery_codes_sole_factor",
+            ErrorCode::MfaVerifiedFactorExists => "mfa_verified_factor_exists",
             ErrorCode::OverRequestRateLimit => "over_request_rate_limit",
             ErrorCode::OverEmailSendRateLimit => "over_email_send_rate_limit",
             ErrorCode::RequestTooLarge => "request_too_large",
@@ -355,6 +372,126 @@ pub struct RestError {
     pub hint: Option<String>,
 }
 
+/// `POST /auth/v1/factors`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub factor_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub friendly_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+/// The TOTP part of an enrollment answer: shown once, to be scanned or typed.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TotpEnrollment {
+    /// Raw SVG markup of the QR code of `uri`.
+    pub qr_code: String,
+    /// Base32 secret, for typing into an authenticator by hand.
+    pub secret: String,
+    /// `otpauth://totp/Issuer:email?secret=…&issuer=…`
+    pub uri: String,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrollment { .. }")
+    }
+}
+
+/// `POST /auth/v1/factors` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub friendly_name: Option<String>,
+    pub totp: TotpEnrollment,
+}
+
+/// `POST /auth/v1/factors/{id}/challenge` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /auth/v1/factors/{id}/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MfaVerifyRequest {
+    pub challenge_id: Uuid,
+    pub code: String,
+}
+
+/// `GET /auth/v1/factors/{id}/secret` (Lockstep extension): the factor's secret for this
+/// device's keychain, so the app can check codes offline.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FactorSecret {
+    pub id: Uuid,
+    pub secret: String,
+    pub uri: String,
+}
+
+impl std::fmt::Debug for FactorSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FactorSecret {{ id: {}, .. }}", self.id)
+    }
+}
+
+/// `GET /auth/v1/factors/recovery-codes` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryCodesStatus {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub total: i64,
+    pub remaining: i64,
+}
+
+/// `POST /auth/v1/factors/recovery-codes` (and `/regenerate`) answer: the codes, shown once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RecoveryCodes {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub friendly_name: Option<String>,
+    pub total: i64,
+    pub codes: Vec<String>,
+}
+
+impl std::fmt::Debug for RecoveryCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RecoveryCodes {{ id: {}, total: {}, .. }}",
+            self.id, self.total
+        )
+    }
+}
+
+/// `POST /auth/v1/factors/recovery-codes/verify`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RecoveryCodeVerify {
+    pub code: String,
+}
+
+impl std::fmt::Debug for RecoveryCodeVerify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryCodeVerify { .. }")
+    }
+}
+
+/// A recovery code in canonical form: lowercase, without whitespace or dashes.
+pub fn canonical_recovery_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 /// Normalizes an email address for lookup and storage: trimmed and lowercased.
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
@@ -363,6 +500,11 @@ pub fn normalize_email(email: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_codes_ignore_case_spaces_and_dashes() {
+        assert_eq!(canonical_recovery_code(" AbCd-EF12 34 "), "abcdef1234");
+    }
 
     #[test]
     fn error_codes_serialize_as_their_wire_names() {

@@ -184,9 +184,10 @@ pub struct ChangeEvent {
     pub event_type: String,
     /// RFC 3339.
     pub commit_timestamp: String,
-    /// The row after the change (`{}` for a delete).
+    /// The row after the change: `null` when a row went away (a deleted setting keeps its
+    /// tombstone row here, with `deleted: true`).
     pub new: serde_json::Value,
-    /// The row before the change, as far as known (`{}` for an insert).
+    /// The row before the change, as far as known: `null` for an insert.
     pub old: serde_json::Value,
     /// The device that made the change, if any.
     #[serde(default)]

@@ -1,6 +1,8 @@
 //! `/auth/v1`: GoTrue-compatible accounts, sessions and email verification.
 
 mod emails;
+pub mod mfa;
+mod recovery;
 mod session;
 mod signin;
 mod signup;
@@ -28,6 +30,22 @@ pub fn router() -> Router<AppState> {
         .route("/resend", post(verify::resend))
         .route("/recover", post(verify::recover))
         .route("/settings", get(settings))
+        .route("/factors", post(mfa::enroll))
+        .route("/factors/{id}", axum::routing::delete(mfa::unenroll))
+        .route("/factors/{id}/challenge", post(mfa::challenge))
+        .route("/factors/{id}/verify", post(mfa::verify))
+        .route("/factors/{id}/secret", get(mfa::secret))
+        .route(
+            "/factors/recovery-codes",
+            get(recovery::status)
+                .post(recovery::generate)
+                .delete(recovery::remove),
+        )
+        .route(
+            "/factors/recovery-codes/regenerate",
+            post(recovery::regenerate),
+        )
+        .route("/factors/recovery-codes/verify", post(recovery::verify))
         .route("/health", get(crate::health))
 }
 

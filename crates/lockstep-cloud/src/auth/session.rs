@@ -63,8 +63,25 @@ pub async fn issue_session(
 ) -> ApiResult<Session> {
     let now = state.now_ms();
     let device = &device.0;
+    let before = devices::get(&mut *conn, &user.id, &device.id).await?;
     let is_new = devices::upsert(&mut *conn, &user.id, device, now).await?;
     let actor = Actor::device(&device.id, Some(&device.name));
+    if let Some(before) = before.filter(|b| {
+        (&b.name, &b.platform, &b.app_version)
+            != (&device.name, &device.platform, &device.app_version)
+    }) {
+        // A known device that describes itself differently now (renamed, upgraded).
+        let after = devices::get(&mut *conn, &user.id, &device.id).await?;
+        events::device_changed(
+            state,
+            &mut *conn,
+            EventType::Update,
+            Some(&before),
+            after.as_ref(),
+            &actor,
+        )
+        .await?;
+    }
     if is_new {
         let row = devices::get(&mut *conn, &user.id, &device.id).await?;
         events::device_changed(
@@ -108,6 +125,8 @@ pub async fn issue_session(
         created_at: now,
         ip_address: meta.ip.clone(),
         user_agent: meta.user_agent.clone(),
+        factor_id: None,
+        mfa_verified_at: None,
     };
     sessions::insert(&mut *conn, &row).await?;
     events::session_started(state, &mut *conn, &row, &actor).await?;
@@ -127,7 +146,8 @@ pub async fn issue_session(
     .await?;
     let mut user = user.clone();
     user.last_sign_in_at = Some(now);
-    session_response(state, &user, &row)
+    let factors = super::mfa::wire_factors(&mut *conn, &user.id).await?;
+    session_response(state, &user, &row, factors)
 }
 
 /// The Session answer for a session at its current refresh counter.
@@ -135,11 +155,13 @@ pub fn session_response(
     state: &AppState,
     user: &UserRow,
     session: &SessionRow,
+    factors: Vec<lockstep_protocol::auth::Factor>,
 ) -> ApiResult<Session> {
     let now = state.now_secs();
     let expires_in = state.config.jwt_expiry_seconds;
     let amr: Vec<AmrEntry> = serde_json::from_str(&session.amr).unwrap_or_default();
-    let wire_user = user.to_wire();
+    let mut wire_user = user.to_wire();
+    wire_user.factors = factors;
     let claims = AccessClaims {
         iss: state.issuer(),
         sub: user.id.clone(),

@@ -28,7 +28,9 @@ use crate::{
 
 pub async fn get_user(State(state): State<AppState>, caller: AuthSession) -> ApiResult<Json<User>> {
     let mut conn = state.db.pool.acquire().await?;
-    Ok(Json(load(&mut conn, &caller.user_id).await?.to_wire()))
+    let mut user = load(&mut conn, &caller.user_id).await?.to_wire();
+    user.factors = super::mfa::wire_factors(&mut conn, &caller.user_id).await?;
+    Ok(Json(user))
 }
 
 pub(crate) async fn load(conn: &mut sqlx::AnyConnection, user_id: &str) -> ApiResult<UserRow> {
@@ -165,5 +167,8 @@ pub async fn update_user(
     if let Some(mail) = mail {
         emails::deliver(&state, mail).await;
     }
-    Ok(Json(updated.to_wire()))
+    let mut conn = state.db.pool.acquire().await?;
+    let mut user = updated.to_wire();
+    user.factors = super::mfa::wire_factors(&mut conn, &updated.id).await?;
+    Ok(Json(user))
 }

@@ -54,6 +54,16 @@ pub async fn lock_user(
     Ok(())
 }
 
+/// PostgreSQL only: `NOTIFY channel, payload`, sent when the transaction commits.
+pub async fn notify(conn: &mut AnyConnection, channel: &str, payload: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT COUNT(*) FROM (SELECT pg_notify($1, $2)) AS sent")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert(
     conn: &mut AnyConnection,
     user_id: &str,
@@ -122,32 +132,38 @@ pub async fn prune(conn: &mut AnyConnection, cutoff: i64) -> sqlx::Result<u64> {
     Ok(result.rows_affected())
 }
 
+/// The stored answer and request fingerprint of an earlier push with this mutation id.
 pub async fn receipt(
     conn: &mut AnyConnection,
     user_id: &str,
     mutation_id: &str,
-) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT response FROM push_receipts WHERE user_id = $1 AND mutation_id = $2")
-        .bind(user_id)
-        .bind(mutation_id)
-        .fetch_optional(conn)
-        .await
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "SELECT response, request_hash FROM push_receipts WHERE user_id = $1 AND mutation_id = $2",
+    )
+    .bind(user_id)
+    .bind(mutation_id)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn store_receipt(
     conn: &mut AnyConnection,
     user_id: &str,
     mutation_id: &str,
+    request_hash: &str,
     response: &str,
     now: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO push_receipts (user_id, mutation_id, response, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO push_receipts (user_id, mutation_id, response, created_at, request_hash) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(user_id)
     .bind(mutation_id)
     .bind(response)
     .bind(now)
+    .bind(request_hash)
     .execute(conn)
     .await?;
     Ok(())

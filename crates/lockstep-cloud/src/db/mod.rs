@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod devices;
 pub mod feed;
+pub mod mfa;
 pub mod sessions;
 pub mod settings;
 pub mod tokens;

@@ -17,14 +17,18 @@ pub struct SessionRow {
     pub created_at: i64,
     pub ip_address: String,
     pub user_agent: String,
+    /// The factor whose verification raised the session to aal2.
+    pub factor_id: Option<String>,
+    /// When this session last proved a second factor (for steps that need a recent proof).
+    pub mfa_verified_at: Option<i64>,
 }
 
 const COLUMNS: &str = "id, user_id, device_id, aal, amr, refresh_salt, refresh_counter, \
-    refreshed_at, created_at, ip_address, user_agent";
+    refreshed_at, created_at, ip_address, user_agent, factor_id, mfa_verified_at";
 
 pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> sqlx::Result<()> {
     sqlx::query(&format!(
-        "INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        "INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     ))
     .bind(&s.id)
     .bind(&s.user_id)
@@ -37,6 +41,8 @@ pub async fn insert(conn: &mut AnyConnection, s: &SessionRow) -> sqlx::Result<()
     .bind(s.created_at)
     .bind(&s.ip_address)
     .bind(&s.user_agent)
+    .bind(&s.factor_id)
+    .bind(s.mfa_verified_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -97,5 +103,39 @@ pub async fn delete_all_for_user(
         .bind(keep.unwrap_or(""))
         .execute(conn)
         .await?;
+    Ok(result.rows_affected())
+}
+
+/// Raises the session to aal2 after a second-factor proof, in place (same id), and rotates its
+/// refresh token (the answer carries a new one).
+pub async fn raise_to_aal2(
+    conn: &mut AnyConnection,
+    id: &str,
+    amr: &str,
+    factor_id: Option<&str>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sessions SET aal = 'aal2', amr = $1, factor_id = $2, mfa_verified_at = $3, \
+         refresh_counter = refresh_counter + 1, refreshed_at = $3 WHERE id = $4",
+    )
+    .bind(amr)
+    .bind(factor_id)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sessions raised by a factor that is going away drop back to aal1.
+pub async fn drop_factor(conn: &mut AnyConnection, factor_id: &str) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE sessions SET aal = 'aal1', factor_id = NULL, mfa_verified_at = NULL \
+         WHERE factor_id = $1",
+    )
+    .bind(factor_id)
+    .execute(conn)
+    .await?;
     Ok(result.rows_affected())
 }

@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for RestSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        AuthSession::from_request_parts(parts, state).await.map(RestSession).map_err(|e| match e {
+        let caller = AuthSession::from_request_parts(parts, state).await.map_err(|e| match e {
             ApiError::Auth { code: ErrorCode::NoAuthorization, .. } => ApiError::rest(
                 StatusCode::UNAUTHORIZED,
                 "PGRST302",
@@ -72,7 +72,19 @@ impl FromRequestParts<AppState> for RestSession {
                 ApiError::rest(StatusCode::UNAUTHORIZED, "PGRST301", message)
             }
             other => other,
-        })
+        })?;
+        caller
+            .require_data_access(state)
+            .await
+            .map_err(|e| match e {
+                ApiError::Auth {
+                    code: ErrorCode::InsufficientAal,
+                    message,
+                    ..
+                } => ApiError::rest(StatusCode::FORBIDDEN, "insufficient_aal", message),
+                other => other,
+            })?;
+        Ok(RestSession(caller))
     }
 }
 

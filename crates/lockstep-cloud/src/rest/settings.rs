@@ -332,7 +332,22 @@ pub async fn push(
     let mut tx = state.db.pool.begin().await?;
     // Under the user's lock, so a retry racing its original sees the original's receipt.
     log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
-    if let Some(stored) = log::receipt(&mut tx, &caller.user_id, &push.mutation_id).await? {
+    // What was pushed, so a retry can be told apart from a reused mutation id.
+    let canonical = serde_json::to_vec(&push.changes).map_err(anyhow::Error::from)?;
+    let request_hash = crate::token::fingerprint(&canonical);
+    if let Some((stored, stored_hash)) =
+        log::receipt(&mut tx, &caller.user_id, &push.mutation_id).await?
+    {
+        if stored_hash != request_hash {
+            return Err(ApiError::rest(
+                StatusCode::CONFLICT,
+                "23505",
+                format!(
+                    "mutation_id {} was already used for different changes: use a new id for each push",
+                    push.mutation_id
+                ),
+            ));
+        }
         let stored = if crate::sealing::DataKeys::is_sealed(&stored) {
             let bytes = state
                 .sealing
@@ -376,6 +391,7 @@ pub async fn push(
         &mut tx,
         &caller.user_id,
         &push.mutation_id,
+        &request_hash,
         &stored,
         state.now_ms(),
     )

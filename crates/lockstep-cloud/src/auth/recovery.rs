@@ -1,0 +1,300 @@
+//! Recovery codes in the shape of supabase-js's (experimental) `auth.mfa.recoveryCodes`: ten
+//! single-use codes, shown once, stored as HMACs; one used with an aal1 session raises it to aal2.
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use lockstep_protocol::{
+    audit::AuditAction,
+    auth::{
+        Aal, ErrorCode, RecoveryCodeVerify, RecoveryCodes, RecoveryCodesStatus,
+        canonical_recovery_code,
+    },
+};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::mfa::{announce, check_lockout, raise_session, record_wrong_code, require_recent_proof};
+use crate::{
+    db::{
+        audit,
+        mfa::{self, RecoverySetRow},
+    },
+    error::{ApiError, ApiResult},
+    extract::{AuthSession, ClientMeta, JsonBody},
+    feed::EventType,
+    ratelimit::Bucket,
+    state::AppState,
+    token::hash_code,
+};
+
+const CODES: usize = 10;
+const CODE_LEN: usize = 12;
+/// Lowercase letters and digits without the look-alikes 0/o, 1/l/i.
+const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::MfaFactorNotFound,
+        "No recovery codes: generate them first",
+    )
+}
+
+fn code_hash(state: &AppState, user_id: &str, code: &str) -> String {
+    hash_code(
+        &state.token_key,
+        &format!("recovery:{user_id}"),
+        &canonical_recovery_code(code),
+    )
+}
+
+fn new_codes() -> Vec<String> {
+    let mut rng = rand::rngs::OsRng;
+    (0..CODES)
+        .map(|_| {
+            (0..CODE_LEN)
+                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+                .collect()
+        })
+        .collect()
+}
+
+async fn audit_recovery(
+    state: &AppState,
+    conn: &mut sqlx::AnyConnection,
+    caller: &AuthSession,
+    meta: &ClientMeta,
+    action: AuditAction,
+) -> ApiResult<()> {
+    audit::insert(
+        conn,
+        audit::NewEntry {
+            user_id: Some(&caller.user_id),
+            action,
+            device_id: Some(&caller.device_id),
+            device_name: caller.device_name.as_deref(),
+            ip_address: &meta.ip,
+            payload: json!({}),
+            now: state.now_ms(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// `GET /auth/v1/factors/recovery-codes`: how many codes are left.
+pub async fn status(
+    State(state): State<AppState>,
+    caller: AuthSession,
+) -> ApiResult<Json<RecoveryCodesStatus>> {
+    let mut conn = state.db.pool.acquire().await?;
+    let set = mfa::recovery_set(&mut conn, &caller.user_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let (total, remaining) = mfa::recovery_counts(&mut conn, &set.id).await?;
+    Ok(Json(RecoveryCodesStatus {
+        id: Uuid::parse_str(&set.id).unwrap_or_default(),
+        kind: "recovery_code".into(),
+        total,
+        remaining,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct GenerateRequest {
+    #[serde(default)]
+    friendly_name: Option<String>,
+}
+
+async fn issue(
+    state: &AppState,
+    caller: &AuthSession,
+    meta: &ClientMeta,
+    friendly_name: Option<String>,
+    replace: bool,
+) -> ApiResult<Json<RecoveryCodes>> {
+    if caller.aal != Aal::Aal2 {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::InsufficientAal,
+            "Recovery codes need two-factor authentication: verify a code first",
+        ));
+    }
+    let mut tx = state.db.pool.begin().await?;
+    if !mfa::has_verified_factor(&mut tx, &caller.user_id).await? {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::MfaRecoveryCodesSoleFactor,
+            "Recovery codes back up an authenticator: enroll and verify one first",
+        ));
+    }
+    if !replace && mfa::recovery_set(&mut tx, &caller.user_id).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::MfaVerifiedFactorExists,
+            "Recovery codes already exist: regenerate them to get new ones",
+        ));
+    }
+    let codes = new_codes();
+    let hashes: Vec<String> = codes
+        .iter()
+        .map(|c| code_hash(state, &caller.user_id, c))
+        .collect();
+    let set = RecoverySetRow {
+        id: Uuid::new_v4().to_string(),
+        user_id: caller.user_id.clone(),
+        friendly_name: friendly_name.clone(),
+        created_at: state.now_ms(),
+    };
+    mfa::replace_recovery_set(&mut tx, &set, &hashes).await?;
+    audit_recovery(
+        state,
+        &mut tx,
+        caller,
+        meta,
+        AuditAction::RecoveryCodesGenerated,
+    )
+    .await?;
+    let event = json!({ "action": "recovery_codes_generated", "total": CODES });
+    announce(
+        state,
+        &mut tx,
+        caller,
+        "mfa_events",
+        EventType::Insert,
+        event,
+        serde_json::Value::Null,
+    )
+    .await?;
+    tx.commit().await?;
+    state.publish(&caller.user_id);
+    Ok(Json(RecoveryCodes {
+        id: Uuid::parse_str(&set.id).unwrap_or_default(),
+        kind: "recovery_code".into(),
+        friendly_name,
+        total: CODES as i64,
+        codes,
+    }))
+}
+
+/// `POST /auth/v1/factors/recovery-codes`: the first set (aal2, with a verified factor).
+pub async fn generate(
+    State(state): State<AppState>,
+    caller: AuthSession,
+    meta: ClientMeta,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<RecoveryCodes>> {
+    // The body is optional: `{}`, `{"friendly_name": …}` or nothing.
+    let request: GenerateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        GenerateRequest::default()
+    } else {
+        crate::extract::parse_json(&body)?
+    };
+    let name = request.friendly_name;
+    issue(&state, &caller, &meta, name, false).await
+}
+
+/// `POST /auth/v1/factors/recovery-codes/regenerate`: a new set; the old codes stop working.
+pub async fn regenerate(
+    State(state): State<AppState>,
+    caller: AuthSession,
+    meta: ClientMeta,
+) -> ApiResult<Json<RecoveryCodes>> {
+    issue(&state, &caller, &meta, None, true).await
+}
+
+/// `DELETE /auth/v1/factors/recovery-codes` (needs a fresh code).
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: AuthSession,
+    meta: ClientMeta,
+) -> ApiResult<StatusCode> {
+    require_recent_proof(&state, &caller, "Deleting recovery codes")?;
+    let mut tx = state.db.pool.begin().await?;
+    if !mfa::delete_recovery_set(&mut tx, &caller.user_id).await? {
+        return Err(not_found());
+    }
+    audit_recovery(
+        &state,
+        &mut tx,
+        &caller,
+        &meta,
+        AuditAction::RecoveryCodesDeleted,
+    )
+    .await?;
+    let event = json!({ "action": "recovery_codes_deleted" });
+    announce(
+        &state,
+        &mut tx,
+        &caller,
+        "mfa_events",
+        EventType::Insert,
+        event,
+        serde_json::Value::Null,
+    )
+    .await?;
+    tx.commit().await?;
+    state.publish(&caller.user_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /auth/v1/factors/recovery-codes/verify` `{code}`: uses one code (case, whitespace and
+/// dashes ignored) and answers an aal2 session with amr `mfa/recovery_code`.
+pub async fn verify(
+    State(state): State<AppState>,
+    caller: AuthSession,
+    meta: ClientMeta,
+    JsonBody(body): JsonBody<RecoveryCodeVerify>,
+) -> ApiResult<Response> {
+    state
+        .limiter
+        .hit(Bucket::MfaIp, &meta.ip)
+        .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
+    if canonical_recovery_code(&body.code).is_empty() {
+        return Err(ApiError::validation("code is required"));
+    }
+    let subject = format!("recovery:{}", caller.user_id);
+    let mut conn = state.db.pool.acquire().await?;
+    check_lockout(&state, &mut conn, &subject).await?;
+    drop(conn);
+    let hash = code_hash(&state, &caller.user_id, &body.code);
+    let mut tx = state.db.pool.begin().await?;
+    if !mfa::use_recovery_code(&mut tx, &caller.user_id, &hash, state.now_ms()).await? {
+        drop(tx);
+        record_wrong_code(&state, &caller, &meta, &subject, None).await?;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::MfaVerificationFailed,
+            "Invalid or already used recovery code",
+        ));
+    }
+    audit_recovery(
+        &state,
+        &mut tx,
+        &caller,
+        &meta,
+        AuditAction::RecoveryCodeUsed,
+    )
+    .await?;
+    let event = json!({ "action": "recovery_code_used" });
+    announce(
+        &state,
+        &mut tx,
+        &caller,
+        "mfa_events",
+        EventType::Insert,
+        event,
+        serde_json::Value::Null,
+    )
+    .await?;
+    let session = raise_session(&state, &mut tx, &caller, "mfa/recovery_code", None).await?;
+    tx.commit().await?;
+    state.publish(&caller.user_id);
+    Ok(Json(session).into_response())
+}
