@@ -153,6 +153,50 @@ backend_tests! {
     the_secret_is_handed_to_a_second_device_only_after_a_fresh_code,
     no_secret_or_recovery_code_is_stored_in_plaintext,
     malformed_mfa_requests_get_clear_errors,
+    an_unverified_enrollment_expires_and_a_new_one_replaces_it,
+}
+
+async fn an_unverified_enrollment_expires_and_a_new_one_replaces_it(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session);
+    let first = enroll(&app, token).await;
+    let second = enroll(&app, token).await;
+    let user = app.get("/auth/v1/user", Some(token)).await;
+    let ids: Vec<&str> = user.body["factors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [second.factor_id.as_str()],
+        "at most one unverified factor"
+    );
+    app.post(
+        &format!("/auth/v1/factors/{}/challenge", first.factor_id),
+        Some(token),
+        json!({}),
+    )
+    .await
+    .expect_error(StatusCode::NOT_FOUND, "mfa_factor_not_found");
+    app.clock.advance(Duration::minutes(11));
+    let expired = app
+        .post(
+            &format!("/auth/v1/factors/{}/challenge", second.factor_id),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    expired.expect_error(StatusCode::NOT_FOUND, "mfa_factor_not_found");
+    assert!(expired.body["msg"].as_str().unwrap().contains("expired"));
+    let user = app.get("/auth/v1/user", Some(token)).await;
+    assert_eq!(user.body["factors"], json!([]));
+    assert!(
+        app.raw_rows("SELECT id FROM mfa_factors").await.is_empty(),
+        "cleaned up"
+    );
 }
 
 async fn enroll_challenge_verify_reaches_aal2_and_sign_in_steps_up_again(backend: Backend) {

@@ -44,6 +44,8 @@ pub const RECENT_PROOF_MS: i64 = 5 * 60 * 1000;
 /// Wrong codes allowed per factor within [`LOCKOUT_WINDOW_MS`].
 pub const LOCKOUT_FAILURES: i64 = 5;
 pub const LOCKOUT_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// How long an enrollment may wait for its first verification.
+const UNVERIFIED_LIFETIME_MS: i64 = 10 * 60 * 1000;
 /// Most factors a user may have.
 const MAX_FACTORS: usize = 10;
 const DEFAULT_ISSUER: &str = "Lockstep";
@@ -58,10 +60,16 @@ fn not_found() -> ApiError {
 }
 
 /// The user's factors as `GET /user` lists them (never the secret).
-pub async fn wire_factors(conn: &mut AnyConnection, user_id: &str) -> ApiResult<Vec<Factor>> {
+pub async fn wire_factors(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    user_id: &str,
+) -> ApiResult<Vec<Factor>> {
+    let now = state.now_ms();
     Ok(mfa::factors(conn, user_id)
         .await?
         .iter()
+        .filter(|f| f.is_verified() || !is_expired_enrollment(f, now))
         .map(|f| Factor {
             id: Uuid::parse_str(&f.id).unwrap_or_default(),
             friendly_name: f.friendly_name.clone(),
@@ -72,6 +80,32 @@ pub async fn wire_factors(conn: &mut AnyConnection, user_id: &str) -> ApiResult<
             last_challenged_at: f.last_challenged_at.map(from_millis),
         })
         .collect())
+}
+
+/// An enrollment nobody verified within its lifetime: it no longer counts.
+fn is_expired_enrollment(factor: &FactorRow, now: i64) -> bool {
+    !factor.is_verified() && now - factor.created_at > UNVERIFIED_LIFETIME_MS
+}
+
+/// Loads the caller's factor; an expired enrollment is deleted and reported as not found.
+async fn live_factor(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    user_id: &str,
+    id: &str,
+) -> ApiResult<FactorRow> {
+    let factor = mfa::factor(&mut *conn, user_id, id)
+        .await?
+        .ok_or_else(not_found)?;
+    if is_expired_enrollment(&factor, state.now_ms()) {
+        mfa::delete_factor(conn, &factor.id).await?;
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::MfaFactorNotFound,
+            "This enrollment expired (it was not verified within 10 minutes): enroll again",
+        ));
+    }
+    Ok(factor)
 }
 
 /// Refuses unless the session is aal2 and proved a factor within the last five minutes.
@@ -304,9 +338,14 @@ pub async fn challenge(
         .hit(Bucket::MfaIp, &meta.ip)
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
     let mut tx = state.db.pool.begin().await?;
-    let factor = mfa::factor(&mut tx, &caller.user_id, &factor_id)
-        .await?
-        .ok_or_else(not_found)?;
+    let factor = match live_factor(&state, &mut tx, &caller.user_id, &factor_id).await {
+        Err(e) => {
+            // Keep the clean-up of an expired enrollment.
+            tx.commit().await?;
+            return Err(e);
+        }
+        ok => ok?,
+    };
     let now = state.now_ms();
     let id = Uuid::new_v4();
     let expires_at = now + CHALLENGE_SECONDS * 1000;
@@ -473,7 +512,7 @@ pub async fn raise_session(
     let user = users::by_id(&mut *conn, &caller.user_id)
         .await?
         .ok_or_else(not_found)?;
-    let factors = wire_factors(&mut *conn, &caller.user_id).await?;
+    let factors = wire_factors(state, &mut *conn, &caller.user_id).await?;
     session_response(state, &user, &session, factors)
 }
 
@@ -494,9 +533,7 @@ pub async fn verify(
         return Err(ApiError::validation("code is required"));
     }
     let mut conn = state.db.pool.acquire().await?;
-    let factor = mfa::factor(&mut conn, &caller.user_id, &factor_id)
-        .await?
-        .ok_or_else(not_found)?;
+    let factor = live_factor(&state, &mut conn, &caller.user_id, &factor_id).await?;
     let now = state.now_ms();
     let challenge = mfa::challenge(&mut conn, &body.challenge_id.to_string()).await?;
     let challenge = challenge

@@ -146,7 +146,7 @@ pub async fn issue_session(
     .await?;
     let mut user = user.clone();
     user.last_sign_in_at = Some(now);
-    let factors = super::mfa::wire_factors(&mut *conn, &user.id).await?;
+    let factors = super::mfa::wire_factors(state, &mut *conn, &user.id).await?;
     session_response(state, &user, &row, factors)
 }
 

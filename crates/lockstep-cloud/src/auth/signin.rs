@@ -181,7 +181,7 @@ async fn refresh_grant(state: AppState, body: RefreshGrant) -> ApiResult<Respons
             .await?
             .ok_or_else(refresh_not_found)?;
         devices::touch(&mut conn, &session.user_id, &session.device_id, now).await?;
-        let factors = super::mfa::wire_factors(&mut conn, &user.id).await?;
+        let factors = super::mfa::wire_factors(&state, &mut conn, &user.id).await?;
         return Ok(Json(session_response(&state, &user, &session, factors)?).into_response());
     }
 }

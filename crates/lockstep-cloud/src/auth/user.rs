@@ -29,7 +29,7 @@ use crate::{
 pub async fn get_user(State(state): State<AppState>, caller: AuthSession) -> ApiResult<Json<User>> {
     let mut conn = state.db.pool.acquire().await?;
     let mut user = load(&mut conn, &caller.user_id).await?.to_wire();
-    user.factors = super::mfa::wire_factors(&mut conn, &caller.user_id).await?;
+    user.factors = super::mfa::wire_factors(&state, &mut conn, &caller.user_id).await?;
     Ok(Json(user))
 }
 
@@ -169,6 +169,6 @@ pub async fn update_user(
     }
     let mut conn = state.db.pool.acquire().await?;
     let mut user = updated.to_wire();
-    user.factors = super::mfa::wire_factors(&mut conn, &updated.id).await?;
+    user.factors = super::mfa::wire_factors(&state, &mut conn, &updated.id).await?;
     Ok(Json(user))
 }
