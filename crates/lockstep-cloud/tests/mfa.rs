@@ -668,7 +668,7 @@ async fn the_secret_is_handed_to_a_second_device_only_after_a_fresh_code(backend
     loop {
         let change = laptop_feed.next_change().await;
         if change["table"] == "mfa_events" {
-            assert_eq!(change["new"]["action"], "secret_handed_over");
+            assert_eq!(change["new"]["action"], "mfa_secret_handed_over");
             assert_eq!(change["device_name"], "Device desktop");
             break;
         }

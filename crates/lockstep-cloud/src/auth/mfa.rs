@@ -203,6 +203,33 @@ pub async fn announce(
     Ok(())
 }
 
+/// Audits an MFA event and announces it on the feed as an `mfa_events` row
+/// `{action, …details}`, in `conn`'s transaction.
+pub async fn record_event(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    caller: &AuthSession,
+    meta: &ClientMeta,
+    action: AuditAction,
+    details: serde_json::Value,
+) -> ApiResult<()> {
+    audit_mfa(state, &mut *conn, caller, meta, action, details.clone()).await?;
+    let mut event = json!({ "action": action.as_str() });
+    if let (Some(event), serde_json::Value::Object(details)) = (event.as_object_mut(), details) {
+        event.extend(details);
+    }
+    announce(
+        state,
+        conn,
+        caller,
+        "mfa_events",
+        EventType::Insert,
+        event,
+        serde_json::Value::Null,
+    )
+    .await
+}
+
 fn factor_json(f: &FactorRow) -> serde_json::Value {
     json!({ "id": f.id, "friendly_name": f.friendly_name, "factor_type": f.factor_type, "status": f.status })
 }
@@ -409,47 +436,24 @@ pub async fn record_wrong_code(
     let mut tx = state.db.pool.begin().await?;
     mfa::record_failure(&mut tx, subject, now).await?;
     let (failures, _) = mfa::failures_since(&mut tx, subject, now - LOCKOUT_WINDOW_MS).await?;
-    let payload = json!({ "factor_id": factor_id, "failures": failures });
-    audit_mfa(
+    let details = json!({ "factor_id": factor_id, "failures": failures });
+    record_event(
         state,
         &mut tx,
         caller,
         meta,
         AuditAction::MfaVerificationFailed,
-        payload.clone(),
-    )
-    .await?;
-    let event =
-        json!({ "action": "verification_failed", "factor_id": factor_id, "failures": failures });
-    announce(
-        state,
-        &mut tx,
-        caller,
-        "mfa_events",
-        EventType::Insert,
-        event,
-        serde_json::Value::Null,
+        details.clone(),
     )
     .await?;
     if failures == LOCKOUT_FAILURES {
-        audit_mfa(
+        record_event(
             state,
             &mut tx,
             caller,
             meta,
             AuditAction::MfaLockedOut,
-            payload,
-        )
-        .await?;
-        let event = json!({ "action": "locked_out", "factor_id": factor_id });
-        announce(
-            state,
-            &mut tx,
-            caller,
-            "mfa_events",
-            EventType::Insert,
-            event,
-            serde_json::Value::Null,
+            details,
         )
         .await?;
     }
@@ -687,24 +691,14 @@ pub async fn secret(
     let uri = totp
         .to_url()
         .map_err(|e| anyhow::anyhow!("otpauth url: {e}"))?;
-    audit_mfa(
+    let details = json!({ "factor_id": factor.id });
+    record_event(
         &state,
         &mut tx,
         &caller,
         &meta,
         AuditAction::MfaSecretHandedOver,
-        json!({ "factor_id": factor.id }),
-    )
-    .await?;
-    let event = json!({ "action": "secret_handed_over", "factor_id": factor.id });
-    announce(
-        &state,
-        &mut tx,
-        &caller,
-        "mfa_events",
-        EventType::Insert,
-        event,
-        serde_json::Value::Null,
+        details,
     )
     .await?;
     tx.commit().await?;

@@ -19,15 +19,13 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::mfa::{announce, check_lockout, raise_session, record_wrong_code, require_recent_proof};
+use super::mfa::{
+    check_lockout, raise_session, record_event, record_wrong_code, require_recent_proof,
+};
 use crate::{
-    db::{
-        audit,
-        mfa::{self, RecoverySetRow},
-    },
+    db::mfa::{self, RecoverySetRow},
     error::{ApiError, ApiResult},
     extract::{AuthSession, ClientMeta, JsonBody},
-    feed::EventType,
     ratelimit::Bucket,
     state::AppState,
     token::hash_code,
@@ -63,29 +61,6 @@ fn new_codes() -> Vec<String> {
                 .collect()
         })
         .collect()
-}
-
-async fn audit_recovery(
-    state: &AppState,
-    conn: &mut sqlx::AnyConnection,
-    caller: &AuthSession,
-    meta: &ClientMeta,
-    action: AuditAction,
-) -> ApiResult<()> {
-    audit::insert(
-        conn,
-        audit::NewEntry {
-            user_id: Some(&caller.user_id),
-            action,
-            device_id: Some(&caller.device_id),
-            device_name: caller.device_name.as_deref(),
-            ip_address: &meta.ip,
-            payload: json!({}),
-            now: state.now_ms(),
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// `GET /auth/v1/factors/recovery-codes`: how many codes are left.
@@ -153,23 +128,14 @@ async fn issue(
         created_at: state.now_ms(),
     };
     mfa::replace_recovery_set(&mut tx, &set, &hashes).await?;
-    audit_recovery(
+    let details = json!({ "total": CODES });
+    record_event(
         state,
         &mut tx,
         caller,
         meta,
         AuditAction::RecoveryCodesGenerated,
-    )
-    .await?;
-    let event = json!({ "action": "recovery_codes_generated", "total": CODES });
-    announce(
-        state,
-        &mut tx,
-        caller,
-        "mfa_events",
-        EventType::Insert,
-        event,
-        serde_json::Value::Null,
+        details,
     )
     .await?;
     tx.commit().await?;
@@ -220,23 +186,13 @@ pub async fn remove(
     if !mfa::delete_recovery_set(&mut tx, &caller.user_id).await? {
         return Err(not_found());
     }
-    audit_recovery(
+    record_event(
         &state,
         &mut tx,
         &caller,
         &meta,
         AuditAction::RecoveryCodesDeleted,
-    )
-    .await?;
-    let event = json!({ "action": "recovery_codes_deleted" });
-    announce(
-        &state,
-        &mut tx,
-        &caller,
-        "mfa_events",
-        EventType::Insert,
-        event,
-        serde_json::Value::Null,
+        json!({}),
     )
     .await?;
     tx.commit().await?;
@@ -274,23 +230,13 @@ pub async fn verify(
             "Invalid or already used recovery code",
         ));
     }
-    audit_recovery(
+    record_event(
         &state,
         &mut tx,
         &caller,
         &meta,
         AuditAction::RecoveryCodeUsed,
-    )
-    .await?;
-    let event = json!({ "action": "recovery_code_used" });
-    announce(
-        &state,
-        &mut tx,
-        &caller,
-        "mfa_events",
-        EventType::Insert,
-        event,
-        serde_json::Value::Null,
+        json!({}),
     )
     .await?;
     let session = raise_session(&state, &mut tx, &caller, "mfa/recovery_code", None).await?;

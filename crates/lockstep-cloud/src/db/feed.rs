@@ -12,16 +12,22 @@ pub struct FeedRow {
     pub created_at: i64,
 }
 
-/// Hands out the user's next sequence number. In PostgreSQL the row lock taken here is held to
-/// commit, so one user's entries commit in sequence order (a reader never sees n+1 before n).
-pub async fn next_seq(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<i64> {
+/// Creates the user's feed head if there is none yet.
+async fn ensure_head(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO feed_heads (user_id, last_seq, pruned_through) VALUES ($1, 0, 0) \
          ON CONFLICT (user_id) DO NOTHING",
     )
     .bind(user_id)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Hands out the user's next sequence number. In PostgreSQL the row lock taken here is held to
+/// commit, so one user's entries commit in sequence order (a reader never sees n+1 before n).
+pub async fn next_seq(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<i64> {
+    ensure_head(&mut *conn, user_id).await?;
     sqlx::query_scalar(
         "UPDATE feed_heads SET last_seq = last_seq + 1 WHERE user_id = $1 RETURNING last_seq",
     )
@@ -39,13 +45,7 @@ pub async fn lock_user(
     user_id: &str,
 ) -> sqlx::Result<()> {
     if backend == Backend::Postgres {
-        sqlx::query(
-            "INSERT INTO feed_heads (user_id, last_seq, pruned_through) VALUES ($1, 0, 0) \
-             ON CONFLICT (user_id) DO NOTHING",
-        )
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
+        ensure_head(&mut *conn, user_id).await?;
         sqlx::query("SELECT last_seq FROM feed_heads WHERE user_id = $1 FOR UPDATE")
             .bind(user_id)
             .execute(conn)
