@@ -6,11 +6,13 @@
 //!
 //! - `cargo xtask run`: the cloud server in development mode;
 //! - `cargo xtask test`: formatting, clippy, docs and every test, against a
-//!   throwaway PostgreSQL cluster (this is what CI runs);
+//!   throwaway PostgreSQL cluster and a private gnome-keyring (this is what
+//!   CI runs);
 //! - `cargo xtask postgres`: that throwaway cluster on its own, for running
 //!   `cargo test` by hand.
 
 mod cmd;
+mod keyring;
 mod postgres;
 mod server;
 mod system;

@@ -15,10 +15,16 @@ use crate::cmd;
 
 /// What every build of the workspace needs.
 /// What the test suite needs besides the build: QR codes are checked by rasterising the SVG
-/// (`rsvg-convert`) and decoding it with a real barcode reader (`zbarimg`).
+/// (`rsvg-convert`) and decoding it with a real barcode reader (`zbarimg`); the keychain is
+/// tested against a real Secret Service, gnome-keyring on a private D-Bus session bus (see
+/// [`crate::keyring`]).
 pub const TEST_TOOLS: &[Package] = &[
     Package::binary("rsvg-convert", "librsvg2-bin"),
     Package::binary("zbarimg", "zbar-tools"),
+    // `dbus-daemon` on Debian 12+, which `dbus` depends on; `dbus` itself on older releases.
+    Package::binary("dbus-run-session", "dbus"),
+    Package::binary("gnome-keyring-daemon", "gnome-keyring"),
+    Package::binary("gdbus", "libglib2.0-bin"),
 ];
 
 pub const BUILD: &[Package] = &[

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Result, anyhow};
 
 use crate::postgres::{self, Cluster};
-use crate::{cmd, system};
+use crate::{cmd, keyring, system};
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
@@ -43,8 +43,9 @@ impl Stage {
 }
 
 /// Runs the lint stages (unless `--no-lint`) and then the whole test suite
-/// against PostgreSQL: `$LOCKSTEP_TEST_POSTGRES` if set, else a throwaway
-/// cluster that is stopped afterwards, whatever happens.
+/// against PostgreSQL (`$LOCKSTEP_TEST_POSTGRES` if set, else a throwaway
+/// cluster that is stopped afterwards, whatever happens) and a private
+/// Secret Service (see [`keyring`]).
 pub fn run(args: &Args) -> Result<()> {
     let external_postgres = env::var(postgres::URL_VAR)
         .ok()
@@ -81,8 +82,9 @@ pub fn run(args: &Args) -> Result<()> {
     test.args(["test", "--workspace", "--locked"])
         .args(&args.cargo_test_args)
         .env(postgres::URL_VAR, url)
-        .env(REQUIRE_POSTGRES_VAR, "1");
-    Stage::new("cargo test", test).run()?;
+        .env(REQUIRE_POSTGRES_VAR, "1")
+        .env(keyring::REQUIRE_VAR, "1");
+    Stage::new("cargo test", keyring::wrap(&test)?).run()?;
 
     println!("==> all checks passed");
     Ok(())

@@ -549,6 +549,11 @@ async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
     app.get("/auth/v1/user", Some(access_token(&desktop)))
         .await
         .expect(StatusCode::OK);
+    // A password alone can no longer change the password or the email.
+    let takeover = app.request(Method::PUT, "/auth/v1/user", Some(access_token(&desktop)));
+    app.send(takeover.json(&json!({ "password": "Attacker pass 9" })))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
     // It steps up with a code and is back.
     next_step(&app);
     let stepped = verify(

@@ -420,10 +420,16 @@ pub struct ChallengeResponse {
 }
 
 /// `POST /auth/v1/factors/{id}/verify`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct MfaVerifyRequest {
     pub challenge_id: Uuid,
     pub code: String,
+}
+
+impl std::fmt::Debug for MfaVerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MfaVerifyRequest {{ challenge_id: {}, .. }}", self.challenge_id)
+    }
 }
 
 /// `GET /auth/v1/factors/{id}/secret` (Lockstep extension): the factor's secret for this

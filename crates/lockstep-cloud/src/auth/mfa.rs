@@ -636,7 +636,10 @@ pub async fn unenroll(
     sessions::drop_factor(&mut tx, &factor.id).await?;
     mfa::delete_factor(&mut tx, &factor.id).await?;
     if !mfa::has_verified_factor(&mut tx, &caller.user_id).await? {
+        // MFA is off: recovery codes go, and no session keeps an aal2 it no longer means
+        // (sessions raised by a recovery code are tied to no factor).
         mfa::delete_recovery_set(&mut tx, &caller.user_id).await?;
+        sessions::drop_all_to_aal1(&mut tx, &caller.user_id).await?;
     }
     audit_mfa(
         &state,

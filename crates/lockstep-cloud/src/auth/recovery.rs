@@ -10,7 +10,7 @@ use axum::{
 use lockstep_protocol::{
     audit::AuditAction,
     auth::{
-        Aal, ErrorCode, RecoveryCodeVerify, RecoveryCodes, RecoveryCodesStatus,
+        ErrorCode, RecoveryCodeVerify, RecoveryCodes, RecoveryCodesStatus,
         canonical_recovery_code,
     },
 };
@@ -94,13 +94,9 @@ async fn issue(
     friendly_name: Option<String>,
     replace: bool,
 ) -> ApiResult<Json<RecoveryCodes>> {
-    if caller.aal != Aal::Aal2 {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::InsufficientAal,
-            "Recovery codes need two-factor authentication: verify a code first",
-        ));
-    }
+    // A recent proof, like every step that widens access: otherwise a stolen aal2 session
+    // could mint codes, use one on itself, and pass every recent-proof check after that.
+    require_recent_proof(state, caller, "Creating recovery codes")?;
     let mut tx = state.db.pool.begin().await?;
     if !mfa::has_verified_factor(&mut tx, &caller.user_id).await? {
         return Err(ApiError::new(

@@ -139,3 +139,15 @@ pub async fn drop_factor(conn: &mut AnyConnection, factor_id: &str) -> sqlx::Res
     .await?;
     Ok(result.rows_affected())
 }
+
+/// Every session of the user drops to aal1 (the user no longer has a second factor).
+pub async fn drop_all_to_aal1(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE sessions SET aal = 'aal1', factor_id = NULL, mfa_verified_at = NULL \
+         WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}

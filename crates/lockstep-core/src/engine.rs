@@ -1,0 +1,740 @@
+//! The sync engine of one profile (one device identity on this machine).
+//!
+//! - Reads are served from the local cache at once, with no network.
+//! - [`Engine::set`] validates with the shared schema, stamps the edit with this device's hybrid
+//!   logical clock and appends it to the outbox; it returns only after the outbox is on disk,
+//!   so an acknowledged edit survives a crash.
+//! - [`Engine::sync_once`] pushes the outbox in batches (idempotent on retry: a batch's mutation
+//!   id is derived from its entries) and pulls what changed since the cursor (a full pull on
+//!   first run, after a corrupt cache, or when the server says `must_refetch`).
+//! - What happened is told on an event channel ([`EngineEvent`]): remote changes (with the
+//!   writing device's name), local edits superseded by newer ones elsewhere, security events,
+//!   status, problems.
+//!
+//! The live loop (stream, reconnects, polling fallback) is in [`crate::live`]; accounts and
+//! two-factor authentication in [`crate::account`].
+//!
+//! Defaults are never written: a new device that has never been edited pushes nothing.
+//!
+//! Locking: the local state sits behind a plain mutex that is never held across an `.await`, so
+//! an edit is acknowledged at disk speed even while a push waits on a slow network. Network
+//! rounds (push, pull) are serialised by a second, async lock.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use lockstep_protocol::{
+    devices::DeviceInfo,
+    hlc::Hlc,
+    settings::{self, SettingError},
+    sync::{ChangeEvent, PushRequest, SettingRow},
+};
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::{
+    api::ApiError,
+    feed::{self, FeedEffect, SecurityEvent},
+    keychain::{Keychain, KeychainError},
+    session::{SessionError, SessionKeeper},
+    store::{CacheData, LoadOutcome, OutboxEntry, ProfileStore, StoreError},
+};
+
+/// Most changes in one push (the server's limit).
+const BATCH: usize = lockstep_protocol::sync::MAX_CHANGES_PER_PUSH;
+/// Changes read per page when catching up.
+const PAGE: u32 = 500;
+
+/// One device identity on this machine.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub dir: PathBuf,
+    pub device: DeviceInfo,
+}
+
+/// How this device is connected to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    /// Not started, or between attempts.
+    Connecting,
+    /// The live stream is open: changes elsewhere arrive at once.
+    Live,
+    /// The stream keeps failing; the change log is polled instead (and the stream retried).
+    Polling,
+    /// The server cannot be reached; edits queue locally.
+    Offline,
+    /// Sync is paused by the user.
+    Paused,
+    /// Two-factor authentication is on for the account and this session must verify a code.
+    StepUpRequired,
+    /// Not signed in (never, signed out here, or signed out by another device).
+    SignedOut,
+}
+
+impl Connection {
+    /// A short label for a status line: `Live`, `Polling`, `Offline`, ….
+    pub fn label(&self) -> &'static str {
+        match self {
+            Connection::Connecting => "Connecting",
+            Connection::Live => "Live",
+            Connection::Polling => "Polling",
+            Connection::Offline => "Offline",
+            Connection::Paused => "Paused",
+            Connection::StepUpRequired => "Code needed",
+            Connection::SignedOut => "Signed out",
+        }
+    }
+}
+
+/// The state a status line shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    pub connection: Connection,
+    /// Local edits the server has not acknowledged yet.
+    pub pending: usize,
+    /// When a push and pull last succeeded (Unix milliseconds).
+    pub last_synced_ms: Option<i64>,
+}
+
+/// What the engine tells its front end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    /// Another device changed a setting. `old` and `new` are effective values (a default when
+    /// the key is unset); the values of sensitive keys are left out.
+    RemoteChange {
+        key: String,
+        old: Option<Value>,
+        new: Option<Value>,
+        device_name: Option<String>,
+    },
+    /// A local edit lost to a newer edit made elsewhere: what was lost, and what stands.
+    Superseded {
+        key: String,
+        lost: Value,
+        winner: SettingRow,
+    },
+    /// Something about the account's security changed.
+    Security(SecurityEvent),
+    /// Connection, pending edits or last sync changed.
+    Status(SyncStatus),
+    /// Something the user should know about local state (a repaired or rebuilt file).
+    Problem(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(#[from] SettingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Keychain(#[from] KeychainError),
+    /// The request makes no sense in the current state (e.g. no second factor to verify).
+    #[error("{0}")]
+    State(String),
+}
+
+impl EngineError {
+    /// The server could not be reached (worth retrying later; edits stay queued).
+    pub fn is_offline(&self) -> bool {
+        match self {
+            EngineError::Api(e) | EngineError::Session(SessionError::Api(e)) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The session ended on the server (signed out, revoked), or there is none.
+    pub fn is_signed_out(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Session(SessionError::SignedOut | SessionError::Ended(_))
+        ) || matches!(self, EngineError::Api(e) if e.is_session_gone())
+    }
+
+    /// The account needs a second factor from this session.
+    pub fn needs_second_factor(&self) -> bool {
+        matches!(self, EngineError::Api(e) | EngineError::Session(SessionError::Api(e)) if e.needs_second_factor())
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub pushed: usize,
+    pub superseded: usize,
+    pub remote_changes: usize,
+    pub full_pull: bool,
+}
+
+/// Where "now" comes from, in Unix milliseconds; injected so tests control time.
+pub type ClockMs = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub(crate) struct Local {
+    pub(crate) store: ProfileStore,
+    pub(crate) cache: CacheData,
+    hlc: Hlc,
+    pub(crate) needs_full_pull: bool,
+    /// A feed entry said this device's session may have ended (by the named device): the
+    /// live loop checks with the server.
+    session_check: Option<Option<String>>,
+}
+
+/// The engine of one profile.
+pub struct Engine {
+    profile: Profile,
+    session: SessionKeeper,
+    keychain: Keychain,
+    local: Mutex<Local>,
+    /// One network round (push or pull) at a time.
+    round: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<EngineEvent>,
+    status: watch::Sender<SyncStatus>,
+    /// Woken by each local edit, so the live loop pushes at once.
+    pub(crate) edited: Notify,
+    /// Woken by "sync now", a sign-in or a step-up, so the live loop retries at once.
+    pub(crate) kick: Arc<Notify>,
+    /// The app lock's code checker (remembers the last accepted step).
+    pub(crate) codes: crate::totp::CodeChecker,
+    now_ms: ClockMs,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("profile", &self.profile.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the profile's local state. Problems found on the way (a corrupt cache moved
+    /// aside, unreadable outbox lines kept aside) are returned for the front end to show.
+    pub fn open(
+        profile: Profile,
+        session: SessionKeeper,
+        keychain: Keychain,
+    ) -> Result<(Engine, Vec<String>), EngineError> {
+        let opened = ProfileStore::open(&profile.dir)?;
+        let mut problems = Vec::new();
+        let report = &opened.outbox_report;
+        if report.corrupt_lines > 0 {
+            problems.push(format!(
+                "{} queued edit(s) could not be read from the outbox and were not sent; the \
+                 damaged file was kept at {}",
+                report.corrupt_lines,
+                report
+                    .quarantined
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(not kept)".into())
+            ));
+        }
+        if report.torn_tail_dropped {
+            tracing::info!("an interrupted, unacknowledged outbox append was cut off");
+        }
+        let (mut cache, needs_full_pull) = match opened.cache {
+            LoadOutcome::Loaded(data) => (data, false),
+            LoadOutcome::Missing => (CacheData::default(), true),
+            LoadOutcome::Corrupt { reason, moved_to } => {
+                problems.push(format!(
+                    "The local settings cache was damaged ({reason}); it was kept at {} and is \
+                     rebuilt from the server.",
+                    moved_to.display()
+                ));
+                (CacheData::default(), true)
+            }
+        };
+        let store = opened.store;
+        let mut hlc = Hlc::ZERO;
+        for entry in store.outbox().entries() {
+            cache.apply_local(entry, &profile.device.id);
+            hlc = hlc.max(entry.hlc);
+        }
+        for row in cache.rows.values() {
+            // Observing every stamp keeps this device's next stamp after all it has seen.
+            hlc = hlc.max(row.hlc);
+        }
+        let pending = store.outbox().len();
+        let (events, _) = broadcast::channel(1024);
+        let (status, _) = watch::channel(SyncStatus {
+            connection: Connection::Connecting,
+            pending,
+            last_synced_ms: None,
+        });
+        let engine = Engine {
+            profile,
+            session,
+            keychain,
+            local: Mutex::new(Local {
+                store,
+                cache,
+                hlc,
+                needs_full_pull,
+                session_check: None,
+            }),
+            round: tokio::sync::Mutex::new(()),
+            events,
+            status,
+            edited: Notify::new(),
+            kick: Arc::new(Notify::new()),
+            codes: crate::totp::CodeChecker::default(),
+            now_ms: Arc::new(crate::clock_ms),
+        };
+        Ok((engine, problems))
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, now_ms: ClockMs) -> Engine {
+        self.now_ms = now_ms;
+        self
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    pub fn session(&self) -> &SessionKeeper {
+        &self.session
+    }
+
+    pub fn keychain(&self) -> &Keychain {
+        &self.keychain
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        (self.now_ms)()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    /// The current status, and its changes.
+    pub fn status(&self) -> watch::Receiver<SyncStatus> {
+        self.status.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: EngineEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Updates the status and announces it when it changed.
+    pub(crate) fn update_status(&self, change: impl FnOnce(&mut SyncStatus)) {
+        let pending = self.lock().store.outbox().len();
+        let mut announce = None;
+        self.status.send_if_modified(|status| {
+            let before = status.clone();
+            change(status);
+            status.pending = pending;
+            let changed = *status != before;
+            if changed {
+                announce = Some(status.clone());
+            }
+            changed
+        });
+        if let Some(status) = announce {
+            self.emit(EngineEvent::Status(status));
+        }
+    }
+
+    pub(crate) fn set_connection(&self, connection: Connection) {
+        self.update_status(|s| s.connection = connection);
+    }
+
+    /// The effective value of a key (device-only value, else synced value, else default).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.lock().cache.effective(key)
+    }
+
+    /// Every effective value.
+    pub fn all(&self) -> BTreeMap<String, Value> {
+        self.lock().cache.effective_all()
+    }
+
+    /// The synced row of a key (who last changed it, and when), if it was ever written.
+    pub fn row(&self, key: &str) -> Option<SettingRow> {
+        self.lock().cache.rows.get(key).cloned()
+    }
+
+    /// Whether `key` is kept to this device.
+    pub fn is_device_only(&self, key: &str) -> bool {
+        self.lock().cache.is_device_local(key)
+    }
+
+    /// Edits waiting for the server.
+    pub fn pending(&self) -> usize {
+        self.lock().store.outbox().len()
+    }
+
+    /// The feed position this device has applied.
+    pub fn cursor(&self) -> i64 {
+        self.lock().cache.cursor
+    }
+
+    /// Sets a key. Returns once the edit is durably queued (acknowledged); it syncs later.
+    pub fn set(&self, key: &str, value: Value) -> Result<(), EngineError> {
+        settings::validate(key, &value)?;
+        self.record(vec![(key.to_owned(), value, false)])
+    }
+
+    /// Sets several keys as one durable step: all are validated first, and none is queued if
+    /// any is invalid.
+    pub fn set_many(&self, edits: Vec<(String, Value)>) -> Result<(), EngineError> {
+        for (key, value) in &edits {
+            settings::validate(key, value)?;
+        }
+        self.record(edits.into_iter().map(|(k, v)| (k, v, false)).collect())
+    }
+
+    /// Resets a key to its default everywhere (a tombstone that syncs).
+    pub fn reset(&self, key: &str) -> Result<(), EngineError> {
+        settings::spec(key)?;
+        self.record(vec![(key.to_owned(), Value::Null, true)])
+    }
+
+    /// Keeps `key` on this device only (its value never leaves the device), or shares it again.
+    pub fn set_device_only(&self, key: &str, only_here: bool) -> Result<(), EngineError> {
+        settings::spec(key)?;
+        let mut local = self.lock();
+        if only_here {
+            let current = local.cache.effective(key);
+            local.cache.set_device_local(key, current);
+        } else {
+            local.cache.clear_device_local(key);
+        }
+        local.store.save_cache(&local.cache)?;
+        Ok(())
+    }
+
+    fn record(&self, edits: Vec<(String, Value, bool)>) -> Result<(), EngineError> {
+        let now = self.now_ms();
+        let mut local = self.lock();
+        let mut queued = Vec::new();
+        for (key, value, deleted) in edits {
+            if local.cache.is_device_local(&key) {
+                local
+                    .cache
+                    .set_device_local(&key, if deleted { None } else { Some(value) });
+                continue;
+            }
+            let hlc = local.hlc.tick(u64::try_from(now).unwrap_or(0));
+            local.hlc = hlc;
+            queued.push(OutboxEntry::new(key, value, hlc, deleted, now));
+        }
+        // The durability point: after this, the edits are acknowledged.
+        local.store.outbox_mut().append_all(queued.clone())?;
+        for entry in &queued {
+            local.cache.apply_local(entry, &self.profile.device.id);
+        }
+        if let Err(error) = local.store.save_cache(&local.cache) {
+            // The outbox holds the edits; the cache is rebuilt from it on the next open.
+            tracing::warn!(%error, "could not save the settings cache");
+        }
+        drop(local);
+        self.update_status(|_| {});
+        self.edited.notify_one();
+        Ok(())
+    }
+
+    /// Pushes the outbox and pulls what changed elsewhere.
+    pub async fn sync_once(&self) -> Result<SyncReport, EngineError> {
+        let _round = self.round.lock().await;
+        let mut report = SyncReport::default();
+        self.push_locked(&mut report).await?;
+        self.pull_locked(&mut report).await?;
+        self.save_cache();
+        let now = self.now_ms();
+        self.update_status(|s| s.last_synced_ms = Some(now));
+        Ok(report)
+    }
+
+    /// Pushes the outbox only.
+    pub async fn push(&self) -> Result<SyncReport, EngineError> {
+        let _round = self.round.lock().await;
+        let mut report = SyncReport::default();
+        self.push_locked(&mut report).await?;
+        self.save_cache();
+        let now = self.now_ms();
+        self.update_status(|s| s.last_synced_ms = Some(now));
+        Ok(report)
+    }
+
+    /// Saves the cache (with its cursor) now; a failure is reported, not fatal (the cache is
+    /// rebuilt from the server if it is lost).
+    pub(crate) fn persist_cache(&self) {
+        self.save_cache();
+    }
+
+    /// Whether a session check is due (see [`Local::session_check`]).
+    pub(crate) fn session_check_due(&self) -> bool {
+        self.lock().session_check.is_some()
+    }
+
+    /// Takes the due session check: `Some(by)` if one was due.
+    pub(crate) fn take_session_check(&self) -> Option<Option<String>> {
+        self.lock().session_check.take()
+    }
+
+    /// Wakes the live loop: sync now, retry what was waiting.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    fn save_cache(&self) {
+        let local = self.lock();
+        if let Err(error) = local.store.save_cache(&local.cache) {
+            drop(local);
+            tracing::warn!(%error, "could not save the settings cache");
+            self.emit(EngineEvent::Problem(error.to_string()));
+        }
+    }
+
+    /// Calls the server with a fresh token, refreshing once if the token was refused as expired.
+    pub(crate) async fn with_token<T, F, Fut>(&self, call: F) -> Result<T, EngineError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let token = self.session.access_token().await?;
+        match call(token.clone()).await {
+            Err(e) if e.is_token_expired() => {
+                let token = self.session.refresh_after_rejection(&token).await?;
+                Ok(call(token).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn push_locked(&self, report: &mut SyncReport) -> Result<(), EngineError> {
+        let client = self.session.client().clone();
+        loop {
+            let batch: Vec<OutboxEntry> = {
+                let local = self.lock();
+                local.store.outbox().entries().iter().take(BATCH).cloned().collect()
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+            let push = PushRequest {
+                mutation_id: batch_id(&ids),
+                changes: batch.iter().map(OutboxEntry::to_change).collect(),
+            };
+            let answer = self
+                .with_token(|token| {
+                    let client = client.clone();
+                    let push = push.clone();
+                    async move { client.push(&token, &push).await }
+                })
+                .await?;
+            let mut superseded = Vec::new();
+            {
+                let mut local = self.lock();
+                for row in answer.applied {
+                    local.cache.apply_remote(row);
+                }
+                for lost in answer.superseded {
+                    let mine = batch.iter().rev().find(|e| e.key == lost.key);
+                    local.cache.apply_remote(lost.current.clone());
+                    superseded.push(EngineEvent::Superseded {
+                        key: lost.key.clone(),
+                        lost: mine
+                            .map(|e| feed::shown_value(&e.key, &e.value))
+                            .unwrap_or(Value::Null),
+                        winner: feed::shown_row(lost.current),
+                    });
+                }
+                local.store.outbox_mut().remove_acknowledged(&ids)?;
+            }
+            report.pushed += ids.len();
+            report.superseded += superseded.len();
+            for event in superseded {
+                self.emit(event);
+            }
+            self.update_status(|_| {});
+        }
+    }
+
+    async fn pull_locked(&self, report: &mut SyncReport) -> Result<(), EngineError> {
+        let client = self.session.client().clone();
+        loop {
+            let (full, since) = {
+                let local = self.lock();
+                (
+                    local.needs_full_pull || local.cache.cursor == 0,
+                    local.cache.cursor,
+                )
+            };
+            if full {
+                // The head first: changes after it are caught up next time (re-applying a
+                // row is harmless, the merge rule makes it a no-op).
+                let page = self
+                    .with_token(|t| {
+                        let c = client.clone();
+                        async move { c.changes(&t, 0, 1).await }
+                    })
+                    .await?;
+                let rows = self
+                    .with_token(|t| {
+                        let c = client.clone();
+                        async move { c.pull(&t).await }
+                    })
+                    .await?;
+                let mut changed = Vec::new();
+                {
+                    let mut local = self.lock();
+                    for row in rows {
+                        let key = row.key.clone();
+                        let before = local.cache.effective(&key);
+                        let from_elsewhere = row.device_id != self.profile.device.id;
+                        let device_name = row.device_name.clone();
+                        if local.cache.apply_remote(row) && from_elsewhere {
+                            let after = local.cache.effective(&key);
+                            if before != after {
+                                changed.push(remote_change(key, before, after, device_name));
+                            }
+                        }
+                    }
+                    local.cache.cursor = page.head;
+                    local.needs_full_pull = false;
+                }
+                report.full_pull = true;
+                report.remote_changes += changed.len();
+                for event in changed {
+                    self.emit(event);
+                }
+                return Ok(());
+            }
+            let page = self
+                .with_token(|t| {
+                    let c = client.clone();
+                    async move { c.changes(&t, since, PAGE).await }
+                })
+                .await?;
+            if page.must_refetch {
+                self.lock().needs_full_pull = true;
+                continue;
+            }
+            let count = page.changes.len();
+            for change in page.changes {
+                if self.apply_change(change) {
+                    report.remote_changes += 1;
+                }
+            }
+            if count < PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Marks the cache for a full pull at the next sync (the feed no longer reaches back).
+    pub(crate) fn require_full_pull(&self) {
+        self.lock().needs_full_pull = true;
+    }
+
+    /// Applies one feed entry (from the stream or the change log) and tells the front end what
+    /// it means. Returns whether a setting changed because of another device.
+    pub(crate) fn apply_change(&self, change: ChangeEvent) -> bool {
+        let seq = change.seq;
+        let mine = self.profile.device.id.clone();
+        let effect = feed::interpret(&change, &mine);
+        let mut events = Vec::new();
+        let mut changed = false;
+        {
+            let mut local = self.lock();
+            if seq <= local.cache.cursor {
+                // Already applied (a replay after a reconnect): nothing to do.
+                return false;
+            }
+            match effect {
+                FeedEffect::Setting(row) => {
+                    let key = row.key.clone();
+                    let before = local.cache.effective(&key);
+                    let from_elsewhere = change.device_id.as_deref() != Some(mine.as_str());
+                    if local.cache.apply_remote(row) && from_elsewhere {
+                        let after = local.cache.effective(&key);
+                        if before != after {
+                            changed = true;
+                            events.push(remote_change(
+                                key,
+                                before,
+                                after,
+                                change.device_name.clone(),
+                            ));
+                        }
+                    }
+                }
+                FeedEffect::Security(SecurityEvent::SessionEndedHere { by }) => {
+                    local.session_check = Some(by);
+                }
+                FeedEffect::Security(event) => events.push(EngineEvent::Security(event)),
+                FeedEffect::Nothing => {}
+            }
+            local.cache.advance_cursor(seq);
+        }
+        for event in events {
+            self.emit(event);
+        }
+        changed
+    }
+
+    /// Forgets everything this profile holds about the account: its secrets in the keychain,
+    /// its settings cache and its queued edits. Returns how many queued edits were dropped.
+    pub async fn wipe(&self) -> Result<usize, EngineError> {
+        self.session.forget().await;
+        self.keychain.wipe().await?;
+        let dropped = {
+            let mut local = self.lock();
+            let dropped = local.store.outbox().len();
+            local.store.clear()?;
+            local.cache = CacheData::default();
+            local.needs_full_pull = true;
+            dropped
+        };
+        self.update_status(|s| {
+            s.connection = Connection::SignedOut;
+            s.last_synced_ms = None;
+        });
+        Ok(dropped)
+    }
+}
+
+fn remote_change(
+    key: String,
+    old: Option<Value>,
+    new: Option<Value>,
+    device_name: Option<String>,
+) -> EngineEvent {
+    let hide = |v: Option<Value>| v.map(|v| feed::shown_value(&key, &v));
+    EngineEvent::RemoteChange {
+        old: hide(old),
+        new: hide(new),
+        key,
+        device_name,
+    }
+}
+
+/// A push's mutation id, derived from the entries it carries: a retry of the same batch is
+/// recognised by the server; a different batch never reuses an id.
+fn batch_id(ids: &[String]) -> String {
+    let mut hash = crc32fast::Hasher::new();
+    for id in ids {
+        hash.update(id.as_bytes());
+        hash.update(b"\0");
+    }
+    let first = ids.first().map(String::as_str).unwrap_or("");
+    format!("{first}-{}-{:08x}", ids.len(), hash.finalize())
+}

@@ -1,0 +1,34 @@
+//! `lockstep-core`: the client side of Lockstep, shared by the desktop app and the `lockstep`
+//! command-line client.
+//!
+//! - [`keychain`]: secrets (refresh token, TOTP secret, the local sealing key) in the OS
+//!   keychain, never in a file.
+//! - [`store`]: the settings cache, sync cursor and offline outbox, durable on disk.
+//! - [`api`]: a typed client of `lockstep-cloud`.
+//! - [`session`]: a session kept fresh with single-flight refreshes.
+//! - [`engine`]: reads from the cache, durable writes to the outbox, push and pull.
+//! - [`feed`]: what a change-feed entry means to this device (pure).
+//! - [`live`]: the live loop: change stream, reconnects, polling fallback, revocation.
+//! - [`account`]: sign-up, sign-in, two-factor authentication, devices, activity.
+//! - [`totp`]: checking a code offline against the keychain's secret (app lock).
+//! - [`profile`]: a device identity and its directory; [`transfer`]: export and import.
+//!
+//! It knows nothing of Tauri or of any UI: front ends consume its API and its event channel.
+#![forbid(unsafe_code)]
+
+pub mod account;
+pub mod api;
+pub mod engine;
+pub mod feed;
+pub mod keychain;
+pub mod live;
+pub mod profile;
+pub mod session;
+pub mod store;
+pub mod totp;
+pub mod transfer;
+
+/// Now, in Unix milliseconds.
+pub fn clock_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,504 @@
+//! The live loop of one profile: keeps the device in sync for as long as it runs.
+//!
+//! 1. Catch up: push the outbox and pull what changed since the cursor ([`Engine::sync_once`]).
+//! 2. Open the change stream (`/realtime/v1/sse`) with `Last-Event-ID` set to the cursor, so the
+//!    server replays exactly what this device has not applied, then streams live changes.
+//!    Each change is applied (own echoes are recognised by device id) and the cursor saved.
+//! 3. While the stream is open, a local edit is pushed at once.
+//! 4. When the stream ends: a `token_expired` end reconnects at once with a refreshed token;
+//!    `must-refetch` does a full pull; an ended session is checked with the server and, if it
+//!    is really gone, the profile's secrets and cache are wiped ("signed out by <device>");
+//!    `insufficient_aal` waits for the user to verify a code. Anything else is a failure:
+//!    reconnect with exponential backoff and jitter. A watchdog treats a stream that has been
+//!    silent for longer than [`LiveOptions::heartbeat_timeout`] as dead (the server sends a
+//!    heartbeat every 15 s).
+//! 5. After [`LiveOptions::failures_before_polling`] failures in a row (a proxy that kills
+//!    long-lived connections, say), it polls the change log every
+//!    [`LiveOptions::poll_interval`] and keeps retrying the stream in between.
+//!
+//! The status ([`Connection`]) follows: `Live` once the replay is over, `Polling`, `Offline`
+//! when the server cannot be reached, `StepUpRequired`, `SignedOut`, `Paused`.
+
+use std::{sync::Arc, time::Duration};
+
+use eventsource_client::{self as es, Client as _, SSE};
+use futures::StreamExt as _;
+use lockstep_protocol::{devices, sync::ChangeEvent};
+use rand::Rng as _;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    engine::{Connection, Engine, EngineError, EngineEvent},
+    feed::SecurityEvent,
+    session::SessionError,
+};
+
+/// Tuning of the live loop.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// How often the change log is polled when the stream cannot be used.
+    pub poll_interval: Duration,
+    /// A stream silent for this long is considered dead.
+    pub heartbeat_timeout: Duration,
+    /// First reconnect delay; doubles on each failure up to [`LiveOptions::backoff_max`].
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Stream failures in a row before polling takes over.
+    pub failures_before_polling: u32,
+    /// The stream's URL, when it is not `<server>/realtime/v1/sse` (a deployment that serves
+    /// realtime elsewhere).
+    pub stream_url: Option<String>,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            poll_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(45),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            failures_before_polling: 3,
+            stream_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// The running loop. Dropping the handle stops it.
+#[derive(Debug)]
+pub struct LiveHandle {
+    control: watch::Sender<Control>,
+    kick: Arc<Notify>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl LiveHandle {
+    /// Pauses syncing (edits keep queueing locally).
+    pub fn pause(&self) {
+        self.control.send_replace(Control::Pause);
+    }
+
+    pub fn resume(&self) {
+        self.control.send_replace(Control::Run);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.control.borrow() == Control::Pause
+    }
+
+    /// Syncs now, and retries at once whatever was waiting (a reconnect, a step-up, a sign-in).
+    pub fn sync_now(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Stops the loop and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.control.send_replace(Control::Stop);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LiveHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the live loop of `engine` on the tokio runtime.
+pub fn start(engine: Arc<Engine>, options: LiveOptions) -> LiveHandle {
+    let (control, rx) = watch::channel(Control::Run);
+    let kick = engine.kick.clone();
+    let task = tokio::spawn(run(engine, options, rx));
+    LiveHandle {
+        control,
+        kick,
+        task: Some(task),
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    /// Paused or stopped.
+    Control,
+    /// The access token expired: reconnect at once with a fresh one.
+    TokenExpired,
+    MustRefetch,
+    StepUp,
+    /// The server says the session ended (or refused the token): check and maybe wipe.
+    SessionEnded,
+    /// The server cannot be reached.
+    Offline(String),
+    /// Anything else (dropped, silent, refused): back off and retry.
+    Failed(String),
+}
+
+/// What to do after a failed catch-up.
+enum Next {
+    Continue,
+    Wait(Connection),
+}
+
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    fn delay(&self) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(16);
+        let base = self.initial.saturating_mul(1 << exp).min(self.max);
+        // Full jitter in the upper half: spread reconnects of many clients after an outage.
+        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Receiver<Control>) {
+    let transport = match launchdarkly_sdk_transport::HyperTransport::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build_https()
+    {
+        Ok(transport) => transport,
+        Err(error) => {
+            engine.emit(EngineEvent::Problem(format!(
+                "cannot start the live connection: {error}"
+            )));
+            return;
+        }
+    };
+    let mut backoff = Backoff {
+        initial: options.backoff_initial,
+        max: options.backoff_max,
+        failures: 0,
+    };
+    loop {
+        let wanted = *control.borrow_and_update();
+        match wanted {
+            Control::Stop => return,
+            Control::Pause => {
+                engine.set_connection(Connection::Paused);
+                if control.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Control::Run => {}
+        }
+
+        // Catch up (and learn whether the server is there at all).
+        if let Err(error) = engine.sync_once().await {
+            match after_error(&engine, error).await {
+                Next::Continue => continue,
+                Next::Wait(Connection::Offline) => {
+                    backoff.failures += 1;
+                    engine.set_connection(Connection::Offline);
+                    wait(&engine, &mut control, Some(backoff.delay())).await;
+                }
+                Next::Wait(connection) => {
+                    engine.set_connection(connection);
+                    wait(&engine, &mut control, None).await;
+                }
+            }
+            continue;
+        }
+        if check_session_if_due(&engine).await {
+            continue;
+        }
+
+        if backoff.failures >= options.failures_before_polling {
+            // The stream keeps failing: poll until the next attempt.
+            engine.set_connection(Connection::Polling);
+            let until = tokio::time::Instant::now() + backoff.delay();
+            if !poll_until(&engine, &options, &mut control, until).await {
+                continue;
+            }
+        } else if engine.status().borrow().connection != Connection::Live {
+            engine.set_connection(Connection::Connecting);
+        }
+
+        let end = stream(&engine, &options, &transport, &mut control, &mut backoff).await;
+        tracing::debug!(?end, "change stream ended");
+        match end {
+            StreamEnd::Control | StreamEnd::TokenExpired => {}
+            StreamEnd::MustRefetch => engine.require_full_pull(),
+            StreamEnd::StepUp => {
+                step_up_needed(&engine);
+                wait(&engine, &mut control, None).await;
+            }
+            StreamEnd::SessionEnded => {
+                if !confirm_session(&engine).await {
+                    wait(&engine, &mut control, None).await;
+                }
+            }
+            StreamEnd::Offline(ref reason) | StreamEnd::Failed(ref reason) => {
+                backoff.failures += 1;
+                tracing::info!(%reason, failures = backoff.failures, "change stream failed");
+                let next = if backoff.failures >= options.failures_before_polling {
+                    Connection::Polling
+                } else if matches!(end, StreamEnd::Offline(_)) {
+                    Connection::Offline
+                } else {
+                    Connection::Connecting
+                };
+                engine.set_connection(next);
+                if backoff.failures < options.failures_before_polling {
+                    wait(&engine, &mut control, Some(backoff.delay())).await;
+                }
+            }
+        }
+    }
+}
+
+/// Classifies a failed catch-up.
+async fn after_error(engine: &Engine, error: EngineError) -> Next {
+    if error.needs_second_factor() {
+        step_up_needed(engine);
+        return Next::Wait(Connection::StepUpRequired);
+    }
+    match error {
+        EngineError::Session(SessionError::SignedOut) => Next::Wait(Connection::SignedOut),
+        EngineError::Session(SessionError::Ended(_)) => {
+            signed_out(engine).await;
+            Next::Wait(Connection::SignedOut)
+        }
+        e if e.is_signed_out() => {
+            if confirm_session(engine).await {
+                Next::Continue
+            } else {
+                Next::Wait(Connection::SignedOut)
+            }
+        }
+        e if e.is_offline() => Next::Wait(Connection::Offline),
+        e => {
+            tracing::warn!(error = %e, "sync failed");
+            engine.emit(EngineEvent::Problem(format!("Sync failed: {e}")));
+            Next::Wait(Connection::Offline)
+        }
+    }
+}
+
+fn step_up_needed(engine: &Engine) {
+    if engine.status().borrow().connection != Connection::StepUpRequired {
+        engine.emit(EngineEvent::Security(SecurityEvent::StepUpRequired));
+    }
+    engine.set_connection(Connection::StepUpRequired);
+}
+
+/// Asks the server whether this session still exists (by refreshing it). If it does not, the
+/// profile is wiped. Returns whether the session is alive.
+async fn confirm_session(engine: &Engine) -> bool {
+    match engine.session().refresh_now().await {
+        Ok(_) => {
+            engine.take_session_check();
+            true
+        }
+        Err(SessionError::Ended(_) | SessionError::SignedOut) => {
+            signed_out(engine).await;
+            false
+        }
+        // Cannot tell now (offline): assume alive, the next request will tell.
+        Err(_) => true,
+    }
+}
+
+/// A feed entry said this device's session may have ended: check. Returns whether the
+/// device was signed out.
+async fn check_session_if_due(engine: &Engine) -> bool {
+    if !engine.session_check_due() {
+        return false;
+    }
+    !confirm_session(engine).await
+}
+
+/// Wipes the profile after the server ended its session, and says so.
+async fn signed_out(engine: &Engine) {
+    let by = engine.take_session_check().flatten();
+    match engine.wipe().await {
+        Ok(dropped) => {
+            if dropped > 0 {
+                engine.emit(EngineEvent::Problem(format!(
+                    "{dropped} edit(s) not yet synced were discarded with the signed-out session"
+                )));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not wipe the signed-out profile");
+            engine.emit(EngineEvent::Problem(format!(
+                "Signed out, but this device's data could not be fully removed: {error}"
+            )));
+        }
+    }
+    engine.emit(EngineEvent::Security(SecurityEvent::SignedOut { by }));
+}
+
+/// Waits for a kick, a control change or (if given) a delay.
+async fn wait(engine: &Engine, control: &mut watch::Receiver<Control>, delay: Option<Duration>) {
+    let sleep = async {
+        match delay {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = sleep => {}
+        () = engine.kick.notified() => {}
+        _ = control.changed() => {}
+    }
+}
+
+/// Polls the change log until `until`. Returns false when polling ended for another reason
+/// (paused, offline, signed out): go round the main loop again.
+async fn poll_until(
+    engine: &Engine,
+    options: &LiveOptions,
+    control: &mut watch::Receiver<Control>,
+    until: tokio::time::Instant,
+) -> bool {
+    loop {
+        let next = (tokio::time::Instant::now() + options.poll_interval).min(until);
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = engine.edited.notified() => {}
+            () = engine.kick.notified() => {}
+            _ = control.changed() => return false,
+        }
+        if let Err(error) = engine.sync_once().await {
+            match after_error(engine, error).await {
+                Next::Continue | Next::Wait(_) => return false,
+            }
+        }
+        if check_session_if_due(engine).await {
+            return false;
+        }
+        if tokio::time::Instant::now() >= until {
+            return true;
+        }
+    }
+}
+
+async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
+    engine: &Engine,
+    options: &LiveOptions,
+    transport: &T,
+    control: &mut watch::Receiver<Control>,
+    backoff: &mut Backoff,
+) -> StreamEnd {
+    let token = match engine.session().access_token().await {
+        Ok(token) => token,
+        Err(SessionError::Api(e)) if e.is_transient() => return StreamEnd::Offline(e.to_string()),
+        Err(_) => return StreamEnd::SessionEnded,
+    };
+    let client = engine.session().client();
+    let url = options
+        .stream_url
+        .clone()
+        .unwrap_or_else(|| format!("{}/realtime/v1/sse", client.base_url()));
+    let since = engine.cursor();
+    let built = es::ClientBuilder::for_url(&url)
+        .and_then(|b| b.header("apikey", client.anon_key()))
+        .and_then(|b| b.header("authorization", &format!("Bearer {token}")))
+        .and_then(|b| b.header(devices::DEVICE_ID_HEADER, &client.device().id))
+        .map(|b| {
+            b.last_event_id(since.to_string())
+                .reconnect(es::ReconnectOptions::reconnect(false).build())
+        });
+    let sse = match built {
+        Ok(builder) => builder.build_with_transport(transport.clone()),
+        Err(error) => return StreamEnd::Failed(format!("bad stream request: {error}")),
+    };
+    let mut events = sse.stream();
+    loop {
+        let item = tokio::select! {
+            item = tokio::time::timeout(options.heartbeat_timeout, events.next()) => item,
+            () = engine.edited.notified() => {
+                if let Err(error) = engine.push().await {
+                    match error {
+                        e if e.is_offline() => return StreamEnd::Offline(e.to_string()),
+                        e if e.needs_second_factor() => return StreamEnd::StepUp,
+                        e if e.is_signed_out() => return StreamEnd::SessionEnded,
+                        e => engine.emit(EngineEvent::Problem(format!("Push failed: {e}"))),
+                    }
+                }
+                continue;
+            }
+            () = engine.kick.notified() => {
+                // "Sync now" while live: push and re-read the log (cheap; the stream stays).
+                if let Err(error) = engine.sync_once().await {
+                    tracing::info!(%error, "sync while live failed");
+                }
+                continue;
+            }
+            _ = control.changed() => return StreamEnd::Control,
+        };
+        let event = match item {
+            Err(_) => {
+                return StreamEnd::Failed(format!(
+                    "no heartbeat for {} s",
+                    options.heartbeat_timeout.as_secs()
+                ));
+            }
+            Ok(None) => return StreamEnd::Failed("the stream closed".into()),
+            Ok(Some(Err(error))) => return classify_stream_error(error),
+            Ok(Some(Ok(SSE::Event(event)))) => event,
+            Ok(Some(Ok(SSE::Comment(_) | SSE::Connected(_)))) => continue,
+        };
+        match event.event_type.as_str() {
+            "change" => match serde_json::from_str::<ChangeEvent>(&event.data) {
+                Ok(change) => {
+                    engine.apply_change(change);
+                    engine.persist_cache();
+                    if engine.session_check_due() {
+                        return StreamEnd::SessionEnded;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable change event");
+                    return StreamEnd::Failed(format!("unreadable change event: {error}"));
+                }
+            },
+            "ready" => {
+                backoff.failures = 0;
+                engine.set_connection(Connection::Live);
+                let now = engine.now_ms();
+                engine.update_status(|s| s.last_synced_ms = Some(now));
+            }
+            "must-refetch" => return StreamEnd::MustRefetch,
+            "insufficient_aal" => return StreamEnd::StepUp,
+            "session" => {
+                return if event.data.contains("token_expired") {
+                    StreamEnd::TokenExpired
+                } else {
+                    StreamEnd::SessionEnded
+                };
+            }
+            other => tracing::debug!(event = other, "unknown stream event ignored"),
+        }
+    }
+}
+
+fn classify_stream_error(error: es::Error) -> StreamEnd {
+    match error {
+        es::Error::UnexpectedResponse(response, _) => match response.status() {
+            401 => StreamEnd::SessionEnded,
+            403 => StreamEnd::StepUp,
+            status => StreamEnd::Failed(format!("the stream was refused (HTTP {status})")),
+        },
+        es::Error::Transport(error) => StreamEnd::Offline(error.to_string()),
+        es::Error::TimedOut => StreamEnd::Offline("timed out".into()),
+        other => StreamEnd::Failed(other.to_string()),
+    }
+}

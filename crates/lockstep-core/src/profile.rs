@@ -1,0 +1,232 @@
+//! A profile: one device identity on this machine, with its own data directory and keychain
+//! namespace, so several devices (two app instances, test profiles) can run side by side.
+//!
+//! `<base>/profiles/<name>/profile.json` holds what is not secret: the device's id, name and
+//! platform, and the server it talks to (URL and anon key, which every client of the server
+//! has). It is written atomically. Secrets live in the keychain under `lockstep:<name>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lockstep_protocol::devices::{DeviceInfo, validate_device_name};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::Client,
+    engine::{Engine, EngineError, Profile},
+    keychain::Keychain,
+    session::{SessionKeeper, system_clock},
+    store::{StoreError, write_atomic},
+};
+
+/// File name of the profile's description.
+pub const PROFILE_FILE: &str = "profile.json";
+
+/// What a profile remembers between runs (nothing secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileConfig {
+    pub device_id: String,
+    pub device_name: String,
+    pub platform: String,
+    pub server_url: String,
+    pub anon_key: String,
+}
+
+/// Why a profile could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("profile names are 1 to 64 letters, digits, '-' or '_'; {0:?} is not one")]
+    BadName(String),
+    #[error("invalid device name: {0}")]
+    BadDeviceName(String),
+    #[error(
+        "the profile {0:?} is not set up yet: give --server and --anon-key (or LOCKSTEP_SERVER \
+         and LOCKSTEP_ANON_KEY) once"
+    )]
+    NotConfigured(String),
+    #[error("{path} is unreadable ({reason}); remove it to set the profile up again")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Checks a profile name (it becomes a directory name and a keychain service).
+pub fn validate_name(name: &str) -> Result<(), ProfileError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(ProfileError::BadName(name.to_owned())) }
+}
+
+/// Where profiles live by default: `$LOCKSTEP_HOME`, else `$XDG_DATA_HOME/lockstep`, else
+/// `~/.local/share/lockstep` (`%APPDATA%\lockstep` on Windows, `~/Library/Application
+/// Support/lockstep` on macOS).
+pub fn default_base_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LOCKSTEP_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    if cfg!(target_os = "windows") {
+        if let Some(appdata) = std::env::var_os("APPDATA") {
+            return PathBuf::from(appdata).join("lockstep");
+        }
+    } else if cfg!(target_os = "macos") {
+        return home().join("Library/Application Support/lockstep");
+    } else if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(data).join("lockstep");
+    }
+    home().join(".local/share/lockstep")
+}
+
+/// The directory of profile `name` under `base`.
+pub fn profile_dir(base: &Path, name: &str) -> PathBuf {
+    base.join("profiles").join(name)
+}
+
+impl ProfileConfig {
+    /// Reads `<dir>/profile.json`, if there is one.
+    pub fn load(dir: &Path) -> Result<Option<ProfileConfig>, ProfileError> {
+        let path = dir.join(PROFILE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ProfileError::Unreadable {
+                    path,
+                    reason: e.to_string(),
+                }
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read", &path, e).into()),
+        }
+    }
+
+    /// Writes `<dir>/profile.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), ProfileError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create the directory", dir, e))?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| ProfileError::Unreadable {
+            path: dir.join(PROFILE_FILE),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&dir.join(PROFILE_FILE), &text)?;
+        Ok(())
+    }
+
+    /// The device as it describes itself to the server.
+    pub fn device(&self) -> DeviceInfo {
+        DeviceInfo {
+            id: self.device_id.clone(),
+            name: self.device_name.clone(),
+            platform: self.platform.clone(),
+            app_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// How to open a profile.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Override (and remember) the server URL.
+    pub server_url: Option<String>,
+    /// Override (and remember) the anon key.
+    pub anon_key: Option<String>,
+    /// Name this device (remembered; the default is "<profile> on <platform>").
+    pub device_name: Option<String>,
+}
+
+/// An opened profile: its engine and what was found wrong on the way.
+#[derive(Debug)]
+pub struct Opened {
+    pub engine: Arc<Engine>,
+    pub config: ProfileConfig,
+    /// Problems to show the user (a repaired cache or outbox).
+    pub problems: Vec<String>,
+}
+
+/// Opens (creating on first use) profile `name` under `base`. The keychain's store must have
+/// been chosen already ([`Keychain::use_platform_store`] or [`Keychain::use_mock_store`]).
+pub fn open(base: &Path, name: &str, options: OpenOptions) -> Result<Opened, ProfileError> {
+    validate_name(name)?;
+    let dir = profile_dir(base, name);
+    let existing = ProfileConfig::load(&dir)?;
+    let mut config = match existing.clone() {
+        Some(config) => config,
+        None => {
+            let (Some(server_url), Some(anon_key)) = (&options.server_url, &options.anon_key) else {
+                return Err(ProfileError::NotConfigured(name.to_owned()));
+            };
+            ProfileConfig {
+                device_id: uuid::Uuid::new_v4().to_string(),
+                device_name: format!("{name} on {}", std::env::consts::OS),
+                platform: std::env::consts::OS.to_owned(),
+                server_url: server_url.clone(),
+                anon_key: anon_key.clone(),
+            }
+        }
+    };
+    if let Some(url) = options.server_url {
+        config.server_url = url;
+    }
+    if let Some(key) = options.anon_key {
+        config.anon_key = key;
+    }
+    if let Some(device_name) = options.device_name {
+        validate_device_name(&device_name).map_err(ProfileError::BadDeviceName)?;
+        config.device_name = device_name;
+    }
+    if existing.as_ref() != Some(&config) {
+        config.save(&dir)?;
+    }
+    let device = config.device();
+    let client = Client::new(&config.server_url, &config.anon_key, device.clone())
+        .map_err(EngineError::from)?;
+    let keychain = Keychain::for_profile(name);
+    let session = SessionKeeper::new(client, keychain.clone(), system_clock());
+    let (engine, problems) = Engine::open(
+        Profile {
+            name: name.to_owned(),
+            dir,
+            device,
+        },
+        session,
+        keychain,
+    )?;
+    Ok(Opened {
+        engine: Arc::new(engine),
+        config,
+        problems,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("laptop-1").is_ok());
+        for bad in ["", "a/b", "..", "x".repeat(65).as_str(), "sp ace"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_profile_needs_a_server_once_and_remembers_it() {
+        Keychain::use_mock_store();
+        let base = tempfile::tempdir().unwrap();
+        let err = open(base.path(), "p1", OpenOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("--server"), "{err}");
+        let options = OpenOptions {
+            server_url: Some("http://127.0.0.1:9".into()),
+            anon_key: Some("anon".into()),
+            device_name: Some("Work laptop".into()),
+        };
+        let first = open(base.path(), "p1", options).unwrap();
+        let id = first.config.device_id.clone();
+        drop(first);
+        let again = open(base.path(), "p1", OpenOptions::default()).unwrap();
+        assert_eq!(again.config.device_id, id, "the device keeps its identity");
+        assert_eq!(again.config.device_name, "Work laptop");
+        assert_eq!(again.config.server_url, "http://127.0.0.1:9");
+    }
+}

@@ -1,0 +1,877 @@
+//! The outbox: a journal of local edits the server has not acknowledged yet.
+//!
+//! `<dir>/outbox.jsonl` holds one line per edit, oldest first:
+//!
+//! ```text
+//! 3f9a0c1e {"id":"…","key":"appearance.theme","value":"dark","hlc":"…","deleted":false,"recorded_at_ms":…}
+//! ```
+//!
+//! that is the CRC-32 of the JSON text as 8 lowercase hex digits, a space, the JSON of an
+//! [`OutboxEntry`], and a newline. [`Outbox::append`] returns only once the line is on disk
+//! (`fsync`), which is the moment an edit counts as acknowledged to the user. Entries leave the
+//! journal only through [`Outbox::remove_acknowledged`], which rewrites it atomically, once the
+//! server has acknowledged them.
+//!
+//! Reopening after a crash ([`Outbox::open`]):
+//!
+//! - a last line without its newline, or a last line whose checksum fails, is the append that
+//!   was interrupted (it never returned, so nobody was told it was saved): it is cut off and
+//!   [`OpenReport::torn_tail_dropped`] says so;
+//! - any other damage is corruption: every line that still reads is kept, the original file is
+//!   copied to `outbox.corrupt-<unix ms>.jsonl` first, and [`OpenReport::corrupt_lines`] and
+//!   [`OpenReport::quarantined`] tell the engine what to report. Nothing is dropped silently.
+//!
+//! One process at a time: the outbox holds an OS lock on `outbox.lock` while open, and a second
+//! [`Outbox::open`] fails with [`StoreError::Busy`]. The OS releases the lock when the process
+//! ends, however it ends.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use lockstep_protocol::hlc::Hlc;
+use lockstep_protocol::settings;
+use lockstep_protocol::sync::SettingChange;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{StoreError, private_options, quarantine_path, sync_dir, tmp_path, write_atomic};
+
+/// File name of the journal inside the profile directory.
+pub const OUTBOX_FILE: &str = "outbox.jsonl";
+/// File name of the lock that keeps a second process out of the outbox.
+pub const OUTBOX_LOCK_FILE: &str = "outbox.lock";
+
+/// One local edit waiting for the server.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Unique id (a UUID v4); also the push's mutation id when the entry is pushed alone.
+    pub id: String,
+    /// The setting key.
+    pub key: String,
+    /// The new value; `Null` for a deletion.
+    pub value: Value,
+    /// The stamp of this write.
+    pub hlc: Hlc,
+    /// Whether the edit deletes the setting.
+    pub deleted: bool,
+    /// When the user made the edit, Unix milliseconds (for display).
+    pub recorded_at_ms: i64,
+}
+
+impl OutboxEntry {
+    /// A new entry with a fresh UUID v4 id. A deletion's value is forced to `Null`.
+    pub fn new(
+        key: impl Into<String>,
+        value: Value,
+        hlc: Hlc,
+        deleted: bool,
+        recorded_at_ms: i64,
+    ) -> OutboxEntry {
+        OutboxEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            key: key.into(),
+            value: if deleted { Value::Null } else { value },
+            hlc,
+            deleted,
+            recorded_at_ms,
+        }
+    }
+
+    /// The change to push for this entry.
+    pub fn to_change(&self) -> SettingChange {
+        SettingChange {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            hlc: self.hlc,
+            deleted: self.deleted,
+        }
+    }
+}
+
+impl fmt::Debug for OutboxEntry {
+    /// Like a derived `Debug`, but the value of a sensitive key (`integrations.*`) shows as
+    /// `<redacted>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("OutboxEntry");
+        s.field("id", &self.id).field("key", &self.key);
+        if settings::is_sensitive(&self.key) && !self.value.is_null() {
+            s.field("value", &format_args!("<redacted>"));
+        } else {
+            s.field("value", &self.value);
+        }
+        s.field("hlc", &self.hlc)
+            .field("deleted", &self.deleted)
+            .field("recorded_at_ms", &self.recorded_at_ms)
+            .finish()
+    }
+}
+
+/// What [`Outbox::open`] repaired. Report anything but a [clean](OpenReport::is_clean) open to
+/// the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// An interrupted last append was cut off. It had not returned, so it was never
+    /// acknowledged; worth a log line, not an alarm.
+    pub torn_tail_dropped: bool,
+    /// Lines that could not be read (bad checksum, not an entry) and are missing from the
+    /// outbox. Non-zero means queued edits may be lost: tell the user, and where the file was
+    /// kept ([`OpenReport::quarantined`]).
+    pub corrupt_lines: usize,
+    /// Where the damaged journal was copied, untouched, before the readable entries were kept.
+    pub quarantined: Option<PathBuf>,
+}
+
+impl OpenReport {
+    /// Whether the journal was intact.
+    pub fn is_clean(&self) -> bool {
+        !self.torn_tail_dropped && self.corrupt_lines == 0 && self.quarantined.is_none()
+    }
+}
+
+/// The journal of unacknowledged edits of one profile. See the [module docs](self).
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    path: PathBuf,
+    /// Write handle on the journal; every write goes at `committed_len`.
+    file: File,
+    /// Length of the journal's valid content.
+    committed_len: u64,
+    entries: Vec<OutboxEntry>,
+    /// Set when a failed append left bytes that could not be cut off again.
+    poisoned: bool,
+    /// Holds the OS lock for as long as the outbox is open.
+    _lock: File,
+}
+
+impl Outbox {
+    /// Opens (creating if missing) the journal in `dir`, locks it against other processes, reads
+    /// it and repairs it as described in the [module docs](self).
+    ///
+    /// A stale `outbox.jsonl.tmp` left by a crash during [`Outbox::remove_acknowledged`] is
+    /// deleted: the rename had not happened, so the journal itself is the truth.
+    pub fn open(dir: &Path) -> Result<(Outbox, OpenReport), StoreError> {
+        let lock = acquire_lock(dir)?;
+        let path = dir.join(OUTBOX_FILE);
+
+        let tmp = tmp_path(&path);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove the stale", &tmp, e)),
+        }
+
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io("read", &path, e)),
+        };
+        let Some(bytes) = bytes else {
+            let file = open_journal(&path, true)?;
+            sync_dir(dir)?;
+            return Ok((
+                Outbox::from_parts(dir, path, file, 0, Vec::new(), lock),
+                OpenReport::default(),
+            ));
+        };
+
+        let parsed = parse_journal(&bytes);
+        let mut report = OpenReport::default();
+        match parsed.damage {
+            Damage::None => {
+                let file = open_journal(&path, false)?;
+                let outbox =
+                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock);
+                Ok((outbox, report))
+            }
+            Damage::TornTail => {
+                let file = open_journal(&path, false)?;
+                file.set_len(parsed.good_len)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| StoreError::io("repair", &path, e))?;
+                report.torn_tail_dropped = true;
+                tracing::warn!(
+                    path = %path.display(),
+                    "cut off an interrupted, never acknowledged write at the end of the outbox"
+                );
+                let outbox =
+                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock);
+                Ok((outbox, report))
+            }
+            Damage::Corrupt {
+                bad_lines,
+                torn_tail,
+            } => {
+                let quarantined = quarantine_path(dir, "outbox", ".jsonl");
+                copy_durably(&path, &quarantined)?;
+                sync_dir(dir)?;
+                let text = encode_journal(&parsed.entries, &path)?;
+                write_atomic(&path, text.as_bytes())?;
+                tracing::error!(
+                    path = %path.display(),
+                    kept = parsed.entries.len(),
+                    unreadable = bad_lines,
+                    quarantined = %quarantined.display(),
+                    "the outbox was damaged; kept every readable entry and a copy of the file"
+                );
+                report.torn_tail_dropped = torn_tail;
+                report.corrupt_lines = bad_lines;
+                report.quarantined = Some(quarantined);
+                let file = open_journal(&path, false)?;
+                let len = text.len() as u64;
+                Ok((
+                    Outbox::from_parts(dir, path, file, len, parsed.entries, lock),
+                    report,
+                ))
+            }
+        }
+    }
+
+    fn from_parts(
+        dir: &Path,
+        path: PathBuf,
+        file: File,
+        committed_len: u64,
+        entries: Vec<OutboxEntry>,
+        lock: File,
+    ) -> Outbox {
+        Outbox {
+            dir: dir.to_owned(),
+            path,
+            file,
+            committed_len,
+            entries,
+            poisoned: false,
+            _lock: lock,
+        }
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `entry` and makes it durable (`fsync`) before returning: once this returns `Ok`
+    /// the edit survives a crash or power loss.
+    ///
+    /// On error nothing was acknowledged: the partial line is cut off again (or, if even that
+    /// fails, the outbox refuses further writes with [`StoreError::OutboxPoisoned`] until it is
+    /// reopened, when the torn line is dropped).
+    pub fn append(&mut self, entry: OutboxEntry) -> Result<(), StoreError> {
+        self.append_all(vec![entry])
+    }
+
+    /// Appends several entries with one write and one `fsync`; they are acknowledged together
+    /// when this returns `Ok`. A crash part-way may leave a prefix of them in the journal (and
+    /// a torn tail, cut off when reopened): edits the user made but was never told were saved.
+    pub fn append_all(&mut self, entries: Vec<OutboxEntry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if self.poisoned {
+            return Err(StoreError::OutboxPoisoned {
+                path: self.path.clone(),
+            });
+        }
+        let text = encode_journal(&entries, &self.path)?;
+        let start = self.committed_len;
+        let write = |file: &mut File| -> io::Result<()> {
+            file.seek(SeekFrom::Start(start))?;
+            file.write_all(text.as_bytes())?;
+            file.flush()?;
+            file.sync_data()
+        };
+        if let Err(e) = write(&mut self.file) {
+            if self
+                .file
+                .set_len(start)
+                .and_then(|()| self.file.sync_data())
+                .is_err()
+            {
+                self.poisoned = true;
+            }
+            return Err(StoreError::io("append to", &self.path, e));
+        }
+        self.committed_len = start + text.len() as u64;
+        self.entries.extend(entries);
+        Ok(())
+    }
+
+    /// Empties the outbox (the profile is being wiped): the journal is truncated durably.
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        write_atomic(&self.path, b"")?;
+        self.file = open_journal(&self.path, false)?;
+        self.committed_len = 0;
+        self.entries.clear();
+        self.poisoned = false;
+        Ok(())
+    }
+
+    /// The queued entries, oldest first.
+    pub fn entries(&self) -> &[OutboxEntry] {
+        &self.entries
+    }
+
+    /// How many entries are queued.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// For each key, its newest queued entry (largest stamp; the later one on a tie).
+    ///
+    /// This is what to show as "pending" and what a push needs: under the merge rule only this
+    /// device's newest write to a key can matter. The older entries stay queued until
+    /// [`Outbox::remove_acknowledged`] removes them.
+    pub fn pending_by_key(&self) -> BTreeMap<&str, &OutboxEntry> {
+        let mut newest: BTreeMap<&str, &OutboxEntry> = BTreeMap::new();
+        for entry in &self.entries {
+            match newest.get(entry.key.as_str()) {
+                Some(current) if current.hlc > entry.hlc => {}
+                _ => {
+                    newest.insert(&entry.key, entry);
+                }
+            }
+        }
+        newest
+    }
+
+    /// Removes the entries with these ids (unknown ids are ignored), rewriting the journal
+    /// atomically: a temporary file, `fsync`, rename over the journal, `fsync` of the directory.
+    /// A crash leaves either the old journal or the new one.
+    ///
+    /// Call it once the server has acknowledged the entries (a push answer, applied or
+    /// superseded). Entries the server has not seen must never be passed here.
+    pub fn remove_acknowledged(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        let doomed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        if !self.entries.iter().any(|e| doomed.contains(e.id.as_str())) {
+            return Ok(());
+        }
+        let kept: Vec<OutboxEntry> = self
+            .entries
+            .iter()
+            .filter(|e| !doomed.contains(e.id.as_str()))
+            .cloned()
+            .collect();
+        let text = encode_journal(&kept, &self.path)?;
+        write_atomic(&self.path, text.as_bytes())?;
+        // The old handle points at the replaced file: reopen.
+        self.file = open_journal(&self.path, false)?;
+        self.committed_len = text.len() as u64;
+        self.entries = kept;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    /// The profile directory this outbox lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Takes the outbox lock in `dir`, or fails with [`StoreError::Busy`].
+fn acquire_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(OUTBOX_LOCK_FILE);
+    let file = private_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Busy {
+            dir: dir.to_owned(),
+        }),
+        Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
+            tracing::warn!(
+                path = %path.display(),
+                "file locks are not supported here; not guarding the outbox against a second process"
+            );
+            Ok(file)
+        }
+        Err(TryLockError::Error(e)) => Err(StoreError::io("lock", &path, e)),
+    }
+}
+
+/// Opens the journal for writing (never truncating), creating it if `create`.
+fn open_journal(path: &Path, create: bool) -> Result<File, StoreError> {
+    private_options()
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io("open", path, e))
+}
+
+/// Copies `from` to `to` (a new file) and `fsync`s the copy.
+fn copy_durably(from: &Path, to: &Path) -> Result<(), StoreError> {
+    fs::copy(from, to)
+        .and_then(|_| File::open(to)?.sync_all())
+        .map_err(|e| StoreError::io("copy the damaged outbox to", to, e))
+}
+
+/// Encodes entries as journal text.
+fn encode_journal(entries: &[OutboxEntry], path: &Path) -> Result<String, StoreError> {
+    let mut text = String::new();
+    for entry in entries {
+        let line = encode_line(entry).map_err(|e| StoreError::Encode {
+            what: "an outbox entry",
+            path: path.to_owned(),
+            reason: super::describe_json_error(&e),
+        })?;
+        text.push_str(&line);
+    }
+    Ok(text)
+}
+
+/// One journal line: `<crc32 of json, 8 lowercase hex> <json>\n`.
+pub(crate) fn encode_line(entry: &OutboxEntry) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_string(entry)?;
+    let crc = crc32fast::hash(json.as_bytes());
+    Ok(format!("{crc:08x} {json}\n"))
+}
+
+/// Reads one journal line (without its newline), or `None` if it is damaged.
+fn decode_line(line: &[u8]) -> Option<OutboxEntry> {
+    let (crc, rest) = line.split_at_checked(8)?;
+    let json = rest.strip_prefix(b" ")?;
+    if !crc.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if crc32fast::hash(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+/// What is wrong with a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    /// Nothing.
+    None,
+    /// Only the last line: it lacks its newline, or it is the last line and fails its check.
+    TornTail,
+    /// Lines that do not read, with readable lines after them (or more than one damaged line
+    /// at the end, which one interrupted append cannot produce).
+    Corrupt {
+        /// Newline-terminated lines that do not read.
+        bad_lines: usize,
+        /// Whether there was also an unterminated last line (dropped as well).
+        torn_tail: bool,
+    },
+}
+
+/// A journal as read.
+#[derive(Debug)]
+struct ParsedJournal {
+    /// Every readable entry, in order.
+    entries: Vec<OutboxEntry>,
+    /// Bytes up to the end of the last readable line; the file's correct length when the
+    /// damage is a torn tail.
+    good_len: u64,
+    damage: Damage,
+}
+
+/// Reads a journal's bytes and classifies its damage (pure).
+fn parse_journal(bytes: &[u8]) -> ParsedJournal {
+    let mut entries = Vec::new();
+    let mut good_len = 0u64;
+    let mut offset = 0usize;
+    let mut bad_lines = 0usize;
+    // Whether the last newline-terminated line read so far was damaged.
+    let mut last_bad = false;
+    let mut rest = bytes;
+    while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..pos];
+        offset += pos + 1;
+        rest = &rest[pos + 1..];
+        match decode_line(line) {
+            Some(entry) => {
+                entries.push(entry);
+                good_len = offset as u64;
+                last_bad = false;
+            }
+            None => {
+                bad_lines += 1;
+                last_bad = true;
+            }
+        }
+    }
+    let unterminated = !rest.is_empty();
+    let damage = match (bad_lines, last_bad, unterminated) {
+        (0, _, false) => Damage::None,
+        (0, _, true) | (1, true, false) => Damage::TornTail,
+        _ => Damage::Corrupt {
+            bad_lines,
+            torn_tail: unterminated,
+        },
+    };
+    ParsedJournal {
+        entries,
+        good_len,
+        damage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(key: &str, value: Value, millis: u64) -> OutboxEntry {
+        OutboxEntry::new(key, value, Hlc::new(millis, 0), false, 1_700_000_000_000)
+    }
+
+    fn ids(entries: &[OutboxEntry]) -> Vec<String> {
+        entries.iter().map(|e| e.id.clone()).collect()
+    }
+
+    fn open(dir: &Path) -> (Outbox, OpenReport) {
+        Outbox::open(dir).unwrap()
+    }
+
+    #[test]
+    fn entries_survive_reopening_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, report) = open(dir.path());
+        assert!(report.is_clean());
+        assert!(outbox.is_empty());
+        let written = vec![
+            entry("appearance.theme", json!("dark"), 1),
+            entry("custom.list", json!([1, "two", {"three": null}]), 2),
+            OutboxEntry::new("custom.gone", json!("ignored"), Hlc::new(3, 0), true, 5),
+        ];
+        for e in &written {
+            outbox.append(e.clone()).unwrap();
+        }
+        assert_eq!(outbox.len(), 3);
+        assert_eq!(written[2].value, Value::Null, "a deletion carries null");
+        drop(outbox);
+
+        let (outbox, report) = open(dir.path());
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(outbox.entries(), written.as_slice());
+        assert_eq!(outbox.path(), dir.path().join(OUTBOX_FILE));
+    }
+
+    #[test]
+    fn lines_are_checksummed_json() {
+        let e = entry("custom.a", json!(1), 7);
+        let line = encode_line(&e).unwrap();
+        let (crc, json) = line.trim_end().split_once(' ').unwrap();
+        assert_eq!(crc.len(), 8);
+        assert_eq!(
+            u32::from_str_radix(crc, 16).unwrap(),
+            crc32fast::hash(json.as_bytes())
+        );
+        let back: OutboxEntry = serde_json::from_str(json).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(decode_line(line.trim_end().as_bytes()), Some(e));
+        for bad in [
+            "",
+            "0000000",
+            "zzzzzzzz {}",
+            "+0000000 {}",
+            &line.trim_end().replace("custom.a", "custom.b"),
+        ] {
+            assert_eq!(decode_line(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_the_file_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let a = entry("custom.a", json!(1), 1);
+        let b = entry("custom.b", json!(2), 2);
+        outbox.append(a.clone()).unwrap();
+        outbox.append(b.clone()).unwrap();
+        drop(outbox);
+        let path = dir.path().join(OUTBOX_FILE);
+        let good = fs::read(&path).unwrap();
+
+        // An append cut short before its newline.
+        let partial = encode_line(&entry("custom.c", json!(3), 3)).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(&partial.as_bytes()[..partial.len() / 2]);
+        fs::write(&path, &torn).unwrap();
+
+        let (mut outbox, report) = open(dir.path());
+        assert_eq!(
+            report,
+            OpenReport {
+                torn_tail_dropped: true,
+                corrupt_lines: 0,
+                quarantined: None
+            }
+        );
+        assert_eq!(outbox.entries(), [a.clone(), b.clone()].as_slice());
+        assert_eq!(fs::read(&path).unwrap(), good, "the file was cut back");
+
+        // Appending after the repair gives a clean journal.
+        let d = entry("custom.d", json!(4), 4);
+        outbox.append(d.clone()).unwrap();
+        drop(outbox);
+        let (outbox, report) = open(dir.path());
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(outbox.entries(), [a, b, d].as_slice());
+    }
+
+    #[test]
+    fn a_bad_checksum_on_the_last_line_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let a = entry("custom.a", json!(1), 1);
+        outbox.append(a.clone()).unwrap();
+        drop(outbox);
+        let path = dir.path().join(OUTBOX_FILE);
+        let good = fs::read(&path).unwrap();
+        let mut damaged = good.clone();
+        // A full-length line whose middle never reached the disk (zeros).
+        let mut last = encode_line(&entry("custom.b", json!("x".repeat(50)), 2))
+            .unwrap()
+            .into_bytes();
+        let n = last.len();
+        last[20..n - 10].fill(0);
+        damaged.extend_from_slice(&last);
+        fs::write(&path, &damaged).unwrap();
+
+        let (outbox, report) = open(dir.path());
+        assert!(report.torn_tail_dropped);
+        assert_eq!(report.corrupt_lines, 0);
+        assert_eq!(outbox.entries(), [a].as_slice());
+        assert_eq!(fs::read(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn a_corrupt_middle_line_is_quarantined_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let written: Vec<_> = (0..4)
+            .map(|i| entry(&format!("custom.k{i}"), json!(i), i))
+            .collect();
+        for e in &written {
+            outbox.append(e.clone()).unwrap();
+        }
+        drop(outbox);
+        let path = dir.path().join(OUTBOX_FILE);
+        let original = fs::read_to_string(&path).unwrap();
+        // Flip a character inside the second line's JSON.
+        let damaged = original.replacen("custom.k1", "custom.kX", 1);
+        fs::write(&path, &damaged).unwrap();
+
+        let (outbox, report) = open(dir.path());
+        assert_eq!(report.corrupt_lines, 1);
+        assert!(!report.torn_tail_dropped);
+        let quarantined = report.quarantined.clone().unwrap();
+        assert_eq!(fs::read_to_string(&quarantined).unwrap(), damaged);
+        let name = quarantined.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("outbox.corrupt-") && name.ends_with(".jsonl"),
+            "{name}"
+        );
+        let expected = vec![written[0].clone(), written[2].clone(), written[3].clone()];
+        assert_eq!(outbox.entries(), expected.as_slice());
+        drop(outbox);
+
+        // The journal itself was rewritten clean.
+        let (outbox, report) = open(dir.path());
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(outbox.entries(), expected.as_slice());
+    }
+
+    #[test]
+    fn two_damaged_lines_at_the_end_are_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let a = entry("custom.a", json!(1), 1);
+        outbox.append(a.clone()).unwrap();
+        drop(outbox);
+        let path = dir.path().join(OUTBOX_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"garbage line\nmore garbage\n");
+        fs::write(&path, &bytes).unwrap();
+
+        let (outbox, report) = open(dir.path());
+        assert_eq!(report.corrupt_lines, 2);
+        assert!(report.quarantined.is_some());
+        assert_eq!(outbox.entries(), [a].as_slice());
+    }
+
+    #[test]
+    fn parse_journal_classifies_damage() {
+        let a = encode_line(&entry("custom.a", json!(1), 1)).unwrap();
+        let b = encode_line(&entry("custom.b", json!(2), 2)).unwrap();
+        let ab = format!("{a}{b}");
+        let cases: Vec<(String, Damage, usize, usize)> = vec![
+            (String::new(), Damage::None, 0, 0),
+            (ab.clone(), Damage::None, 2, ab.len()),
+            (format!("{ab}{}", &a[..5]), Damage::TornTail, 2, ab.len()),
+            (format!("{a}junk\n"), Damage::TornTail, 1, a.len()),
+            (
+                format!("{a}junk\n{b}"),
+                Damage::Corrupt {
+                    bad_lines: 1,
+                    torn_tail: false,
+                },
+                2,
+                ab.len() + 5,
+            ),
+            (
+                format!("\n{ab}"),
+                Damage::Corrupt {
+                    bad_lines: 1,
+                    torn_tail: false,
+                },
+                2,
+                ab.len() + 1,
+            ),
+            (
+                format!("{a}junk\n{}", &b[..3]),
+                Damage::Corrupt {
+                    bad_lines: 1,
+                    torn_tail: true,
+                },
+                1,
+                a.len(),
+            ),
+        ];
+        for (text, damage, n, good_len) in cases {
+            let parsed = parse_journal(text.as_bytes());
+            assert_eq!(parsed.damage, damage, "{text:?}");
+            assert_eq!(parsed.entries.len(), n, "{text:?}");
+            assert_eq!(parsed.good_len, good_len as u64, "{text:?}");
+        }
+        // Invalid UTF-8 is just a damaged line.
+        let mut bytes = a.clone().into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe\n");
+        bytes.extend_from_slice(b.as_bytes());
+        assert!(matches!(
+            parse_journal(&bytes).damage,
+            Damage::Corrupt { bad_lines: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn remove_acknowledged_keeps_the_others_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let written: Vec<_> = (0..5)
+            .map(|i| entry(&format!("custom.k{i}"), json!(i), i))
+            .collect();
+        for e in &written {
+            outbox.append(e.clone()).unwrap();
+        }
+        outbox
+            .remove_acknowledged(&[
+                written[1].id.clone(),
+                written[3].id.clone(),
+                "not-an-id".into(),
+            ])
+            .unwrap();
+        let expected = vec![written[0].clone(), written[2].clone(), written[4].clone()];
+        assert_eq!(outbox.entries(), expected.as_slice());
+        // Appending after a rewrite goes to the new file.
+        let extra = entry("custom.extra", json!(true), 9);
+        outbox.append(extra.clone()).unwrap();
+        // Removing nothing known is a no-op.
+        outbox.remove_acknowledged(&["nope".into()]).unwrap();
+        drop(outbox);
+
+        let (mut outbox, report) = open(dir.path());
+        assert!(report.is_clean(), "{report:?}");
+        let mut all = expected.clone();
+        all.push(extra);
+        assert_eq!(outbox.entries(), all.as_slice());
+        assert!(!tmp_path(outbox.path()).exists());
+
+        outbox.remove_acknowledged(&ids(&all)).unwrap();
+        assert!(outbox.is_empty());
+        drop(outbox);
+        let (outbox, _) = open(dir.path());
+        assert!(outbox.is_empty());
+        assert_eq!(fs::read(outbox.path()).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_stale_temp_file_is_ignored_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let a = entry("custom.a", json!(1), 1);
+        outbox.append(a.clone()).unwrap();
+        drop(outbox);
+        let tmp = tmp_path(&dir.path().join(OUTBOX_FILE));
+        fs::write(&tmp, b"half a rewrite").unwrap();
+        let (outbox, report) = open(dir.path());
+        assert!(report.is_clean());
+        assert_eq!(outbox.entries(), [a].as_slice());
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = open(dir.path());
+        let err = Outbox::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        drop(outbox);
+        open(dir.path());
+    }
+
+    #[test]
+    fn pending_by_key_is_the_newest_entry_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = open(dir.path());
+        let theme_new = entry("appearance.theme", json!("dark"), 20);
+        let theme_old = entry("appearance.theme", json!("light"), 10);
+        let a1 = entry("custom.a", json!(1), 5);
+        let a2 = entry("custom.a", json!(2), 5);
+        let gone = OutboxEntry::new("custom.b", Value::Null, Hlc::new(30, 0), true, 0);
+        for e in [&theme_new, &theme_old, &a1, &a2, &gone] {
+            outbox.append(e.clone()).unwrap();
+        }
+        let pending = outbox.pending_by_key();
+        assert_eq!(pending.len(), 3);
+        assert_eq!(
+            pending["appearance.theme"], &theme_new,
+            "largest stamp wins"
+        );
+        assert_eq!(pending["custom.a"], &a2, "the later entry wins a tie");
+        assert_eq!(pending["custom.b"], &gone);
+        assert_eq!(outbox.len(), 5, "every entry stays queued");
+        assert_eq!(gone.to_change().value, Value::Null);
+        assert!(gone.to_change().deleted);
+        assert_eq!(theme_new.to_change().hlc, Hlc::new(20, 0));
+    }
+
+    #[test]
+    fn debug_hides_sensitive_values() {
+        let secret = entry("integrations.github", json!("ghp_secret"), 1);
+        let text = format!("{secret:?}");
+        assert!(!text.contains("ghp_secret"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+        let plain = entry("appearance.theme", json!("dark"), 1);
+        assert!(format!("{plain:?}").contains("dark"));
+    }
+
+    #[test]
+    fn entry_ids_are_valid_mutation_ids() {
+        let e = entry("custom.a", json!(1), 1);
+        assert!(e.id.len() <= lockstep_protocol::sync::MAX_MUTATION_ID_LEN);
+        assert!(
+            e.id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(e.id, entry("custom.a", json!(1), 1).id);
+    }
+}

@@ -1,0 +1,195 @@
+//! The sync engine against a real lockstep-cloud, one sync at a time (no live loop): two
+//! devices of one user, offline edits, restarts, a damaged cache, export and import.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Cloud, PASSWORD, open, open_at, unique};
+use lockstep_core::engine::EngineEvent;
+use serde_json::json;
+
+fn drain(rx: &mut tokio::sync::broadcast::Receiver<EngineEvent>) -> Vec<EngineEvent> {
+    let mut events = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        events.push(event);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_on_one_device_reaches_the_other_and_defaults_are_never_written() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&cloud, dir.path(), &unique("conv-a"));
+    let mut b = open(&cloud, dir.path(), &unique("conv-b"));
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+
+    let first = a.engine.sync_once().await.unwrap();
+    assert!(first.full_pull);
+    assert_eq!(first.pushed, 0, "a new device pushes nothing");
+    assert_eq!(a.engine.get("appearance.theme"), Some(json!("system")), "defaults read locally");
+    b.engine.sync_once().await.unwrap();
+    assert!(b.engine.export().settings.is_empty(), "defaults are not writes");
+
+    a.engine.set("appearance.theme", json!("dark")).unwrap();
+    assert_eq!(a.engine.pending(), 1);
+    assert_eq!(a.engine.get("appearance.theme"), Some(json!("dark")), "visible at once");
+    assert_eq!(a.engine.sync_once().await.unwrap().pushed, 1);
+    assert_eq!(a.engine.pending(), 0);
+    drain(&mut b.events);
+    let report = b.engine.sync_once().await.unwrap();
+    assert_eq!(report.remote_changes, 1);
+    assert_eq!(b.engine.get("appearance.theme"), Some(json!("dark")));
+    let events = drain(&mut b.events);
+    let a_name = format!("Device {}", a.name);
+    assert!(
+        events.contains(&EngineEvent::RemoteChange {
+            key: "appearance.theme".into(),
+            old: Some(json!("system")),
+            new: Some(json!("dark")),
+            device_name: Some(a_name.clone()),
+        }),
+        "{events:?}"
+    );
+    let row = b.engine.row("appearance.theme").unwrap();
+    assert_eq!(row.device_id, a.engine.profile().device.id, "who changed it is known");
+    // An invalid value is refused before it is queued.
+    let refused = a.engine.set("appearance.theme", json!("blue")).unwrap_err();
+    assert!(refused.to_string().contains("appearance.theme"), "{refused}");
+    assert_eq!(a.engine.pending(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_survive_a_restart_and_the_loser_is_told() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_name, b_name) = (unique("off-a"), unique("off-b"));
+    let a = open(&cloud, dir.path(), &a_name);
+    let b = open(&cloud, dir.path(), &b_name);
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    a.engine.sync_once().await.unwrap();
+    b.engine.sync_once().await.unwrap();
+    drop(a);
+
+    // The laptop goes offline (the server is unreachable from it) and edits two settings.
+    let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
+    offline.engine.set("appearance.theme", json!("light")).unwrap();
+    offline.engine.set("notifications.desktop", json!(false)).unwrap();
+    let err = offline.engine.sync_once().await.unwrap_err();
+    assert!(err.is_offline(), "{err}");
+    assert_eq!(offline.engine.pending(), 2);
+    drop(offline);
+
+    // Meanwhile the desktop makes a newer edit of the same key.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    b.engine.set("appearance.theme", json!("dark")).unwrap();
+    b.engine.sync_once().await.unwrap();
+
+    // The laptop restarts online: its queued edits are still there and go out.
+    let mut a = open(&cloud, dir.path(), &a_name);
+    assert_eq!(a.engine.pending(), 2, "queued edits survived the restart");
+    let report = a.engine.sync_once().await.unwrap();
+    assert_eq!((report.pushed, report.superseded), (2, 1));
+    let told = drain(&mut a.events).into_iter().find_map(|e| match e {
+        EngineEvent::Superseded { key, lost, winner } => Some((key, lost, winner)),
+        _ => None,
+    });
+    let (key, lost, winner) = told.expect("the user is told the edit was superseded");
+    assert_eq!((key.as_str(), lost), ("appearance.theme", json!("light")));
+    assert_eq!(winner.value, json!("dark"));
+    assert_eq!(winner.device_id, b.engine.profile().device.id);
+    b.engine.sync_once().await.unwrap();
+    for engine in [&a.engine, &b.engine] {
+        assert_eq!(engine.get("appearance.theme"), Some(json!("dark")));
+        assert_eq!(engine.get("notifications.desktop"), Some(json!(false)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_cache_is_reported_and_rebuilt_from_the_server() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("cache-a");
+    let a = open(&cloud, dir.path(), &name);
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    a.engine.set("appearance.theme", json!("dark")).unwrap();
+    a.engine.set("security.lock_after_minutes", json!(5)).unwrap();
+    a.engine.sync_once().await.unwrap();
+    let cache = a.engine.profile().dir.join("cache.json");
+    drop(a);
+    let bytes = std::fs::read(&cache).unwrap();
+    std::fs::write(&cache, &bytes[..bytes.len() / 2]).unwrap();
+
+    Keychain::use_mock_store();
+    let opened = lockstep_core::profile::open(dir.path(), &name, Default::default()).unwrap();
+    assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
+    assert!(opened.problems[0].contains("damaged"), "{:?}", opened.problems);
+    let report = opened.engine.sync_once().await.unwrap();
+    assert!(report.full_pull);
+    assert_eq!(opened.engine.get("appearance.theme"), Some(json!("dark")));
+    assert_eq!(opened.engine.get("security.lock_after_minutes"), Some(json!(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_outbox_is_reported_and_its_readable_edits_still_sync() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("outbox-a");
+    let a = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &name);
+    a.engine.set("appearance.theme", json!("dark")).unwrap();
+    a.engine.set("notifications.desktop", json!(false)).unwrap();
+    a.engine.set("security.lock_after_minutes", json!(10)).unwrap();
+    let outbox = a.engine.profile().dir.join("outbox.jsonl");
+    drop(a);
+    // Flip a byte inside the second line.
+    let mut bytes = std::fs::read(&outbox).unwrap();
+    let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 20;
+    bytes[second] ^= 0x01;
+    std::fs::write(&outbox, &bytes).unwrap();
+
+    Keychain::use_mock_store();
+    let options = lockstep_core::profile::OpenOptions {
+        server_url: Some(cloud.url.clone()),
+        ..Default::default()
+    };
+    let opened = lockstep_core::profile::open(dir.path(), &name, options).unwrap();
+    assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
+    assert!(opened.problems[0].contains("1 queued edit"), "{:?}", opened.problems);
+    let kept = std::fs::read_dir(&opened.engine.profile().dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("outbox.corrupt-"));
+    assert!(kept, "the damaged journal is kept for a human to look at");
+    assert_eq!(opened.engine.pending(), 2, "the readable edits are kept");
+    opened.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    assert_eq!(opened.engine.sync_once().await.unwrap().pushed, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_leaves_secrets_out_and_import_is_validated_whole() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&cloud, dir.path(), &unique("export-a"));
+    let b = open(&cloud, dir.path(), &unique("export-b"));
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_up("bob@example.com", PASSWORD).await.unwrap();
+    a.engine.set("appearance.theme", json!("dark")).unwrap();
+    a.engine.set("integrations.github", json!("ghp_not_for_files")).unwrap();
+    a.engine.sync_once().await.unwrap();
+    let export = serde_json::to_vec(&a.engine.export()).unwrap();
+    let text = String::from_utf8(export.clone()).unwrap();
+    assert!(text.contains("appearance.theme"), "{text}");
+    assert!(!text.contains("ghp_not_for_files"), "API keys never go to an export file");
+
+    let bad = br#"{"format":"lockstep-settings","version":1,"settings":{"appearance.theme":"dark","security.lock_after_minutes":"soon"}}"#;
+    let refused = b.engine.import(bad).unwrap_err();
+    assert!(refused.to_string().contains("security.lock_after_minutes"), "{refused}");
+    assert_eq!(b.engine.pending(), 0, "nothing of a refused import is queued");
+    assert_eq!(b.engine.import(&export).unwrap(), 1);
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("appearance.theme"), Some(json!("dark")));
+}
+
+use lockstep_core::keychain::Keychain;
