@@ -107,9 +107,18 @@ pub fn interpret(change: &ChangeEvent, my_device: &str) -> FeedEffect {
                 FeedEffect::Nothing
             }
         }
+        ("mfa_factors", _) => {
+            let verified = |v: &Value| text(v, "status").as_deref() == Some("verified");
+            if verified(&change.new) && !verified(&change.old) {
+                security(SecurityEvent::MfaEnabled { device_name: by })
+            } else if change.new.is_null() && verified(&change.old) {
+                security(SecurityEvent::MfaDisabled { device_name: by })
+            } else {
+                // An enrollment started, replaced or abandoned: not worth a notification.
+                FeedEffect::Nothing
+            }
+        }
         ("mfa_events", _) => match text(&change.new, "action").as_deref() {
-            Some("mfa_enabled") => security(SecurityEvent::MfaEnabled { device_name: by }),
-            Some("mfa_unenrolled") => security(SecurityEvent::MfaDisabled { device_name: by }),
             // Routine steps (enrolling, verifying a code) are not worth a notification.
             Some("mfa_enrolled" | "mfa_verified") | None => FeedEffect::Nothing,
             Some(action) => security(SecurityEvent::Mfa {
@@ -201,10 +210,18 @@ mod tests {
 
     #[test]
     fn mfa_events_map_to_security_events() {
-        let enabled = change("mfa_events", "INSERT", json!({"action": "mfa_enabled"}), Value::Null, Some("desk"));
+        let factor = |status: &str| json!({"id": "f1", "factor_type": "totp", "status": status});
+        let enabled = change("mfa_factors", "UPDATE", factor("verified"), factor("unverified"), Some("desk"));
         assert_eq!(
             interpret(&enabled, "me"),
             FeedEffect::Security(SecurityEvent::MfaEnabled { device_name: Some("desk name".into()) })
+        );
+        let enrolled = change("mfa_factors", "INSERT", factor("unverified"), Value::Null, Some("desk"));
+        assert_eq!(interpret(&enrolled, "me"), FeedEffect::Nothing);
+        let removed = change("mfa_factors", "DELETE", Value::Null, factor("verified"), Some("desk"));
+        assert_eq!(
+            interpret(&removed, "me"),
+            FeedEffect::Security(SecurityEvent::MfaDisabled { device_name: Some("desk name".into()) })
         );
         let routine = change("mfa_events", "INSERT", json!({"action": "mfa_verified"}), Value::Null, Some("desk"));
         assert_eq!(interpret(&routine, "me"), FeedEffect::Nothing);

@@ -236,8 +236,19 @@ async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Rece
             StreamEnd::Control | StreamEnd::TokenExpired => {}
             StreamEnd::MustRefetch => engine.require_full_pull(),
             StreamEnd::StepUp => {
-                step_up_needed(&engine);
-                wait(&engine, &mut control, None).await;
+                // The stream judged the session as it was when it opened; this device may
+                // have stepped up since (it turned MFA on itself). Ask again.
+                match engine.sync_once().await {
+                    Ok(_) => {}
+                    Err(error) => {
+                        if let Next::Wait(connection) = after_error(&engine, error).await {
+                            // Offline: retry later; otherwise wait for the user (a code).
+                            let delay = (connection == Connection::Offline).then(|| backoff.delay());
+                            engine.set_connection(connection);
+                            wait(&engine, &mut control, delay).await;
+                        }
+                    }
+                }
             }
             StreamEnd::SessionEnded => {
                 if !confirm_session(&engine).await {

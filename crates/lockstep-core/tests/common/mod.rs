@@ -212,13 +212,14 @@ impl Device {
         mut pred: impl FnMut(&EngineEvent) -> bool,
     ) -> EngineEvent {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut other = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Ok(event)) if pred(&event) => return event,
-                Ok(Ok(_)) => {}
+                Ok(Ok(event)) => other.push(event),
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(e)) => panic!("{}: event channel closed: {e}", self.name),
-                Err(_) => panic!("{}: no {what} within {secs} s", self.name),
+                Err(_) => panic!("{}: no {what} within {secs} s; saw {other:#?}", self.name),
             }
         }
     }
