@@ -222,7 +222,8 @@ impl Engine {
         session: SessionKeeper,
         keychain: Keychain,
     ) -> Result<(Engine, Vec<String>), EngineError> {
-        let opened = ProfileStore::open(&profile.dir)?;
+        let seal = keychain.local_seal_blocking()?;
+        let opened = ProfileStore::open_sealed(&profile.dir, Some(seal))?;
         let mut problems = Vec::new();
         let report = &opened.outbox_report;
         if report.corrupt_lines > 0 {
@@ -696,10 +697,15 @@ impl Engine {
     pub async fn wipe(&self) -> Result<usize, EngineError> {
         self.session.forget().await;
         self.keychain.wipe().await?;
+        // A new local key for whatever this profile stores next.
+        let keychain = self.keychain.clone();
+        let seal = tokio::task::spawn_blocking(move || keychain.local_seal_blocking())
+            .await
+            .map_err(|_| KeychainError::Failed("the keychain call was cancelled".into()))??;
         let dropped = {
             let mut local = self.lock();
             let dropped = local.store.outbox().len();
-            local.store.clear()?;
+            local.store.clear(Some(seal))?;
             local.cache = CacheData::default();
             local.needs_full_pull = true;
             dropped

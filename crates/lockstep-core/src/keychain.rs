@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use keyring_core::{CredentialStore, Entry, Error};
 
+use crate::store::LocalSeal;
+
 /// Which secret of a profile an entry holds (the entry's "user" part).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SecretKind {
@@ -181,6 +183,16 @@ impl Keychain {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// This profile's local sealing key (see [`crate::store::seal`]), created on first use.
+    ///
+    /// Blocks (on a thread of its own, so it may be called from async code): it is needed
+    /// before the profile's files can be opened.
+    pub fn local_seal_blocking(&self) -> Result<LocalSeal, KeychainError> {
+        let service = self.service.clone();
+        std::thread::scope(|scope| scope.spawn(move || local_seal(&service)).join())
+            .map_err(|_| KeychainError::Failed("the keychain call for the local key panicked".into()))?
+    }
+
     /// Runs `op` on the entry for `kind` on tokio's blocking pool.
     async fn blocking<T, F>(&self, kind: SecretKind, op: F) -> Result<T, KeychainError>
     where
@@ -203,6 +215,29 @@ impl Keychain {
             KeychainError::Failed(format!("the keychain call for the {kind} {why}"))
         })?
     }
+}
+
+/// Reads, or creates and stores, the local key of `service`.
+fn local_seal(service: &str) -> Result<LocalSeal, KeychainError> {
+    let kind = SecretKind::LocalKey;
+    let entry = Entry::new(service, kind.as_str())
+        .map_err(|err| describe(&err, "open the entry for", kind))?;
+    match entry.get_password() {
+        Ok(text) => {
+            if let Some(seal) = LocalSeal::from_keychain_text(&text) {
+                return Ok(seal);
+            }
+            tracing::warn!("the local key in the keychain is unusable; creating a new one");
+        }
+        Err(Error::NoEntry) => {}
+        Err(err) => return Err(describe(&err, "read", kind)),
+    }
+    let text = LocalSeal::generate_key();
+    entry
+        .set_password(&text)
+        .map_err(|err| describe(&err, "store", kind).redacting(&text))?;
+    LocalSeal::from_keychain_text(&text)
+        .ok_or_else(|| KeychainError::Failed("could not create a local key".into()))
 }
 
 /// The platform's credential store (Linux: the Secret Service, default collection).

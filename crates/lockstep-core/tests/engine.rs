@@ -193,3 +193,44 @@ async fn export_leaves_secrets_out_and_import_is_validated_whole() {
 }
 
 use lockstep_core::keychain::Keychain;
+
+/// Whether any file under `dir` contains `needle`.
+fn any_file_contains(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            any_file_contains(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_sealed_in_every_local_file() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_name, b_name) = (unique("seal-a"), unique("seal-b"));
+    const SECRET: &str = "ghp_sealed_at_rest_1234";
+    // Queued offline first, so the outbox holds it.
+    let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
+    offline.engine.set("integrations.github", json!(SECRET)).unwrap();
+    offline.engine.set_device_only("integrations.jira", true).unwrap();
+    offline.engine.set("integrations.jira", json!("jira_local_only_key")).unwrap();
+    assert!(!any_file_contains(dir.path(), SECRET), "the outbox and cache hold no plain API key");
+    assert!(!any_file_contains(dir.path(), "jira_local_only_key"));
+    drop(offline);
+
+    let a = open(&cloud, dir.path(), &a_name);
+    assert_eq!(a.engine.get("integrations.github"), Some(json!(SECRET)), "it opens again");
+    assert_eq!(a.engine.get("integrations.jira"), Some(json!("jira_local_only_key")));
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    a.engine.sync_once().await.unwrap();
+    let b = open(&cloud, dir.path(), &b_name);
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("integrations.github"), Some(json!(SECRET)), "it synced");
+    assert_eq!(b.engine.get("integrations.jira"), None, "device-only keys stay home");
+    assert!(!any_file_contains(dir.path(), SECRET), "nor does the other device's cache");
+}

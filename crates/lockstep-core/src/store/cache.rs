@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::outbox::OutboxEntry;
+use super::seal::{LocalSeal, open_value, seal_value};
 use super::{StoreError, describe_json_error, quarantine_path, sync_dir, write_atomic};
 
 /// File name of the cache inside the profile directory.
@@ -245,13 +246,19 @@ impl SettingsCache {
     /// [`LoadOutcome::Corrupt`]. A file from a newer format is left alone and refused with
     /// [`StoreError::NewerFormat`].
     pub fn load(dir: &Path) -> Result<LoadOutcome, StoreError> {
+        SettingsCache::load_sealed(dir, None)
+    }
+
+    /// [`SettingsCache::load`], opening sealed values with `seal`; a value that does not open
+    /// makes the cache damaged (it is rebuilt from the server).
+    pub fn load_sealed(dir: &Path, seal: Option<&LocalSeal>) -> Result<LoadOutcome, StoreError> {
         let path = dir.join(CACHE_FILE);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Missing),
             Err(e) => return Err(StoreError::io("read", &path, e)),
         };
-        match decode_cache(&bytes) {
+        match decode_cache(&bytes, seal) {
             Ok(data) => Ok(LoadOutcome::Loaded(data)),
             Err(DecodeError::Newer(found)) => Err(StoreError::NewerFormat {
                 path,
@@ -278,8 +285,17 @@ impl SettingsCache {
     /// `cache.json`, `fsync` of the directory. After a crash the file holds the old snapshot or
     /// the new one.
     pub fn save(dir: &Path, data: &CacheData) -> Result<(), StoreError> {
+        SettingsCache::save_sealed(dir, data, None)
+    }
+
+    /// [`SettingsCache::save`], sealing the values of sensitive keys with `seal`.
+    pub fn save_sealed(
+        dir: &Path,
+        data: &CacheData,
+        seal: Option<&LocalSeal>,
+    ) -> Result<(), StoreError> {
         let path = dir.join(CACHE_FILE);
-        let text = encode_cache(data).map_err(|e| StoreError::Encode {
+        let text = encode_cache(data, seal).map_err(|e| StoreError::Encode {
             what: "the settings cache",
             path: path.clone(),
             reason: describe_json_error(&e),
@@ -318,8 +334,15 @@ enum DecodeError {
 }
 
 /// The file's text for `data` (pure).
-fn encode_cache(data: &CacheData) -> Result<String, serde_json::Error> {
-    let data_text = serde_json::to_string(data)?;
+fn encode_cache(data: &CacheData, seal: Option<&LocalSeal>) -> Result<String, serde_json::Error> {
+    let mut stored = data.clone();
+    for row in stored.rows.values_mut() {
+        row.value = seal_value(seal, &row.key, &row.value);
+    }
+    for (key, value) in stored.local_values.iter_mut() {
+        *value = seal_value(seal, key, value);
+    }
+    let data_text = serde_json::to_string(&stored)?;
     let raw = RawValue::from_string(data_text)?;
     let envelope = EnvelopeOut {
         version: CACHE_FORMAT_VERSION,
@@ -332,7 +355,7 @@ fn encode_cache(data: &CacheData) -> Result<String, serde_json::Error> {
 }
 
 /// Reads and checks the file's bytes (pure).
-fn decode_cache(bytes: &[u8]) -> Result<CacheData, DecodeError> {
+fn decode_cache(bytes: &[u8], seal: Option<&LocalSeal>) -> Result<CacheData, DecodeError> {
     let damaged = |what: &str, e: &serde_json::Error| {
         DecodeError::Damaged(format!("{what}: {}", describe_json_error(e)))
     };
@@ -358,9 +381,23 @@ fn decode_cache(bytes: &[u8]) -> Result<CacheData, DecodeError> {
             "the checksum does not match the content".to_owned(),
         ));
     }
-    let data: CacheData = serde_json::from_str(envelope.data.get())
+    let mut data: CacheData = serde_json::from_str(envelope.data.get())
         .map_err(|e| damaged("the data is unreadable", &e))?;
     data.check_consistency().map_err(DecodeError::Damaged)?;
+    let unopened = || {
+        DecodeError::Damaged(
+            "a sealed value does not open (this device's local key in the keychain is missing \
+             or changed)"
+                .to_owned(),
+        )
+    };
+    for row in data.rows.values_mut() {
+        let value = std::mem::take(&mut row.value);
+        row.value = open_value(seal, &row.key, value).ok_or_else(unopened)?;
+    }
+    for (key, value) in data.local_values.iter_mut() {
+        *value = open_value(seal, key, std::mem::take(value)).ok_or_else(unopened)?;
+    }
     Ok(data)
 }
 
@@ -439,7 +476,7 @@ mod tests {
 
     #[test]
     fn the_file_format_is_versioned_and_checksummed() {
-        let text = encode_cache(&sample()).unwrap();
+        let text = encode_cache(&sample(), None).unwrap();
         let json: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["version"], 1);
         assert_eq!(json["data"]["cursor"], 99);
@@ -520,7 +557,7 @@ mod tests {
         let mut moved = inconsistent.rows["appearance.theme"].clone();
         moved.key = "custom.other".into();
         inconsistent.rows.insert("appearance.theme".into(), moved);
-        let text = encode_cache(&inconsistent).unwrap();
+        let text = encode_cache(&inconsistent, None).unwrap();
         fs::write(&path, &text).unwrap();
         assert_corrupt(dir.path(), text.as_bytes(), "another key");
 

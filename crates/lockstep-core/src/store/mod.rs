@@ -30,6 +30,7 @@
 
 pub mod cache;
 pub mod outbox;
+pub mod seal;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -38,6 +39,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use cache::{CACHE_FILE, CACHE_FORMAT_VERSION, CacheData, LoadOutcome, SettingsCache};
 pub use outbox::{OUTBOX_FILE, OUTBOX_LOCK_FILE, OpenReport, Outbox, OutboxEntry};
+pub use seal::LocalSeal;
 
 /// Something went wrong reading or writing a profile's local state.
 ///
@@ -124,6 +126,7 @@ impl StoreError {
 pub struct ProfileStore {
     dir: PathBuf,
     outbox: Outbox,
+    seal: Option<LocalSeal>,
 }
 
 /// What [`ProfileStore::open`] found: the store, the cache as loaded, and what was repaired in
@@ -146,12 +149,21 @@ impl ProfileStore {
     ///
     /// Fails with [`StoreError::Busy`] when another process has the profile open.
     pub fn open(dir: impl Into<PathBuf>) -> Result<OpenedProfile, StoreError> {
+        ProfileStore::open_sealed(dir, None)
+    }
+
+    /// [`ProfileStore::open`], sealing sensitive values in both files with `seal` (see
+    /// [`seal`]).
+    pub fn open_sealed(
+        dir: impl Into<PathBuf>,
+        seal: Option<LocalSeal>,
+    ) -> Result<OpenedProfile, StoreError> {
         let dir = dir.into();
         create_private_dir(&dir)?;
-        let (outbox, outbox_report) = Outbox::open(&dir)?;
-        let cache = SettingsCache::load(&dir)?;
+        let (outbox, outbox_report) = Outbox::open_sealed(&dir, seal.clone())?;
+        let cache = SettingsCache::load_sealed(&dir, seal.as_ref())?;
         Ok(OpenedProfile {
-            store: ProfileStore { dir, outbox },
+            store: ProfileStore { dir, outbox, seal },
             cache,
             outbox_report,
         })
@@ -174,12 +186,14 @@ impl ProfileStore {
 
     /// Saves `data` as the profile's cache, durably (see [`SettingsCache::save`]).
     pub fn save_cache(&self, data: &CacheData) -> Result<(), StoreError> {
-        SettingsCache::save(&self.dir, data)
+        SettingsCache::save_sealed(&self.dir, data, self.seal.as_ref())
     }
 
     /// Forgets the profile's account data: empties the outbox and removes the cache file.
-    pub fn clear(&mut self) -> Result<(), StoreError> {
-        self.outbox.clear()?;
+    /// From now on, sensitive values are sealed with `seal` (the wiped profile's key is gone).
+    pub fn clear(&mut self, seal: Option<LocalSeal>) -> Result<(), StoreError> {
+        self.outbox.clear(seal.clone())?;
+        self.seal = seal;
         let cache = self.dir.join(CACHE_FILE);
         match fs::remove_file(&cache) {
             Ok(()) => sync_dir(&self.dir),

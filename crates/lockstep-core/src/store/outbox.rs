@@ -37,6 +37,7 @@ use lockstep_protocol::sync::SettingChange;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::seal::{LocalSeal, open_value, seal_value};
 use super::{StoreError, private_options, quarantine_path, sync_dir, tmp_path, write_atomic};
 
 /// File name of the journal inside the profile directory.
@@ -143,6 +144,8 @@ pub struct Outbox {
     entries: Vec<OutboxEntry>,
     /// Set when a failed append left bytes that could not be cut off again.
     poisoned: bool,
+    /// Seals sensitive values in the journal (see [`super::seal`]).
+    seal: Option<LocalSeal>,
     /// Holds the OS lock for as long as the outbox is open.
     _lock: File,
 }
@@ -154,6 +157,15 @@ impl Outbox {
     /// A stale `outbox.jsonl.tmp` left by a crash during [`Outbox::remove_acknowledged`] is
     /// deleted: the rename had not happened, so the journal itself is the truth.
     pub fn open(dir: &Path) -> Result<(Outbox, OpenReport), StoreError> {
+        Outbox::open_sealed(dir, None)
+    }
+
+    /// [`Outbox::open`], sealing the values of sensitive keys with `seal` (a line whose value
+    /// does not open reads as damaged).
+    pub fn open_sealed(
+        dir: &Path,
+        seal: Option<LocalSeal>,
+    ) -> Result<(Outbox, OpenReport), StoreError> {
         let lock = acquire_lock(dir)?;
         let path = dir.join(OUTBOX_FILE);
 
@@ -173,18 +185,18 @@ impl Outbox {
             let file = open_journal(&path, true)?;
             sync_dir(dir)?;
             return Ok((
-                Outbox::from_parts(dir, path, file, 0, Vec::new(), lock),
+                Outbox::from_parts(dir, path, file, 0, Vec::new(), lock, seal),
                 OpenReport::default(),
             ));
         };
 
-        let parsed = parse_journal(&bytes);
+        let parsed = parse_journal_with(&bytes, seal.as_ref());
         let mut report = OpenReport::default();
         match parsed.damage {
             Damage::None => {
                 let file = open_journal(&path, false)?;
                 let outbox =
-                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock);
+                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock, seal);
                 Ok((outbox, report))
             }
             Damage::TornTail => {
@@ -198,7 +210,7 @@ impl Outbox {
                     "cut off an interrupted, never acknowledged write at the end of the outbox"
                 );
                 let outbox =
-                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock);
+                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock, seal);
                 Ok((outbox, report))
             }
             Damage::Corrupt {
@@ -208,7 +220,7 @@ impl Outbox {
                 let quarantined = quarantine_path(dir, "outbox", ".jsonl");
                 copy_durably(&path, &quarantined)?;
                 sync_dir(dir)?;
-                let text = encode_journal(&parsed.entries, &path)?;
+                let text = encode_journal(&parsed.entries, &path, seal.as_ref())?;
                 write_atomic(&path, text.as_bytes())?;
                 tracing::error!(
                     path = %path.display(),
@@ -223,7 +235,7 @@ impl Outbox {
                 let file = open_journal(&path, false)?;
                 let len = text.len() as u64;
                 Ok((
-                    Outbox::from_parts(dir, path, file, len, parsed.entries, lock),
+                    Outbox::from_parts(dir, path, file, len, parsed.entries, lock, seal),
                     report,
                 ))
             }
@@ -237,6 +249,7 @@ impl Outbox {
         committed_len: u64,
         entries: Vec<OutboxEntry>,
         lock: File,
+        seal: Option<LocalSeal>,
     ) -> Outbox {
         Outbox {
             dir: dir.to_owned(),
@@ -245,6 +258,7 @@ impl Outbox {
             committed_len,
             entries,
             poisoned: false,
+            seal,
             _lock: lock,
         }
     }
@@ -276,7 +290,7 @@ impl Outbox {
                 path: self.path.clone(),
             });
         }
-        let text = encode_journal(&entries, &self.path)?;
+        let text = encode_journal(&entries, &self.path, self.seal.as_ref())?;
         let start = self.committed_len;
         let write = |file: &mut File| -> io::Result<()> {
             file.seek(SeekFrom::Start(start))?;
@@ -301,7 +315,9 @@ impl Outbox {
     }
 
     /// Empties the outbox (the profile is being wiped): the journal is truncated durably.
-    pub fn clear(&mut self) -> Result<(), StoreError> {
+    /// Later entries are sealed with `seal`.
+    pub fn clear(&mut self, seal: Option<LocalSeal>) -> Result<(), StoreError> {
+        self.seal = seal;
         write_atomic(&self.path, b"")?;
         self.file = open_journal(&self.path, false)?;
         self.committed_len = 0;
@@ -360,7 +376,7 @@ impl Outbox {
             .filter(|e| !doomed.contains(e.id.as_str()))
             .cloned()
             .collect();
-        let text = encode_journal(&kept, &self.path)?;
+        let text = encode_journal(&kept, &self.path, self.seal.as_ref())?;
         write_atomic(&self.path, text.as_bytes())?;
         // The old handle points at the replaced file: reopen.
         self.file = open_journal(&self.path, false)?;
@@ -420,10 +436,14 @@ fn copy_durably(from: &Path, to: &Path) -> Result<(), StoreError> {
 }
 
 /// Encodes entries as journal text.
-fn encode_journal(entries: &[OutboxEntry], path: &Path) -> Result<String, StoreError> {
+fn encode_journal(
+    entries: &[OutboxEntry],
+    path: &Path,
+    seal: Option<&LocalSeal>,
+) -> Result<String, StoreError> {
     let mut text = String::new();
     for entry in entries {
-        let line = encode_line(entry).map_err(|e| StoreError::Encode {
+        let line = encode_line_with(entry, seal).map_err(|e| StoreError::Encode {
             what: "an outbox entry",
             path: path.to_owned(),
             reason: super::describe_json_error(&e),
@@ -434,14 +454,33 @@ fn encode_journal(entries: &[OutboxEntry], path: &Path) -> Result<String, StoreE
 }
 
 /// One journal line: `<crc32 of json, 8 lowercase hex> <json>\n`.
-pub(crate) fn encode_line(entry: &OutboxEntry) -> Result<String, serde_json::Error> {
-    let json = serde_json::to_string(entry)?;
+#[cfg(test)]
+fn encode_line(entry: &OutboxEntry) -> Result<String, serde_json::Error> {
+    encode_line_with(entry, None)
+}
+
+/// [`encode_line`], with the value sealed when the key is sensitive and `seal` is given.
+fn encode_line_with(
+    entry: &OutboxEntry,
+    seal: Option<&LocalSeal>,
+) -> Result<String, serde_json::Error> {
+    let stored = OutboxEntry {
+        value: seal_value(seal, &entry.key, &entry.value),
+        ..entry.clone()
+    };
+    let json = serde_json::to_string(&stored)?;
     let crc = crc32fast::hash(json.as_bytes());
     Ok(format!("{crc:08x} {json}\n"))
 }
 
 /// Reads one journal line (without its newline), or `None` if it is damaged.
+#[cfg(test)]
 fn decode_line(line: &[u8]) -> Option<OutboxEntry> {
+    decode_line_with(line, None)
+}
+
+/// [`decode_line`], opening a sealed value with `seal` (`None` if it does not open).
+fn decode_line_with(line: &[u8], seal: Option<&LocalSeal>) -> Option<OutboxEntry> {
     let (crc, rest) = line.split_at_checked(8)?;
     let json = rest.strip_prefix(b" ")?;
     if !crc.iter().all(u8::is_ascii_hexdigit) {
@@ -451,7 +490,9 @@ fn decode_line(line: &[u8]) -> Option<OutboxEntry> {
     if crc32fast::hash(json) != crc {
         return None;
     }
-    serde_json::from_slice(json).ok()
+    let mut entry: OutboxEntry = serde_json::from_slice(json).ok()?;
+    entry.value = open_value(seal, &entry.key, entry.value)?;
+    Some(entry)
 }
 
 /// What is wrong with a journal.
@@ -483,7 +524,13 @@ struct ParsedJournal {
 }
 
 /// Reads a journal's bytes and classifies its damage (pure).
+#[cfg(test)]
 fn parse_journal(bytes: &[u8]) -> ParsedJournal {
+    parse_journal_with(bytes, None)
+}
+
+/// [`parse_journal`], opening sealed values with `seal`.
+fn parse_journal_with(bytes: &[u8], seal: Option<&LocalSeal>) -> ParsedJournal {
     let mut entries = Vec::new();
     let mut good_len = 0u64;
     let mut offset = 0usize;
@@ -495,7 +542,7 @@ fn parse_journal(bytes: &[u8]) -> ParsedJournal {
         let line = &rest[..pos];
         offset += pos + 1;
         rest = &rest[pos + 1..];
-        match decode_line(line) {
+        match decode_line_with(line, seal) {
             Some(entry) => {
                 entries.push(entry);
                 good_len = offset as u64;
