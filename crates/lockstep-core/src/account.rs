@@ -165,7 +165,11 @@ impl Engine {
         let client = self.session().client().clone();
         let session = self
             .with_token(|t| {
-                let (c, f, code) = (client.clone(), enrollment.factor_id.clone(), code.to_owned());
+                let (c, f, code) = (
+                    client.clone(),
+                    enrollment.factor_id.clone(),
+                    code.to_owned(),
+                );
                 async move { c.verify_totp(&t, &f, &code).await }
             })
             .await?;
@@ -231,11 +235,15 @@ impl Engine {
     /// Checks a code against the secret in this device's keychain, with no network (the app
     /// lock). A code accepted once is not accepted again.
     pub async fn check_code_offline(&self, code: &str) -> Result<bool, EngineError> {
-        let secret = self.keychain().get(SecretKind::TotpSecret).await?.ok_or_else(|| {
-            EngineError::State(
-                "this device holds no authenticator secret: verify a code online first".into(),
-            )
-        })?;
+        let secret = self
+            .keychain()
+            .get(SecretKind::TotpSecret)
+            .await?
+            .ok_or_else(|| {
+                EngineError::State(
+                    "this device holds no authenticator secret: verify a code online first".into(),
+                )
+            })?;
         let now = u64::try_from(self.now_ms() / 1000).unwrap_or(0);
         self.codes
             .check(&secret, code, now)

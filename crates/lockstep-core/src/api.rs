@@ -27,7 +27,11 @@ pub enum ApiError {
     Unreachable(String),
     /// The server answered with an error.
     #[error("{message} ({code}, HTTP {status})")]
-    Server { status: u16, code: String, message: String },
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The server answered something this client cannot read.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
@@ -60,7 +64,9 @@ impl ApiError {
     /// The session is gone (signed out, revoked, refresh token reused): sign in again.
     pub fn is_session_gone(&self) -> bool {
         match self.code() {
-            Some("session_not_found" | "refresh_token_not_found" | "refresh_token_already_used") => true,
+            Some(
+                "session_not_found" | "refresh_token_not_found" | "refresh_token_already_used",
+            ) => true,
             // PostgREST's JWT code covers an ended session too; lockstep-cloud's message says which.
             Some("PGRST301") => self.message().contains("session"),
             _ => false,
@@ -69,7 +75,8 @@ impl ApiError {
 
     /// The access token expired or is invalid: refresh and retry.
     pub fn is_token_expired(&self) -> bool {
-        self.code() == Some("bad_jwt") || (self.code() == Some("PGRST301") && !self.is_session_gone())
+        self.code() == Some("bad_jwt")
+            || (self.code() == Some("PGRST301") && !self.is_session_gone())
     }
 
     /// The account has two-factor authentication on and this session must step up.
@@ -104,7 +111,12 @@ impl Client {
             .user_agent(concat!("lockstep-core/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::Unreachable(e.to_string()))?;
-        Ok(Client { http, base: server.trim_end_matches('/').to_owned(), anon_key: anon_key.to_owned(), device })
+        Ok(Client {
+            http,
+            base: server.trim_end_matches('/').to_owned(),
+            anon_key: anon_key.to_owned(),
+            device,
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -124,7 +136,10 @@ impl Client {
             .http
             .request(method, format!("{}{path}", self.base))
             .header("apikey", &self.anon_key)
-            .header(lockstep_protocol::devices::DEVICE_ID_HEADER, &self.device.id)
+            .header(
+                lockstep_protocol::devices::DEVICE_ID_HEADER,
+                &self.device.id,
+            )
             .header(
                 lockstep_protocol::devices::DEVICE_NAME_HEADER,
                 url_encode(&self.device.name),
@@ -136,9 +151,15 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiError> {
-        let response = req.send().await.map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
+        let response = req
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ApiError::Unreachable(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Unreachable(e.to_string()))?;
         if !status.is_success() {
             return Err(server_error(status, &bytes));
         }
@@ -157,92 +178,197 @@ impl Client {
             data: None,
             device: Some(self.device.clone()),
         };
-        self.send(self.request(Method::POST, "/auth/v1/signup", None).json(&body)).await
+        self.send(
+            self.request(Method::POST, "/auth/v1/signup", None)
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<Session, ApiError> {
-        let body = PasswordGrant { email: email.into(), password: password.into(), device: Some(self.device.clone()) };
-        self.send(self.request(Method::POST, "/auth/v1/token?grant_type=password", None).json(&body)).await
+        let body = PasswordGrant {
+            email: email.into(),
+            password: password.into(),
+            device: Some(self.device.clone()),
+        };
+        self.send(
+            self.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, ApiError> {
-        let body = RefreshGrant { refresh_token: refresh_token.into() };
-        self.send(self.request(Method::POST, "/auth/v1/token?grant_type=refresh_token", None).json(&body))
-            .await
+        let body = RefreshGrant {
+            refresh_token: refresh_token.into(),
+        };
+        self.send(
+            self.request(
+                Method::POST,
+                "/auth/v1/token?grant_type=refresh_token",
+                None,
+            )
+            .json(&body),
+        )
+        .await
     }
 
     pub async fn user(&self, token: &str) -> Result<User, ApiError> {
-        self.send(self.request(Method::GET, "/auth/v1/user", Some(token))).await
+        self.send(self.request(Method::GET, "/auth/v1/user", Some(token)))
+            .await
     }
 
     /// `scope`: `local`, `others` or `global`.
     pub async fn logout(&self, token: &str, scope: &str) -> Result<(), ApiError> {
-        self.send_empty(self.request(Method::POST, &format!("/auth/v1/logout?scope={scope}"), Some(token))).await
+        self.send_empty(self.request(
+            Method::POST,
+            &format!("/auth/v1/logout?scope={scope}"),
+            Some(token),
+        ))
+        .await
     }
 
     pub async fn push(&self, token: &str, push: &PushRequest) -> Result<PushResponse, ApiError> {
-        self.send(self.request(Method::POST, "/rest/v1/rpc/push_settings", Some(token)).json(push)).await
+        self.send(
+            self.request(Method::POST, "/rest/v1/rpc/push_settings", Some(token))
+                .json(push),
+        )
+        .await
     }
 
     /// Every synced row of the user, tombstones included (a full pull).
     pub async fn pull(&self, token: &str) -> Result<Vec<SettingRow>, ApiError> {
-        self.send(self.request(Method::GET, "/rest/v1/user_settings?select=*", Some(token))).await
+        self.send(self.request(Method::GET, "/rest/v1/user_settings?select=*", Some(token)))
+            .await
     }
 
-    pub async fn changes(&self, token: &str, since: i64, limit: u32) -> Result<ChangesPage, ApiError> {
+    pub async fn changes(
+        &self,
+        token: &str,
+        since: i64,
+        limit: u32,
+    ) -> Result<ChangesPage, ApiError> {
         let path = format!("/rest/v1/rpc/changes?since={since}&limit={limit}");
-        self.send(self.request(Method::GET, &path, Some(token))).await
+        self.send(self.request(Method::GET, &path, Some(token)))
+            .await
     }
 
     pub async fn devices(&self, token: &str) -> Result<Vec<Device>, ApiError> {
-        self.send(self.request(Method::GET, "/rest/v1/devices?order=last_seen_at.desc", Some(token))).await
+        self.send(self.request(
+            Method::GET,
+            "/rest/v1/devices?order=last_seen_at.desc",
+            Some(token),
+        ))
+        .await
     }
 
-    pub async fn rename_device(&self, token: &str, device_id: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn rename_device(
+        &self,
+        token: &str,
+        device_id: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let path = format!("/rest/v1/devices?id=eq.{}", url_encode(device_id));
-        self.send_empty(self.request(Method::PATCH, &path, Some(token)).json(&json!({ "name": name }))).await
+        self.send_empty(
+            self.request(Method::PATCH, &path, Some(token))
+                .json(&json!({ "name": name })),
+        )
+        .await
     }
 
     pub async fn revoke_device(&self, token: &str, device_id: &str) -> Result<(), ApiError> {
         let path = format!("/rest/v1/devices?id=eq.{}", url_encode(device_id));
-        self.send_empty(self.request(Method::DELETE, &path, Some(token))).await
+        self.send_empty(self.request(Method::DELETE, &path, Some(token)))
+            .await
     }
 
     pub async fn activity(&self, token: &str, limit: u32) -> Result<Vec<AuditEntry>, ApiError> {
         let path = format!("/rest/v1/audit_log_entries?order=created_at.desc&limit={limit}");
-        self.send(self.request(Method::GET, &path, Some(token))).await
+        self.send(self.request(Method::GET, &path, Some(token)))
+            .await
     }
 
-    pub async fn enroll_totp(&self, token: &str, friendly_name: &str) -> Result<EnrollResponse, ApiError> {
-        let body = EnrollRequest { factor_type: "totp".into(), friendly_name: Some(friendly_name.into()), issuer: None };
-        self.send(self.request(Method::POST, "/auth/v1/factors", Some(token)).json(&body)).await
+    pub async fn enroll_totp(
+        &self,
+        token: &str,
+        friendly_name: &str,
+    ) -> Result<EnrollResponse, ApiError> {
+        let body = EnrollRequest {
+            factor_type: "totp".into(),
+            friendly_name: Some(friendly_name.into()),
+            issuer: None,
+        };
+        self.send(
+            self.request(Method::POST, "/auth/v1/factors", Some(token))
+                .json(&body),
+        )
+        .await
     }
 
     /// Challenge and verify in one go: the session raised to aal2.
-    pub async fn verify_totp(&self, token: &str, factor_id: &str, code: &str) -> Result<Session, ApiError> {
+    pub async fn verify_totp(
+        &self,
+        token: &str,
+        factor_id: &str,
+        code: &str,
+    ) -> Result<Session, ApiError> {
         let path = format!("/auth/v1/factors/{factor_id}/challenge");
-        let challenge: ChallengeResponse = self.send(self.request(Method::POST, &path, Some(token)).json(&json!({}))).await?;
-        let body = MfaVerifyRequest { challenge_id: challenge.id, code: code.into() };
+        let challenge: ChallengeResponse = self
+            .send(
+                self.request(Method::POST, &path, Some(token))
+                    .json(&json!({})),
+            )
+            .await?;
+        let body = MfaVerifyRequest {
+            challenge_id: challenge.id,
+            code: code.into(),
+        };
         let path = format!("/auth/v1/factors/{factor_id}/verify");
-        self.send(self.request(Method::POST, &path, Some(token)).json(&body)).await
+        self.send(self.request(Method::POST, &path, Some(token)).json(&body))
+            .await
     }
 
     pub async fn unenroll(&self, token: &str, factor_id: &str) -> Result<(), ApiError> {
-        self.send_empty(self.request(Method::DELETE, &format!("/auth/v1/factors/{factor_id}"), Some(token))).await
+        self.send_empty(self.request(
+            Method::DELETE,
+            &format!("/auth/v1/factors/{factor_id}"),
+            Some(token),
+        ))
+        .await
     }
 
-    pub async fn factor_secret(&self, token: &str, factor_id: &str) -> Result<FactorSecret, ApiError> {
-        self.send(self.request(Method::GET, &format!("/auth/v1/factors/{factor_id}/secret"), Some(token))).await
+    pub async fn factor_secret(
+        &self,
+        token: &str,
+        factor_id: &str,
+    ) -> Result<FactorSecret, ApiError> {
+        self.send(self.request(
+            Method::GET,
+            &format!("/auth/v1/factors/{factor_id}/secret"),
+            Some(token),
+        ))
+        .await
     }
 
     pub async fn generate_recovery_codes(&self, token: &str) -> Result<RecoveryCodes, ApiError> {
-        self.send(self.request(Method::POST, "/auth/v1/factors/recovery-codes", Some(token)).json(&json!({}))).await
+        self.send(
+            self.request(Method::POST, "/auth/v1/factors/recovery-codes", Some(token))
+                .json(&json!({})),
+        )
+        .await
     }
 
     pub async fn verify_recovery_code(&self, token: &str, code: &str) -> Result<Session, ApiError> {
         let body = RecoveryCodeVerify { code: code.into() };
-        self.send(self.request(Method::POST, "/auth/v1/factors/recovery-codes/verify", Some(token)).json(&body))
-            .await
+        self.send(
+            self.request(
+                Method::POST,
+                "/auth/v1/factors/recovery-codes/verify",
+                Some(token),
+            )
+            .json(&body),
+        )
+        .await
     }
 }
 
@@ -258,14 +384,20 @@ fn server_error(status: StatusCode, body: &[u8]) -> ApiError {
         .or_else(|| text("message"))
         .or_else(|| text("error_description"))
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-    ApiError::Server { status: status.as_u16(), code, message }
+    ApiError::Server {
+        status: status.as_u16(),
+        code,
+        message,
+    }
 }
 
 fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -278,10 +410,19 @@ mod tests {
 
     #[test]
     fn both_error_shapes_are_read() {
-        let legacy = server_error(StatusCode::BAD_REQUEST, br#"{"code":400,"error_code":"invalid_credentials","msg":"Invalid login credentials"}"#);
+        let legacy = server_error(
+            StatusCode::BAD_REQUEST,
+            br#"{"code":400,"error_code":"invalid_credentials","msg":"Invalid login credentials"}"#,
+        );
         assert_eq!(legacy.code(), Some("invalid_credentials"));
-        assert_eq!(legacy.to_string(), "Invalid login credentials (invalid_credentials, HTTP 400)");
-        let rest = server_error(StatusCode::FORBIDDEN, br#"{"code":"insufficient_aal","message":"verify","details":null,"hint":null}"#);
+        assert_eq!(
+            legacy.to_string(),
+            "Invalid login credentials (invalid_credentials, HTTP 400)"
+        );
+        let rest = server_error(
+            StatusCode::FORBIDDEN,
+            br#"{"code":"insufficient_aal","message":"verify","details":null,"hint":null}"#,
+        );
         assert!(rest.needs_second_factor());
         let empty = server_error(StatusCode::BAD_GATEWAY, b"");
         assert_eq!(empty.code(), Some("http_502"));

@@ -524,7 +524,14 @@ impl Engine {
         loop {
             let batch: Vec<OutboxEntry> = {
                 let local = self.lock();
-                local.store.outbox().entries().iter().take(BATCH).cloned().collect()
+                local
+                    .store
+                    .outbox()
+                    .entries()
+                    .iter()
+                    .take(BATCH)
+                    .cloned()
+                    .collect()
             };
             if batch.is_empty() {
                 return Ok(());

@@ -150,7 +150,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn change(table: &str, event_type: &str, new: Value, old: Value, by: Option<&str>) -> ChangeEvent {
+    fn change(
+        table: &str,
+        event_type: &str,
+        new: Value,
+        old: Value,
+        by: Option<&str>,
+    ) -> ChangeEvent {
         ChangeEvent {
             seq: 1,
             schema: "public".into(),
@@ -175,7 +181,9 @@ mod tests {
         );
         assert_eq!(
             interpret(&c, "me"),
-            FeedEffect::Security(SecurityEvent::EmailVerified { email: "a@example.com".into() })
+            FeedEffect::Security(SecurityEvent::EmailVerified {
+                email: "a@example.com".into()
+            })
         );
         let unchanged = change("users", "UPDATE", c.new.clone(), c.new.clone(), None);
         assert_eq!(interpret(&unchanged, "me"), FeedEffect::Nothing);
@@ -183,10 +191,18 @@ mod tests {
 
     #[test]
     fn revocation_of_this_device_ends_the_session_here() {
-        let c = change("devices", "DELETE", Value::Null, json!({"id": "me", "name": "Laptop"}), Some("desk"));
+        let c = change(
+            "devices",
+            "DELETE",
+            Value::Null,
+            json!({"id": "me", "name": "Laptop"}),
+            Some("desk"),
+        );
         assert_eq!(
             interpret(&c, "me"),
-            FeedEffect::Security(SecurityEvent::SessionEndedHere { by: Some("desk name".into()) })
+            FeedEffect::Security(SecurityEvent::SessionEndedHere {
+                by: Some("desk name".into())
+            })
         );
         assert_eq!(
             interpret(&c, "other"),
@@ -201,37 +217,91 @@ mod tests {
     #[test]
     fn a_session_of_this_device_ended_by_this_device_is_not_alarming() {
         let old = json!({"id": "s1", "device_id": "me"});
-        assert_eq!(interpret(&change("sessions", "DELETE", Value::Null, old.clone(), Some("me")), "me"), FeedEffect::Nothing);
         assert_eq!(
-            interpret(&change("sessions", "DELETE", Value::Null, old, Some("desk")), "me"),
-            FeedEffect::Security(SecurityEvent::SessionEndedHere { by: Some("desk name".into()) })
+            interpret(
+                &change("sessions", "DELETE", Value::Null, old.clone(), Some("me")),
+                "me"
+            ),
+            FeedEffect::Nothing
+        );
+        assert_eq!(
+            interpret(
+                &change("sessions", "DELETE", Value::Null, old, Some("desk")),
+                "me"
+            ),
+            FeedEffect::Security(SecurityEvent::SessionEndedHere {
+                by: Some("desk name".into())
+            })
         );
     }
 
     #[test]
     fn mfa_events_map_to_security_events() {
         let factor = |status: &str| json!({"id": "f1", "factor_type": "totp", "status": status});
-        let enabled = change("mfa_factors", "UPDATE", factor("verified"), factor("unverified"), Some("desk"));
+        let enabled = change(
+            "mfa_factors",
+            "UPDATE",
+            factor("verified"),
+            factor("unverified"),
+            Some("desk"),
+        );
         assert_eq!(
             interpret(&enabled, "me"),
-            FeedEffect::Security(SecurityEvent::MfaEnabled { device_name: Some("desk name".into()) })
+            FeedEffect::Security(SecurityEvent::MfaEnabled {
+                device_name: Some("desk name".into())
+            })
         );
-        let enrolled = change("mfa_factors", "INSERT", factor("unverified"), Value::Null, Some("desk"));
+        let enrolled = change(
+            "mfa_factors",
+            "INSERT",
+            factor("unverified"),
+            Value::Null,
+            Some("desk"),
+        );
         assert_eq!(interpret(&enrolled, "me"), FeedEffect::Nothing);
-        let removed = change("mfa_factors", "DELETE", Value::Null, factor("verified"), Some("desk"));
+        let removed = change(
+            "mfa_factors",
+            "DELETE",
+            Value::Null,
+            factor("verified"),
+            Some("desk"),
+        );
         assert_eq!(
             interpret(&removed, "me"),
-            FeedEffect::Security(SecurityEvent::MfaDisabled { device_name: Some("desk name".into()) })
+            FeedEffect::Security(SecurityEvent::MfaDisabled {
+                device_name: Some("desk name".into())
+            })
         );
-        let routine = change("mfa_events", "INSERT", json!({"action": "mfa_verified"}), Value::Null, Some("desk"));
+        let routine = change(
+            "mfa_events",
+            "INSERT",
+            json!({"action": "mfa_verified"}),
+            Value::Null,
+            Some("desk"),
+        );
         assert_eq!(interpret(&routine, "me"), FeedEffect::Nothing);
-        let locked = change("mfa_events", "INSERT", json!({"action": "mfa_locked_out"}), Value::Null, None);
-        assert!(matches!(interpret(&locked, "me"), FeedEffect::Security(SecurityEvent::Mfa { .. })));
+        let locked = change(
+            "mfa_events",
+            "INSERT",
+            json!({"action": "mfa_locked_out"}),
+            Value::Null,
+            None,
+        );
+        assert!(matches!(
+            interpret(&locked, "me"),
+            FeedEffect::Security(SecurityEvent::Mfa { .. })
+        ));
     }
 
     #[test]
     fn sensitive_values_are_masked_for_display() {
-        assert_eq!(shown_value("integrations.github", &json!("ghp_secret")), json!("••••••"));
-        assert_eq!(shown_value("appearance.theme", &json!("dark")), json!("dark"));
+        assert_eq!(
+            shown_value("integrations.github", &json!("ghp_secret")),
+            json!("••••••")
+        );
+        assert_eq!(
+            shown_value("appearance.theme", &json!("dark")),
+            json!("dark")
+        );
     }
 }

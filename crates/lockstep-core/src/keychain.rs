@@ -189,8 +189,9 @@ impl Keychain {
     /// before the profile's files can be opened.
     pub fn local_seal_blocking(&self) -> Result<LocalSeal, KeychainError> {
         let service = self.service.clone();
-        std::thread::scope(|scope| scope.spawn(move || local_seal(&service)).join())
-            .map_err(|_| KeychainError::Failed("the keychain call for the local key panicked".into()))?
+        std::thread::scope(|scope| scope.spawn(move || local_seal(&service)).join()).map_err(
+            |_| KeychainError::Failed("the keychain call for the local key panicked".into()),
+        )?
     }
 
     /// Runs `op` on the entry for `kind` on tokio's blocking pool.

@@ -243,7 +243,8 @@ async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Rece
                     Err(error) => {
                         if let Next::Wait(connection) = after_error(&engine, error).await {
                             // Offline: retry later; otherwise wait for the user (a code).
-                            let delay = (connection == Connection::Offline).then(|| backoff.delay());
+                            let delay =
+                                (connection == Connection::Offline).then(|| backoff.delay());
                             engine.set_connection(connection);
                             wait(&engine, &mut control, delay).await;
                         }

@@ -56,8 +56,14 @@ pub enum ProfileError {
 pub fn validate_name(name: &str) -> Result<(), ProfileError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok { Ok(()) } else { Err(ProfileError::BadName(name.to_owned())) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProfileError::BadName(name.to_owned()))
+    }
 }
 
 /// Where profiles live by default: `$LOCKSTEP_HOME`, else `$XDG_DATA_HOME/lockstep`, else
@@ -67,7 +73,11 @@ pub fn default_base_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LOCKSTEP_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = || std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = || {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
     if cfg!(target_os = "windows") {
         if let Some(appdata) = std::env::var_os("APPDATA") {
             return PathBuf::from(appdata).join("lockstep");
@@ -90,12 +100,14 @@ impl ProfileConfig {
     pub fn load(dir: &Path) -> Result<Option<ProfileConfig>, ProfileError> {
         let path = dir.join(PROFILE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ProfileError::Unreadable {
-                    path,
-                    reason: e.to_string(),
-                }
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| ProfileError::Unreadable {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read", &path, e).into()),
         }
@@ -152,7 +164,8 @@ pub fn open(base: &Path, name: &str, options: OpenOptions) -> Result<Opened, Pro
     let mut config = match existing.clone() {
         Some(config) => config,
         None => {
-            let (Some(server_url), Some(anon_key)) = (&options.server_url, &options.anon_key) else {
+            let (Some(server_url), Some(anon_key)) = (&options.server_url, &options.anon_key)
+            else {
                 return Err(ProfileError::NotConfigured(name.to_owned()));
             };
             ProfileConfig {

@@ -40,7 +40,11 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens {{ user_id: {}, expires_at: {}, .. }}", self.user_id, self.expires_at)
+        write!(
+            f,
+            "Tokens {{ user_id: {}, expires_at: {}, .. }}",
+            self.user_id, self.expires_at
+        )
     }
 }
 
@@ -83,7 +87,9 @@ pub struct SessionKeeper {
 
 impl std::fmt::Debug for SessionKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionKeeper").field("keychain", &self.keychain).finish_non_exhaustive()
+        f.debug_struct("SessionKeeper")
+            .field("keychain", &self.keychain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +111,9 @@ impl SessionKeeper {
     /// Takes over a session the server just issued (sign-in, step-up, recovery).
     pub async fn install(&self, session: &Session) -> Result<Tokens, SessionError> {
         let tokens = Tokens::from(session);
-        self.keychain.set(SecretKind::RefreshToken, &tokens.refresh_token).await?;
+        self.keychain
+            .set(SecretKind::RefreshToken, &tokens.refresh_token)
+            .await?;
         *self.tokens.lock().await = Some(tokens.clone());
         Ok(tokens)
     }
@@ -147,15 +155,22 @@ impl SessionKeeper {
     async fn refresh_locked(&self, slot: &mut Option<Tokens>) -> Result<Tokens, SessionError> {
         let refresh_token = match slot.as_ref() {
             Some(tokens) => tokens.refresh_token.clone(),
-            None => self.keychain.get(SecretKind::RefreshToken).await?.ok_or(SessionError::SignedOut)?,
+            None => self
+                .keychain
+                .get(SecretKind::RefreshToken)
+                .await?
+                .ok_or(SessionError::SignedOut)?,
         };
         match self.client.refresh(&refresh_token).await {
             Ok(session) => {
                 let tokens = Tokens::from(&session);
                 // Saved before use: a crash right after this still finds the newest token.
-                self.keychain.set(SecretKind::RefreshToken, &tokens.refresh_token).await?;
+                self.keychain
+                    .set(SecretKind::RefreshToken, &tokens.refresh_token)
+                    .await?;
                 *slot = Some(tokens.clone());
-                self.refreshes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.refreshes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(tokens)
             }
             Err(e) if e.is_session_gone() => {

@@ -44,13 +44,21 @@ pub fn code_at(secret_base32: &str, unix_secs: u64) -> Result<String, TotpError>
 impl CodeChecker {
     /// Whether `code` (spaces ignored) is valid for `secret_base32` at `unix_secs` and newer
     /// than the last code this checker accepted.
-    pub fn check(&self, secret_base32: &str, code: &str, unix_secs: u64) -> Result<bool, TotpError> {
+    pub fn check(
+        &self,
+        secret_base32: &str,
+        code: &str,
+        unix_secs: u64,
+    ) -> Result<bool, TotpError> {
         let totp = totp(secret_base32)?;
         let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         let Some(step) = totp.check(&code, unix_secs) else {
             return Ok(false);
         };
-        let mut last = self.last_step.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last_step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_some_and(|last| step <= last) {
             return Ok(false);
         }
@@ -79,18 +87,37 @@ mod tests {
         let now = 1_234_567_890;
         let previous = code_at(RFC_SECRET, now - 30).unwrap();
         let current = code_at(RFC_SECRET, now).unwrap();
-        assert!(checker.check(RFC_SECRET, &previous, now).unwrap(), "one step of drift");
+        assert!(
+            checker.check(RFC_SECRET, &previous, now).unwrap(),
+            "one step of drift"
+        );
         assert!(checker.check(RFC_SECRET, &current, now).unwrap());
-        assert!(!checker.check(RFC_SECRET, &current, now).unwrap(), "replay refused");
-        assert!(!checker.check(RFC_SECRET, &previous, now).unwrap(), "older step refused");
+        assert!(
+            !checker.check(RFC_SECRET, &current, now).unwrap(),
+            "replay refused"
+        );
+        assert!(
+            !checker.check(RFC_SECRET, &previous, now).unwrap(),
+            "older step refused"
+        );
         let far = code_at(RFC_SECRET, now - 300).unwrap();
         assert!(!CodeChecker::default().check(RFC_SECRET, &far, now).unwrap());
-        assert!(!CodeChecker::default().check(RFC_SECRET, "12 34 56", now).unwrap());
+        assert!(
+            !CodeChecker::default()
+                .check(RFC_SECRET, "12 34 56", now)
+                .unwrap()
+        );
     }
 
     #[test]
     fn a_bad_secret_is_an_error_not_a_panic() {
-        assert_eq!(CodeChecker::default().check("not base32!", "123456", 0), Err(TotpError::BadSecret));
-        assert_eq!(CodeChecker::default().check("GEZDGNBV", "123456", 0), Err(TotpError::BadSecret));
+        assert_eq!(
+            CodeChecker::default().check("not base32!", "123456", 0),
+            Err(TotpError::BadSecret)
+        );
+        assert_eq!(
+            CodeChecker::default().check("GEZDGNBV", "123456", 0),
+            Err(TotpError::BadSecret)
+        );
     }
 }

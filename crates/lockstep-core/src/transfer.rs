@@ -61,10 +61,13 @@ impl Engine {
     /// Imports an export document: every value is validated first; then all are queued as one
     /// batch. Returns how many settings were queued.
     pub fn import(&self, document: &[u8]) -> Result<usize, ImportError> {
-        let export: Export = serde_json::from_slice(document)
-            .map_err(|e| ImportError::Format(e.to_string()))?;
+        let export: Export =
+            serde_json::from_slice(document).map_err(|e| ImportError::Format(e.to_string()))?;
         if export.format != FORMAT {
-            return Err(ImportError::Format(format!("format is {:?}", export.format)));
+            return Err(ImportError::Format(format!(
+                "format is {:?}",
+                export.format
+            )));
         }
         if export.version > VERSION {
             return Err(ImportError::Format(format!(

@@ -12,7 +12,12 @@ use common::{Cloud, PASSWORD};
 use lockstep_protocol::devices::DeviceInfo;
 
 fn device(id: &str) -> DeviceInfo {
-    DeviceInfo { id: id.into(), name: format!("Device {id}"), platform: "linux".into(), app_version: "test".into() }
+    DeviceInfo {
+        id: id.into(),
+        name: format!("Device {id}"),
+        platform: "linux".into(),
+        app_version: "test".into(),
+    }
 }
 use lockstep_core::{
     api::Client,
@@ -23,7 +28,11 @@ use lockstep_core::{
 fn keeper(cloud: &Cloud, profile: &str, now: Arc<AtomicI64>) -> SessionKeeper {
     Keychain::use_mock_store();
     let client = Client::new(&cloud.url, &cloud.anon_key, device(profile)).unwrap();
-    SessionKeeper::new(client, Keychain::for_profile(profile), Arc::new(move || now.load(Ordering::SeqCst)))
+    SessionKeeper::new(
+        client,
+        Keychain::for_profile(profile),
+        Arc::new(move || now.load(Ordering::SeqCst)),
+    )
 }
 
 fn now() -> i64 {
@@ -35,12 +44,18 @@ async fn server_errors_are_typed() {
     let cloud = Cloud::start();
     let client = Client::new(&cloud.url, &cloud.anon_key, device("laptop")).unwrap();
     client.signup("ada@example.com", PASSWORD).await.unwrap();
-    let wrong = client.sign_in("ada@example.com", "Wrong password 1").await.unwrap_err();
+    let wrong = client
+        .sign_in("ada@example.com", "Wrong password 1")
+        .await
+        .unwrap_err();
     assert_eq!(wrong.code(), Some("invalid_credentials"));
     assert_eq!(wrong.status(), Some(400));
     assert!(!wrong.is_transient());
     let offline = Client::new("http://127.0.0.1:9", &cloud.anon_key, device("x")).unwrap();
-    let err = offline.sign_in("ada@example.com", PASSWORD).await.unwrap_err();
+    let err = offline
+        .sign_in("ada@example.com", PASSWORD)
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(!err.to_string().contains(PASSWORD));
 }
@@ -50,21 +65,47 @@ async fn refresh_is_single_flight_and_saved_to_the_keychain() {
     let cloud = Cloud::start();
     let clock = Arc::new(AtomicI64::new(now()));
     let keeper = keeper(&cloud, "laptop-sf", clock.clone());
-    let session = keeper.client().signup("ada@example.com", PASSWORD).await.unwrap();
+    let session = keeper
+        .client()
+        .signup("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
     keeper.install(&session).await.unwrap();
-    assert_eq!(keeper.access_token().await.unwrap(), session.access_token, "fresh token reused");
+    assert_eq!(
+        keeper.access_token().await.unwrap(),
+        session.access_token,
+        "fresh token reused"
+    );
 
     // Past expiry, ten tasks ask at once: one refresh reaches the server.
     clock.store(session.expires_at, Ordering::SeqCst);
-    let tasks: Vec<_> = (0..10).map(|_| { let k = keeper.clone(); tokio::spawn(async move { k.access_token().await }) }).collect();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let k = keeper.clone();
+            tokio::spawn(async move { k.access_token().await })
+        })
+        .collect();
     let mut tokens = std::collections::HashSet::new();
     for task in tasks {
         tokens.insert(task.await.unwrap().unwrap());
     }
     assert_eq!(tokens.len(), 1, "everyone got the same new token");
-    assert_eq!(cloud.scalar("SELECT MAX(refresh_counter) FROM sessions").await, 1, "exactly one rotation");
-    let saved = Keychain::for_profile("laptop-sf").get(SecretKind::RefreshToken).await.unwrap();
-    assert_eq!(saved, keeper.current().await.map(|t| t.refresh_token), "the keychain holds the newest token");
+    assert_eq!(
+        cloud
+            .scalar("SELECT MAX(refresh_counter) FROM sessions")
+            .await,
+        1,
+        "exactly one rotation"
+    );
+    let saved = Keychain::for_profile("laptop-sf")
+        .get(SecretKind::RefreshToken)
+        .await
+        .unwrap();
+    assert_eq!(
+        saved,
+        keeper.current().await.map(|t| t.refresh_token),
+        "the keychain holds the newest token"
+    );
 
     // A rejected token refreshes once; a stale rejection does not refresh again.
     // (A second later, so the new access token's `iat`, and so the token, differs.)
@@ -72,8 +113,16 @@ async fn refresh_is_single_flight_and_saved_to_the_keychain() {
     let current = keeper.current().await.unwrap().access_token;
     let renewed = keeper.refresh_after_rejection(&current).await.unwrap();
     assert!(renewed != current, "a rejected token is replaced");
-    assert!(keeper.refresh_after_rejection(&current).await.unwrap() == renewed, "once");
-    assert_eq!(cloud.scalar("SELECT MAX(refresh_counter) FROM sessions").await, 2);
+    assert!(
+        keeper.refresh_after_rejection(&current).await.unwrap() == renewed,
+        "once"
+    );
+    assert_eq!(
+        cloud
+            .scalar("SELECT MAX(refresh_counter) FROM sessions")
+            .await,
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,20 +130,35 @@ async fn a_restart_restores_the_session_from_the_keychain_and_a_revocation_ends_
     let cloud = Cloud::start();
     let clock = Arc::new(AtomicI64::new(now()));
     let laptop = keeper(&cloud, "laptop-rs", clock.clone());
-    let session = laptop.client().signup("ada@example.com", PASSWORD).await.unwrap();
+    let session = laptop
+        .client()
+        .signup("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
     laptop.install(&session).await.unwrap();
     let desktop = keeper(&cloud, "desktop-rs", clock.clone());
-    let other = desktop.client().sign_in("ada@example.com", PASSWORD).await.unwrap();
+    let other = desktop
+        .client()
+        .sign_in("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
     desktop.install(&other).await.unwrap();
 
     // A new process for the desktop: nothing in memory, the refresh token in the keychain.
     let restarted = keeper(&cloud, "desktop-rs", clock.clone());
     let token = restarted.access_token().await.unwrap();
-    assert_eq!(restarted.client().user(&token).await.unwrap().email, "ada@example.com");
+    assert_eq!(
+        restarted.client().user(&token).await.unwrap().email,
+        "ada@example.com"
+    );
 
     // The laptop revokes the desktop: its next refresh says the session ended.
     let laptop_token = laptop.access_token().await.unwrap();
-    laptop.client().revoke_device(&laptop_token, "desktop-rs").await.unwrap();
+    laptop
+        .client()
+        .revoke_device(&laptop_token, "desktop-rs")
+        .await
+        .unwrap();
     let gone = restarted.client().user(&token).await.unwrap_err();
     assert!(gone.is_session_gone(), "{gone}");
     clock.store(now() + 7200, Ordering::SeqCst);
@@ -103,5 +167,8 @@ async fn a_restart_restores_the_session_from_the_keychain_and_a_revocation_ends_
         other => panic!("expected the session to have ended, got {other:?}"),
     }
     restarted.clear().await.unwrap();
-    assert!(matches!(restarted.access_token().await, Err(SessionError::SignedOut)));
+    assert!(matches!(
+        restarted.access_token().await,
+        Err(SessionError::SignedOut)
+    ));
 }

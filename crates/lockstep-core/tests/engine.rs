@@ -28,13 +28,24 @@ async fn an_edit_on_one_device_reaches_the_other_and_defaults_are_never_written(
     let first = a.engine.sync_once().await.unwrap();
     assert!(first.full_pull);
     assert_eq!(first.pushed, 0, "a new device pushes nothing");
-    assert_eq!(a.engine.get("appearance.theme"), Some(json!("system")), "defaults read locally");
+    assert_eq!(
+        a.engine.get("appearance.theme"),
+        Some(json!("system")),
+        "defaults read locally"
+    );
     b.engine.sync_once().await.unwrap();
-    assert!(b.engine.export().settings.is_empty(), "defaults are not writes");
+    assert!(
+        b.engine.export().settings.is_empty(),
+        "defaults are not writes"
+    );
 
     a.engine.set("appearance.theme", json!("dark")).unwrap();
     assert_eq!(a.engine.pending(), 1);
-    assert_eq!(a.engine.get("appearance.theme"), Some(json!("dark")), "visible at once");
+    assert_eq!(
+        a.engine.get("appearance.theme"),
+        Some(json!("dark")),
+        "visible at once"
+    );
     assert_eq!(a.engine.sync_once().await.unwrap().pushed, 1);
     assert_eq!(a.engine.pending(), 0);
     drain(&mut b.events);
@@ -53,10 +64,17 @@ async fn an_edit_on_one_device_reaches_the_other_and_defaults_are_never_written(
         "{events:?}"
     );
     let row = b.engine.row("appearance.theme").unwrap();
-    assert_eq!(row.device_id, a.engine.profile().device.id, "who changed it is known");
+    assert_eq!(
+        row.device_id,
+        a.engine.profile().device.id,
+        "who changed it is known"
+    );
     // An invalid value is refused before it is queued.
     let refused = a.engine.set("appearance.theme", json!("blue")).unwrap_err();
-    assert!(refused.to_string().contains("appearance.theme"), "{refused}");
+    assert!(
+        refused.to_string().contains("appearance.theme"),
+        "{refused}"
+    );
     assert_eq!(a.engine.pending(), 0);
 }
 
@@ -75,8 +93,14 @@ async fn offline_edits_survive_a_restart_and_the_loser_is_told() {
 
     // The laptop goes offline (the server is unreachable from it) and edits two settings.
     let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
-    offline.engine.set("appearance.theme", json!("light")).unwrap();
-    offline.engine.set("notifications.desktop", json!(false)).unwrap();
+    offline
+        .engine
+        .set("appearance.theme", json!("light"))
+        .unwrap();
+    offline
+        .engine
+        .set("notifications.desktop", json!(false))
+        .unwrap();
     let err = offline.engine.sync_once().await.unwrap_err();
     assert!(err.is_offline(), "{err}");
     assert_eq!(offline.engine.pending(), 2);
@@ -115,7 +139,9 @@ async fn a_damaged_cache_is_reported_and_rebuilt_from_the_server() {
     let a = open(&cloud, dir.path(), &name);
     a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
     a.engine.set("appearance.theme", json!("dark")).unwrap();
-    a.engine.set("security.lock_after_minutes", json!(5)).unwrap();
+    a.engine
+        .set("security.lock_after_minutes", json!(5))
+        .unwrap();
     a.engine.sync_once().await.unwrap();
     let cache = a.engine.profile().dir.join("cache.json");
     drop(a);
@@ -125,11 +151,18 @@ async fn a_damaged_cache_is_reported_and_rebuilt_from_the_server() {
     Keychain::use_mock_store();
     let opened = lockstep_core::profile::open(dir.path(), &name, Default::default()).unwrap();
     assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
-    assert!(opened.problems[0].contains("damaged"), "{:?}", opened.problems);
+    assert!(
+        opened.problems[0].contains("damaged"),
+        "{:?}",
+        opened.problems
+    );
     let report = opened.engine.sync_once().await.unwrap();
     assert!(report.full_pull);
     assert_eq!(opened.engine.get("appearance.theme"), Some(json!("dark")));
-    assert_eq!(opened.engine.get("security.lock_after_minutes"), Some(json!(5)));
+    assert_eq!(
+        opened.engine.get("security.lock_after_minutes"),
+        Some(json!(5))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +173,9 @@ async fn a_damaged_outbox_is_reported_and_its_readable_edits_still_sync() {
     let a = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &name);
     a.engine.set("appearance.theme", json!("dark")).unwrap();
     a.engine.set("notifications.desktop", json!(false)).unwrap();
-    a.engine.set("security.lock_after_minutes", json!(10)).unwrap();
+    a.engine
+        .set("security.lock_after_minutes", json!(10))
+        .unwrap();
     let outbox = a.engine.profile().dir.join("outbox.jsonl");
     drop(a);
     // Flip a byte inside the second line.
@@ -156,14 +191,26 @@ async fn a_damaged_outbox_is_reported_and_its_readable_edits_still_sync() {
     };
     let opened = lockstep_core::profile::open(dir.path(), &name, options).unwrap();
     assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
-    assert!(opened.problems[0].contains("1 queued edit"), "{:?}", opened.problems);
+    assert!(
+        opened.problems[0].contains("1 queued edit"),
+        "{:?}",
+        opened.problems
+    );
     let kept = std::fs::read_dir(&opened.engine.profile().dir)
         .unwrap()
         .filter_map(|e| e.ok())
-        .any(|e| e.file_name().to_string_lossy().starts_with("outbox.corrupt-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.corrupt-")
+        });
     assert!(kept, "the damaged journal is kept for a human to look at");
     assert_eq!(opened.engine.pending(), 2, "the readable edits are kept");
-    opened.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    opened
+        .engine
+        .sign_up("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
     assert_eq!(opened.engine.sync_once().await.unwrap().pushed, 2);
 }
 
@@ -176,17 +223,29 @@ async fn export_leaves_secrets_out_and_import_is_validated_whole() {
     a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
     b.engine.sign_up("bob@example.com", PASSWORD).await.unwrap();
     a.engine.set("appearance.theme", json!("dark")).unwrap();
-    a.engine.set("integrations.github", json!("ghp_not_for_files")).unwrap();
+    a.engine
+        .set("integrations.github", json!("ghp_not_for_files"))
+        .unwrap();
     a.engine.sync_once().await.unwrap();
     let export = serde_json::to_vec(&a.engine.export()).unwrap();
     let text = String::from_utf8(export.clone()).unwrap();
     assert!(text.contains("appearance.theme"), "{text}");
-    assert!(!text.contains("ghp_not_for_files"), "API keys never go to an export file");
+    assert!(
+        !text.contains("ghp_not_for_files"),
+        "API keys never go to an export file"
+    );
 
     let bad = br#"{"format":"lockstep-settings","version":1,"settings":{"appearance.theme":"dark","security.lock_after_minutes":"soon"}}"#;
     let refused = b.engine.import(bad).unwrap_err();
-    assert!(refused.to_string().contains("security.lock_after_minutes"), "{refused}");
-    assert_eq!(b.engine.pending(), 0, "nothing of a refused import is queued");
+    assert!(
+        refused.to_string().contains("security.lock_after_minutes"),
+        "{refused}"
+    );
+    assert_eq!(
+        b.engine.pending(),
+        0,
+        "nothing of a refused import is queued"
+    );
     assert_eq!(b.engine.import(&export).unwrap(), 1);
     b.engine.sync_once().await.unwrap();
     assert_eq!(b.engine.get("appearance.theme"), Some(json!("dark")));
@@ -196,15 +255,18 @@ use lockstep_core::keychain::Keychain;
 
 /// Whether any file under `dir` contains `needle`.
 fn any_file_contains(dir: &std::path::Path, needle: &str) -> bool {
-    std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            any_file_contains(&path, needle)
-        } else {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-        }
-    })
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                any_file_contains(&path, needle)
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            }
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,22 +277,52 @@ async fn api_keys_are_sealed_in_every_local_file() {
     const SECRET: &str = "ghp_sealed_at_rest_1234";
     // Queued offline first, so the outbox holds it.
     let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
-    offline.engine.set("integrations.github", json!(SECRET)).unwrap();
-    offline.engine.set_device_only("integrations.jira", true).unwrap();
-    offline.engine.set("integrations.jira", json!("jira_local_only_key")).unwrap();
-    assert!(!any_file_contains(dir.path(), SECRET), "the outbox and cache hold no plain API key");
+    offline
+        .engine
+        .set("integrations.github", json!(SECRET))
+        .unwrap();
+    offline
+        .engine
+        .set_device_only("integrations.jira", true)
+        .unwrap();
+    offline
+        .engine
+        .set("integrations.jira", json!("jira_local_only_key"))
+        .unwrap();
+    assert!(
+        !any_file_contains(dir.path(), SECRET),
+        "the outbox and cache hold no plain API key"
+    );
     assert!(!any_file_contains(dir.path(), "jira_local_only_key"));
     drop(offline);
 
     let a = open(&cloud, dir.path(), &a_name);
-    assert_eq!(a.engine.get("integrations.github"), Some(json!(SECRET)), "it opens again");
-    assert_eq!(a.engine.get("integrations.jira"), Some(json!("jira_local_only_key")));
+    assert_eq!(
+        a.engine.get("integrations.github"),
+        Some(json!(SECRET)),
+        "it opens again"
+    );
+    assert_eq!(
+        a.engine.get("integrations.jira"),
+        Some(json!("jira_local_only_key"))
+    );
     a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
     a.engine.sync_once().await.unwrap();
     let b = open(&cloud, dir.path(), &b_name);
     b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
     b.engine.sync_once().await.unwrap();
-    assert_eq!(b.engine.get("integrations.github"), Some(json!(SECRET)), "it synced");
-    assert_eq!(b.engine.get("integrations.jira"), None, "device-only keys stay home");
-    assert!(!any_file_contains(dir.path(), SECRET), "nor does the other device's cache");
+    assert_eq!(
+        b.engine.get("integrations.github"),
+        Some(json!(SECRET)),
+        "it synced"
+    );
+    assert_eq!(
+        b.engine.get("integrations.jira"),
+        None,
+        "device-only keys stay home"
+    );
+    assert!(
+        !any_file_contains(dir.path(), SECRET),
+        "nor does the other device's cache"
+    );
 }

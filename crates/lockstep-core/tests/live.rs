@@ -26,8 +26,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Signs `devices[0]` up and the others in, and starts every live loop; waits until all are
 /// live.
-async fn live_devices(cloud: &Cloud, base: &std::path::Path, names: &[&str], email: &str) -> Vec<Device> {
-    let mut devices: Vec<Device> = names.iter().map(|n| open(cloud, base, &unique(n))).collect();
+async fn live_devices(
+    cloud: &Cloud,
+    base: &std::path::Path,
+    names: &[&str],
+    email: &str,
+) -> Vec<Device> {
+    let mut devices: Vec<Device> = names
+        .iter()
+        .map(|n| open(cloud, base, &unique(n)))
+        .collect();
     devices[0].engine.sign_up(email, PASSWORD).await.unwrap();
     for device in &devices[1..] {
         device.engine.sign_in(email, PASSWORD).await.unwrap();
@@ -45,7 +53,13 @@ async fn live_devices(cloud: &Cloud, base: &std::path::Path, names: &[&str], ema
 async fn a_change_on_one_of_three_devices_reaches_the_others_live() {
     let cloud = Cloud::start();
     let base = tempfile::tempdir().unwrap();
-    let mut devices = live_devices(&cloud, base.path(), &["prop-a", "prop-b", "prop-c"], "ada@example.com").await;
+    let mut devices = live_devices(
+        &cloud,
+        base.path(),
+        &["prop-a", "prop-b", "prop-c"],
+        "ada@example.com",
+    )
+    .await;
 
     const CHANGES: usize = 120;
     let mut latencies = Vec::new();
@@ -79,7 +93,10 @@ async fn a_change_on_one_of_three_devices_reaches_the_others_live() {
     for device in &devices {
         for k in 0..5 {
             let last = (0..CHANGES).rev().find(|i| i % 5 == k).unwrap();
-            assert_eq!(device.engine.get(&format!("custom.counter.{k}")), Some(json!(last)));
+            assert_eq!(
+                device.engine.get(&format!("custom.counter.{k}")),
+                Some(json!(last))
+            );
         }
         assert_eq!(device.engine.pending(), 0);
         assert_eq!(device.engine.status().borrow().connection, Connection::Live);
@@ -90,18 +107,40 @@ async fn a_change_on_one_of_three_devices_reaches_the_others_live() {
 async fn edits_made_while_the_server_is_down_converge_and_the_loser_is_told() {
     let mut cloud = Cloud::start();
     let base = tempfile::tempdir().unwrap();
-    let mut devices = live_devices(&cloud, base.path(), &["down-a", "down-b"], "ada@example.com").await;
+    let mut devices = live_devices(
+        &cloud,
+        base.path(),
+        &["down-a", "down-b"],
+        "ada@example.com",
+    )
+    .await;
 
     cloud.kill();
     devices[0].wait_connection(20, Connection::Offline).await;
     // Both devices edit the theme (B later, so B wins) and a key of their own.
-    devices[0].engine.set("appearance.theme", json!("light")).unwrap();
-    devices[0].engine.set("notifications.desktop", json!(false)).unwrap();
+    devices[0]
+        .engine
+        .set("appearance.theme", json!("light"))
+        .unwrap();
+    devices[0]
+        .engine
+        .set("notifications.desktop", json!(false))
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    devices[1].engine.set("appearance.theme", json!("dark")).unwrap();
-    devices[1].engine.set("security.lock_after_minutes", json!(30)).unwrap();
+    devices[1]
+        .engine
+        .set("appearance.theme", json!("dark"))
+        .unwrap();
+    devices[1]
+        .engine
+        .set("security.lock_after_minutes", json!(30))
+        .unwrap();
     assert_eq!(devices[0].engine.pending(), 2, "edits queue while offline");
-    assert_eq!(devices[0].engine.get("appearance.theme"), Some(json!("light")), "and apply locally");
+    assert_eq!(
+        devices[0].engine.get("appearance.theme"),
+        Some(json!("light")),
+        "and apply locally"
+    );
 
     // A is paused while the server comes back, so that B's newer edit reaches it first and
     // A's older one arrives second and loses (the other order is a plain remote change).
@@ -112,9 +151,13 @@ async fn edits_made_while_the_server_is_down_converge_and_the_loser_is_told() {
     eventually(30, "B's edits pushed", move || b.pending() == 0).await;
     devices[0].live.as_ref().unwrap().resume();
     let superseded = devices[0]
-        .wait_for(30, "the superseded edit", |e| matches!(e, EngineEvent::Superseded { .. }))
+        .wait_for(30, "the superseded edit", |e| {
+            matches!(e, EngineEvent::Superseded { .. })
+        })
         .await;
-    let EngineEvent::Superseded { key, lost, winner } = superseded else { unreachable!() };
+    let EngineEvent::Superseded { key, lost, winner } = superseded else {
+        unreachable!()
+    };
     assert_eq!((key.as_str(), lost), ("appearance.theme", json!("light")));
     assert_eq!(winner.value, json!("dark"));
     assert_eq!(winner.device_id, devices[1].engine.profile().device.id);
@@ -139,7 +182,11 @@ async fn streams_cut_by_a_killed_server_resume_without_missing_a_change() {
     let mut cloud = Cloud::start();
     let base = tempfile::tempdir().unwrap();
     let mut watcher = open(&cloud, base.path(), &unique("cut-watcher"));
-    watcher.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    watcher
+        .engine
+        .sign_up("ada@example.com", PASSWORD)
+        .await
+        .unwrap();
     // A slow first retry, so that changes land while it is disconnected.
     let mut options = fast_options();
     options.backoff_initial = Duration::from_secs(3);
@@ -148,12 +195,16 @@ async fn streams_cut_by_a_killed_server_resume_without_missing_a_change() {
     watcher.wait_connection(20, Connection::Live).await;
 
     // Another device of the user, written through the plain API.
-    let writer = Client::new(&cloud.url, &cloud.anon_key, lockstep_protocol::devices::DeviceInfo {
-        id: "writer-1".into(),
-        name: "Writer".into(),
-        platform: "linux".into(),
-        app_version: "test".into(),
-    })
+    let writer = Client::new(
+        &cloud.url,
+        &cloud.anon_key,
+        lockstep_protocol::devices::DeviceInfo {
+            id: "writer-1".into(),
+            name: "Writer".into(),
+            platform: "linux".into(),
+            app_version: "test".into(),
+        },
+    )
     .unwrap();
     let push = |n: usize, token: String| {
         let writer = writer.clone();
@@ -161,7 +212,12 @@ async fn streams_cut_by_a_killed_server_resume_without_missing_a_change() {
             let hlc = Hlc::ZERO.tick(u64::try_from(lockstep_core::clock_ms()).unwrap());
             let request = PushRequest {
                 mutation_id: format!("cut-{n}"),
-                changes: vec![SettingChange { key: format!("custom.cut.{n}"), value: json!(n), hlc, deleted: false }],
+                changes: vec![SettingChange {
+                    key: format!("custom.cut.{n}"),
+                    value: json!(n),
+                    hlc,
+                    deleted: false,
+                }],
             };
             writer.push(&token, &request).await.unwrap();
         }
@@ -170,7 +226,11 @@ async fn streams_cut_by_a_killed_server_resume_without_missing_a_change() {
     cloud.kill();
     watcher.wait_connection(20, Connection::Offline).await;
     cloud.restart();
-    let token = writer.sign_in("ada@example.com", PASSWORD).await.unwrap().access_token;
+    let token = writer
+        .sign_in("ada@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
     const MISSED: usize = 8;
     for n in 0..MISSED {
         push(n, token.clone()).await;
@@ -179,7 +239,9 @@ async fn streams_cut_by_a_killed_server_resume_without_missing_a_change() {
     let mut seen = Vec::new();
     while seen.len() < MISSED {
         let event = watcher
-            .wait_for(30, "the missed changes", |e| matches!(e, EngineEvent::RemoteChange { .. }))
+            .wait_for(30, "the missed changes", |e| {
+                matches!(e, EngineEvent::RemoteChange { .. })
+            })
             .await;
         if let EngineEvent::RemoteChange { key, .. } = event {
             seen.push(key);
@@ -191,7 +253,11 @@ async fn streams_cut_by_a_killed_server_resume_without_missing_a_change() {
     // And the live stream works again.
     push(MISSED, token.clone()).await;
     watcher
-        .wait_for(20, "a live change", |e| matches!(e, EngineEvent::RemoteChange { key, .. } if key == "custom.cut.8"))
+        .wait_for(
+            20,
+            "a live change",
+            |e| matches!(e, EngineEvent::RemoteChange { key, .. } if key == "custom.cut.8"),
+        )
         .await;
     assert_eq!(watcher.engine.get("custom.cut.3"), Some(json!(3)));
 }
@@ -237,9 +303,11 @@ async fn with_the_stream_blocked_a_device_polls_and_still_converges() {
     .await;
     // Edits on the polling device go out too.
     b.engine.set("notifications.desktop", json!(false)).unwrap();
-    a.wait_for(20, "the polling device's edit", |e| {
-        matches!(e, EngineEvent::RemoteChange { key, .. } if key == "notifications.desktop")
-    })
+    a.wait_for(
+        20,
+        "the polling device's edit",
+        |e| matches!(e, EngineEvent::RemoteChange { key, .. } if key == "notifications.desktop"),
+    )
     .await;
     assert_eq!(b.engine.status().borrow().connection, Connection::Polling);
 }
@@ -248,38 +316,83 @@ async fn with_the_stream_blocked_a_device_polls_and_still_converges() {
 async fn a_revoked_device_wipes_its_secrets_and_cache_when_it_hears() {
     let cloud = Cloud::start();
     let base = tempfile::tempdir().unwrap();
-    let mut devices = live_devices(&cloud, base.path(), &["rev-a", "rev-b"], "ada@example.com").await;
-    devices[1].engine.set("appearance.theme", json!("dark")).unwrap();
+    let mut devices =
+        live_devices(&cloud, base.path(), &["rev-a", "rev-b"], "ada@example.com").await;
+    devices[1]
+        .engine
+        .set("appearance.theme", json!("dark"))
+        .unwrap();
     devices[0]
-        .wait_for(20, "B's edit", |e| matches!(e, EngineEvent::RemoteChange { .. }))
+        .wait_for(20, "B's edit", |e| {
+            matches!(e, EngineEvent::RemoteChange { .. })
+        })
         .await;
     let b_dir = devices[1].engine.profile().dir.clone();
     assert!(b_dir.join("cache.json").exists());
-    assert!(devices[1].engine.keychain().get(SecretKind::RefreshToken).await.unwrap().is_some());
+    assert!(
+        devices[1]
+            .engine
+            .keychain()
+            .get(SecretKind::RefreshToken)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
-    let old_key = devices[1].engine.keychain().get(SecretKind::LocalKey).await.unwrap();
+    let old_key = devices[1]
+        .engine
+        .keychain()
+        .get(SecretKind::LocalKey)
+        .await
+        .unwrap();
     let b_id = devices[1].engine.profile().device.id.clone();
     let started = Instant::now();
     devices[0].engine.revoke_device(&b_id).await.unwrap();
     let event = devices[1]
-        .wait_for(20, "the sign-out", |e| matches!(e, EngineEvent::Security(SecurityEvent::SignedOut { .. })))
+        .wait_for(20, "the sign-out", |e| {
+            matches!(e, EngineEvent::Security(SecurityEvent::SignedOut { .. }))
+        })
         .await;
     println!("revocation to wiped device: {:?}", started.elapsed());
     let a_name = format!("Device {}", devices[0].name);
-    assert_eq!(event, EngineEvent::Security(SecurityEvent::SignedOut { by: Some(a_name) }));
+    assert_eq!(
+        event,
+        EngineEvent::Security(SecurityEvent::SignedOut { by: Some(a_name) })
+    );
     let keychain = devices[1].engine.keychain();
-    assert_eq!(keychain.get(SecretKind::RefreshToken).await.unwrap(), None, "refresh token wiped");
+    assert_eq!(
+        keychain.get(SecretKind::RefreshToken).await.unwrap(),
+        None,
+        "refresh token wiped"
+    );
     assert_eq!(keychain.get(SecretKind::TotpSecret).await.unwrap(), None);
     let new_key = keychain.get(SecretKind::LocalKey).await.unwrap();
-    assert!(new_key.is_some() && new_key != old_key, "the local key was replaced");
+    assert!(
+        new_key.is_some() && new_key != old_key,
+        "the local key was replaced"
+    );
     assert!(!b_dir.join("cache.json").exists(), "the cache is gone");
-    assert_eq!(devices[1].engine.get("appearance.theme"), Some(json!("system")));
-    assert_eq!(devices[1].engine.status().borrow().connection, Connection::SignedOut);
+    assert_eq!(
+        devices[1].engine.get("appearance.theme"),
+        Some(json!("system"))
+    );
+    assert_eq!(
+        devices[1].engine.status().borrow().connection,
+        Connection::SignedOut
+    );
     // A learns of it too, and keeps working.
     devices[0]
-        .wait_for(20, "the revocation", |e| matches!(e, EngineEvent::Security(SecurityEvent::DeviceRevoked { .. })))
+        .wait_for(20, "the revocation", |e| {
+            matches!(
+                e,
+                EngineEvent::Security(SecurityEvent::DeviceRevoked { .. })
+            )
+        })
         .await;
-    devices[0].engine.set("appearance.theme", json!("light")).unwrap();
+    devices[0]
+        .engine
+        .set("appearance.theme", json!("light"))
+        .unwrap();
     devices[0].engine.sync_once().await.unwrap();
 }
 
@@ -287,41 +400,84 @@ async fn a_revoked_device_wipes_its_secrets_and_cache_when_it_hears() {
 async fn mfa_turned_on_elsewhere_asks_this_device_for_a_code() {
     let cloud = Cloud::start();
     let base = tempfile::tempdir().unwrap();
-    let mut devices = live_devices(&cloud, base.path(), &["mfa-a", "mfa-b"], "ada@example.com").await;
+    let mut devices =
+        live_devices(&cloud, base.path(), &["mfa-a", "mfa-b"], "ada@example.com").await;
 
     let enrollment = devices[0].engine.enroll_totp("Phone").await.unwrap();
     let now = || u64::try_from(lockstep_core::clock_ms() / 1000).unwrap();
     let code = totp::code_at(&enrollment.secret, now()).unwrap();
-    let recovery = devices[0].engine.confirm_enrollment(&enrollment, &code).await.unwrap();
-    assert_eq!(recovery.len(), 10, "recovery codes come with the first factor");
+    let recovery = devices[0]
+        .engine
+        .confirm_enrollment(&enrollment, &code)
+        .await
+        .unwrap();
     assert_eq!(
-        devices[0].engine.keychain().get(SecretKind::TotpSecret).await.unwrap().as_deref(),
+        recovery.len(),
+        10,
+        "recovery codes come with the first factor"
+    );
+    assert_eq!(
+        devices[0]
+            .engine
+            .keychain()
+            .get(SecretKind::TotpSecret)
+            .await
+            .unwrap()
+            .as_deref(),
         Some(enrollment.secret.as_str()),
         "the secret is in the keychain once confirmed"
     );
 
     // B hears that MFA is on, and is asked for a code.
     devices[1]
-        .wait_for(20, "MFA enabled", |e| matches!(e, EngineEvent::Security(SecurityEvent::MfaEnabled { .. })))
+        .wait_for(20, "MFA enabled", |e| {
+            matches!(e, EngineEvent::Security(SecurityEvent::MfaEnabled { .. }))
+        })
         .await;
-    devices[1].wait_connection(20, Connection::StepUpRequired).await;
+    devices[1]
+        .wait_connection(20, Connection::StepUpRequired)
+        .await;
     let refused = devices[1].engine.sync_once().await.unwrap_err();
     assert!(refused.needs_second_factor(), "{refused}");
     // Its edits still queue meanwhile.
-    devices[1].engine.set("appearance.theme", json!("dark")).unwrap();
+    devices[1]
+        .engine
+        .set("appearance.theme", json!("dark"))
+        .unwrap();
 
     // A code of the next step (A's code is spent: replays are refused).
     let next = totp::code_at(&enrollment.secret, now() + 30).unwrap();
     devices[1].engine.verify_code(&next).await.unwrap();
     devices[1].wait_connection(20, Connection::Live).await;
     devices[0]
-        .wait_for(20, "B's queued edit", |e| matches!(e, EngineEvent::RemoteChange { key, .. } if key == "appearance.theme"))
+        .wait_for(
+            20,
+            "B's queued edit",
+            |e| matches!(e, EngineEvent::RemoteChange { key, .. } if key == "appearance.theme"),
+        )
         .await;
     // B fetched the secret for the app lock: codes check offline now.
     assert!(devices[1].engine.has_offline_secret().await.unwrap());
     let current = totp::code_at(&enrollment.secret, now()).unwrap();
-    assert!(devices[1].engine.check_code_offline(&current).await.unwrap());
-    assert!(!devices[1].engine.check_code_offline(&current).await.unwrap(), "once only");
-    let wrong = if current == "000000" { "111111" } else { "000000" };
+    assert!(
+        devices[1]
+            .engine
+            .check_code_offline(&current)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !devices[1]
+            .engine
+            .check_code_offline(&current)
+            .await
+            .unwrap(),
+        "once only"
+    );
+    let wrong = if current == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
     assert!(!devices[1].engine.check_code_offline(wrong).await.unwrap());
 }

@@ -428,7 +428,11 @@ pub struct MfaVerifyRequest {
 
 impl std::fmt::Debug for MfaVerifyRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MfaVerifyRequest {{ challenge_id: {}, .. }}", self.challenge_id)
+        write!(
+            f,
+            "MfaVerifyRequest {{ challenge_id: {}, .. }}",
+            self.challenge_id
+        )
     }
 }
 

@@ -10,8 +10,7 @@ use axum::{
 use lockstep_protocol::{
     audit::AuditAction,
     auth::{
-        ErrorCode, RecoveryCodeVerify, RecoveryCodes, RecoveryCodesStatus,
-        canonical_recovery_code,
+        ErrorCode, RecoveryCodeVerify, RecoveryCodes, RecoveryCodesStatus, canonical_recovery_code,
     },
 };
 use rand::Rng;

@@ -195,8 +195,15 @@ impl Outbox {
         match parsed.damage {
             Damage::None => {
                 let file = open_journal(&path, false)?;
-                let outbox =
-                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock, seal);
+                let outbox = Outbox::from_parts(
+                    dir,
+                    path,
+                    file,
+                    parsed.good_len,
+                    parsed.entries,
+                    lock,
+                    seal,
+                );
                 Ok((outbox, report))
             }
             Damage::TornTail => {
@@ -209,8 +216,15 @@ impl Outbox {
                     path = %path.display(),
                     "cut off an interrupted, never acknowledged write at the end of the outbox"
                 );
-                let outbox =
-                    Outbox::from_parts(dir, path, file, parsed.good_len, parsed.entries, lock, seal);
+                let outbox = Outbox::from_parts(
+                    dir,
+                    path,
+                    file,
+                    parsed.good_len,
+                    parsed.entries,
+                    lock,
+                    seal,
+                );
                 Ok((outbox, report))
             }
             Damage::Corrupt {

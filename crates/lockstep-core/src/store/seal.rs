@@ -118,23 +118,41 @@ mod tests {
         let seal = LocalSeal::from_keychain_text(&LocalSeal::generate_key()).unwrap();
         let sealed = seal_value(Some(&seal), "integrations.github", &json!("ghp_secret"));
         let text = sealed.as_str().unwrap();
-        assert!(text.starts_with(PREFIX) && !text.contains("ghp_secret"), "{text}");
+        assert!(
+            text.starts_with(PREFIX) && !text.contains("ghp_secret"),
+            "{text}"
+        );
         assert_eq!(
             open_value(Some(&seal), "integrations.github", sealed.clone()),
             Some(json!("ghp_secret"))
         );
-        assert_eq!(open_value(Some(&seal), "integrations.other", sealed.clone()), None);
+        assert_eq!(
+            open_value(Some(&seal), "integrations.other", sealed.clone()),
+            None
+        );
         let other = LocalSeal::from_keychain_text(&LocalSeal::generate_key()).unwrap();
-        assert_eq!(open_value(Some(&other), "integrations.github", sealed.clone()), None);
+        assert_eq!(
+            open_value(Some(&other), "integrations.github", sealed.clone()),
+            None
+        );
         assert_eq!(open_value(None, "integrations.github", sealed), None);
     }
 
     #[test]
     fn other_values_are_left_alone() {
         let seal = LocalSeal::from_keychain_text(&LocalSeal::generate_key()).unwrap();
-        assert_eq!(seal_value(Some(&seal), "appearance.theme", &json!("dark")), json!("dark"));
-        assert_eq!(seal_value(Some(&seal), "integrations.github", &Value::Null), Value::Null);
-        assert_eq!(open_value(Some(&seal), "integrations.github", json!("plain")), Some(json!("plain")));
+        assert_eq!(
+            seal_value(Some(&seal), "appearance.theme", &json!("dark")),
+            json!("dark")
+        );
+        assert_eq!(
+            seal_value(Some(&seal), "integrations.github", &Value::Null),
+            Value::Null
+        );
+        assert_eq!(
+            open_value(Some(&seal), "integrations.github", json!("plain")),
+            Some(json!("plain"))
+        );
         assert!(LocalSeal::from_keychain_text("short").is_none());
     }
 }

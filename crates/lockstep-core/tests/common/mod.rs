@@ -101,7 +101,9 @@ impl Cloud {
                     self.runtime = Some(runtime);
                     return;
                 }
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
@@ -110,7 +112,10 @@ impl Cloud {
     /// One integer cell from the server's database (read through a connection of the test's
     /// own: SQLite in WAL mode lets it read beside the server).
     pub async fn scalar(&self, sql: &str) -> i64 {
-        let url = format!("sqlite://{}", self.dir.path().join("lockstep.sqlite3").display());
+        let url = format!(
+            "sqlite://{}",
+            self.dir.path().join("lockstep.sqlite3").display()
+        );
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
         let value = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
         pool.close().await;
