@@ -154,8 +154,6 @@ fn events(
         let expires_in = caller.expires_at - state.now_secs();
         let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(expires_in).unwrap_or(0)));
         tokio::pin!(expiry);
-        let mut session_check = tokio::time::interval(Duration::from_secs(state.config.sse_heartbeat_seconds));
-        session_check.tick().await;
         let mut replaying = true;
 
         loop {
@@ -192,12 +190,6 @@ fn events(
             }
             tokio::select! {
                 () = wakeups.changed() => {}
-                _ = session_check.tick() => {
-                    if !session_alive(&state, &caller.session_id).await {
-                        yield Ok(control_event("session", last, json!({ "reason": "signed_out" })));
-                        return;
-                    }
-                }
                 () = &mut expiry => {
                     yield Ok(control_event("session", last, json!({ "reason": "token_expired" })));
                     return;

@@ -546,6 +546,29 @@ async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
     app.get("/realtime/v1/sse", Some(access_token(&desktop)))
         .await
         .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
+    // Writes too: a push, a plain upsert, a device rename.
+    let push = json!({"mutation_id": "aal1-push", "changes": [
+        {"key": "appearance.theme", "value": "dark", "hlc": "000000000000001-0000000000"}
+    ]});
+    let writes = [
+        (Method::POST, "/rest/v1/rpc/push_settings", push),
+        (
+            Method::POST,
+            "/rest/v1/user_settings",
+            json!({"key": "appearance.theme", "value": "dark"}),
+        ),
+        (
+            Method::PATCH,
+            "/rest/v1/devices?id=eq.desktop",
+            json!({"name": "Renamed"}),
+        ),
+    ];
+    for (method, path, body) in writes {
+        let request = app.request(method, path, Some(access_token(&desktop)));
+        app.send(request.json(&body))
+            .await
+            .expect_rest_error(StatusCode::FORBIDDEN, "insufficient_aal");
+    }
     app.get("/auth/v1/user", Some(access_token(&desktop)))
         .await
         .expect(StatusCode::OK);

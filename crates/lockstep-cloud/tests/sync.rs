@@ -22,7 +22,10 @@ backend_tests! {
     sensitive_values_are_sealed_at_rest,
     account_and_device_changes_are_on_the_feed,
     revocation_ends_the_stream_and_reconnecting_is_refused,
+    signing_out_ends_the_stream,
     changes_endpoint_pages_through_the_log,
+    the_stream_sends_a_retry_hint_and_heartbeats,
+    an_expiring_token_loses_no_events,
 }
 
 fn theme(app: &TestApp, value: &str, offset_ms: i64) -> Value {
@@ -667,6 +670,46 @@ async fn revocation_ends_the_stream_and_reconnecting_is_refused(backend: Backend
     again.expect_error(StatusCode::UNAUTHORIZED, "session_not_found");
 }
 
+/// Signing out (this session only) ends its stream at once, and nobody else's.
+async fn signing_out_ends_the_stream(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let laptop = app.signup("ada@example.com", "laptop").await;
+    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let mut desktop_feed = app.stream(access_token(&desktop), None).await;
+    desktop_feed.ready().await;
+    let mut laptop_feed = app.stream(access_token(&laptop), None).await;
+    laptop_feed.ready().await;
+    app.send(app.request(
+        Method::POST,
+        "/auth/v1/logout?scope=local",
+        Some(access_token(&desktop)),
+    ))
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    let ended = desktop_feed.next_change().await;
+    assert_eq!(
+        (ended["table"].as_str(), ended["old"]["reason"].as_str()),
+        (Some("sessions"), Some("signed_out"))
+    );
+    let session = desktop_feed.next_of("session").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&session.data).unwrap()["reason"],
+        "signed_out"
+    );
+    assert!(desktop_feed.next().await.is_none(), "the stream ends");
+    // The laptop's stream saw the sign-out and goes on.
+    let seen = laptop_feed.next_change().await;
+    assert_eq!(seen["table"], "sessions");
+    app.push(
+        access_token(&laptop),
+        "after-logout",
+        theme(&app, "dark", 0),
+    )
+    .await
+    .expect(StatusCode::OK);
+    assert_eq!(laptop_feed.next_change().await["new"]["value"], "dark");
+}
+
 async fn changes_endpoint_pages_through_the_log(backend: Backend) {
     let app = TestApp::start(backend).await;
     let session = app.signup("ada@example.com", "laptop").await;
@@ -820,10 +863,9 @@ async fn a_write_through_one_process_reaches_a_stream_on_another() {
 
 /// The stream sends a retry hint and heartbeat comments (read off the raw bytes: comments are
 /// invisible to an EventSource client).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stream_sends_a_retry_hint_and_heartbeats() {
+async fn the_stream_sends_a_retry_hint_and_heartbeats(backend: Backend) {
     use futures::StreamExt;
-    let app = TestApp::start_with(Backend::Sqlite, |c| c.sse_heartbeat_seconds = 1).await;
+    let app = TestApp::start_with(backend, |c| c.sse_heartbeat_seconds = 1).await;
     let session = app.signup("ada@example.com", "laptop").await;
     let response = app
         .request(
@@ -851,9 +893,8 @@ async fn the_stream_sends_a_retry_hint_and_heartbeats() {
 
 /// An access token that expires ends the stream with a notice; reconnecting with a fresh token
 /// and Last-Event-ID loses nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expiring_token_loses_no_events() {
-    let app = TestApp::start_with(Backend::Sqlite, |c| c.jwt_expiry_seconds = 5).await;
+async fn an_expiring_token_loses_no_events(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.jwt_expiry_seconds = 5).await;
     let laptop = app.signup("ada@example.com", "laptop").await;
     let desktop = app.sign_in("ada@example.com", "desktop").await;
     let mut feed = app.stream(access_token(&desktop), None).await;
