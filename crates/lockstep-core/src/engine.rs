@@ -380,6 +380,11 @@ impl Engine {
         self.lock().store.outbox().len()
     }
 
+    /// Whether an edit of `key` is queued (not yet acknowledged by the server).
+    pub fn is_pending(&self, key: &str) -> bool {
+        self.lock().store.outbox().entries().iter().any(|e| e.key == key)
+    }
+
     /// The feed position this device has applied.
     pub fn cursor(&self) -> i64 {
         self.lock().cache.cursor
