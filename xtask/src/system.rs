@@ -25,14 +25,23 @@ pub const TEST_TOOLS: &[Package] = &[
     Package::binary("dbus-run-session", "dbus"),
     Package::binary("gnome-keyring-daemon", "gnome-keyring"),
     Package::binary("gdbus", "libglib2.0-bin"),
+    // The window's view logic is unit-tested with Node's test runner after `tsc`.
+    Package::binary("node", "nodejs"),
+    Package::binary("npm", "npm"),
 ];
 
 pub const BUILD: &[Package] = &[
     // A C compiler and linker: rustc links through `cc`, and some crates
     // (e.g. the bundled SQLite) compile C code.
     Package::binary("cc", "build-essential"),
-    // Finds system libraries; not used by today's crates, but by the desktop app's.
-    Package::binary("pkg-config", "pkg-config").optional(),
+    // Finds the system libraries the desktop app links against.
+    Package::binary("pkg-config", "pkg-config"),
+    // The desktop app (Tauri 2 on WebKitGTK): the webview, GTK, the tray, icons, HTTP.
+    Package::deb("libwebkit2gtk-4.1-dev"),
+    Package::deb("libgtk-3-dev"),
+    Package::deb("libayatana-appindicator3-dev"),
+    Package::deb("librsvg2-dev"),
+    Package::deb("libsoup-3.0-dev"),
 ];
 
 /// How to tell whether a package is already installed.
@@ -71,10 +80,6 @@ impl Package {
     }
 
     /// An essential package probed with `dpkg-query`, like a `-dev` library.
-    #[allow(
-        dead_code,
-        reason = "for the desktop app's -dev libraries, e.g. libwebkit2gtk-4.1-dev"
-    )]
     pub const fn deb(deb: &'static str) -> Self {
         Self {
             deb,
@@ -89,14 +94,6 @@ impl Package {
             deb,
             probe: Probe::Check(check),
             essential: true,
-        }
-    }
-
-    /// The same package, but only worth a warning when it cannot be installed.
-    pub const fn optional(self) -> Self {
-        Self {
-            essential: false,
-            ..self
         }
     }
 

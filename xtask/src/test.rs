@@ -86,8 +86,44 @@ pub fn run(args: &Args) -> Result<()> {
         .env(keyring::REQUIRE_VAR, "1");
     Stage::new("cargo test", keyring::wrap(&test)?).run()?;
 
+    for stage in ui_stages() {
+        stage.run()?;
+    }
+
     println!("==> all checks passed");
     Ok(())
+}
+
+/// Fails when the UI build or the bindings differ from what is committed (outside a git
+/// checkout there is nothing to compare with).
+const FRESHNESS_CHECK: &str = r#"git rev-parse --git-dir >/dev/null 2>&1 || exit 0
+changed=$(git status --porcelain -- src-ui/dist src-ui/src/bindings)
+if [ -n "$changed" ]; then
+  echo "$changed"
+  echo "error: the committed UI build or bindings are stale: run 'npm run build' in src-ui and 'cargo test', then commit them" >&2
+  exit 1
+fi"#;
+
+/// The window's checks: its view-logic tests (`npm test`: `tsc`, then `node --test`), and that
+/// the committed UI build and the TypeScript bindings (which `cargo test` regenerates from the
+/// shell's DTOs) match their sources, so a fresh clone builds without a UI step.
+fn ui_stages() -> Vec<Stage> {
+    let ui = cmd::workspace_root().join("src-ui");
+    let mut install = Command::new("npm");
+    install
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&ui);
+    let mut test = Command::new("npm");
+    test.arg("test").current_dir(&ui);
+    let mut fresh = Command::new("sh");
+    fresh
+        .args(["-c", FRESHNESS_CHECK])
+        .current_dir(cmd::workspace_root());
+    vec![
+        Stage::new("npm ci (src-ui)", install),
+        Stage::new("npm test (src-ui)", test),
+        Stage::new("committed UI build and bindings are current", fresh),
+    ]
 }
 
 /// `cargo fmt`, `cargo clippy` and `cargo doc`, all warnings denied.

@@ -8,14 +8,13 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::SocketAddr,
     path::PathBuf,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
-use lockstep_cloud::{AppState, Config, clock::SystemClock};
+use lockstep_cloud::embedded::EmbeddedCloud;
 use lockstep_core::keychain::{Keychain, KeychainError, SecretKind};
 use serde_json::{Value, json};
 
@@ -61,60 +60,37 @@ fn now_secs() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The server, on a runtime of its own (as in lockstep-core's tests).
+// The server, on a runtime of its own (`lockstep_cloud::embedded`), so that it can be killed.
 
 struct Cloud {
     url: String,
     anon_key: String,
+    server: EmbeddedCloud,
     dir: tempfile::TempDir,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 impl Cloud {
     fn start() -> Cloud {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_owned();
-        let (runtime, addr, anon_key) = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let (addr, anon_key): (SocketAddr, String) = runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let mut config = Config::for_data_dir(&data);
+        let server = EmbeddedCloud::start(
+            dir.path(),
+            Arc::new(|config| {
                 config.dev = true;
-                config.bind = listener.local_addr().unwrap();
                 config.sse_heartbeat_seconds = 2;
-                let state = AppState::new(config, Arc::new(SystemClock)).await.unwrap();
-                let addr = state.config.bind;
-                let anon_key = state.keys.anon_key.clone();
-                tokio::spawn(async move { lockstep_cloud::serve(listener, state).await.unwrap() });
-                (addr, anon_key)
-            });
-            (runtime, addr, anon_key)
-        })
-        .join()
+            }),
+        )
         .unwrap();
         Cloud {
-            url: format!("http://{addr}"),
-            anon_key,
+            url: server.url.clone(),
+            anon_key: server.anon_key.clone(),
+            server,
             dir,
-            runtime: Some(runtime),
         }
     }
 
     /// Stops the server at once, as if its process died.
     fn kill(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.server.kill();
     }
 
     /// Polls `sql` (one integer) until `done` holds or `secs` pass; returns the last value.

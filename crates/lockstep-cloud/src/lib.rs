@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod embedded;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -382,7 +382,12 @@ impl Engine {
 
     /// Whether an edit of `key` is queued (not yet acknowledged by the server).
     pub fn is_pending(&self, key: &str) -> bool {
-        self.lock().store.outbox().entries().iter().any(|e| e.key == key)
+        self.lock()
+            .store
+            .outbox()
+            .entries()
+            .iter()
+            .any(|e| e.key == key)
     }
 
     /// The feed position this device has applied.

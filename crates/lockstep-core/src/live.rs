@@ -7,7 +7,7 @@
 //! 3. While the stream is open, a local edit is pushed at once.
 //! 4. When the stream ends: a `token_expired` end reconnects at once with a refreshed token;
 //!    `must-refetch` does a full pull; an ended session is checked with the server and, if it
-//!    is really gone, the profile's secrets and cache are wiped ("signed out by <device>");
+//!    is really gone, the profile's secrets and cache are wiped ("signed out by" a named device);
 //!    `insufficient_aal` waits for the user to verify a code. Anything else is a failure:
 //!    reconnect with exponential backoff and jitter. A watchdog treats a stream that has been
 //!    silent for longer than [`LiveOptions::heartbeat_timeout`] as dead (the server sends a

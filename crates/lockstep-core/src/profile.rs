@@ -142,7 +142,7 @@ pub struct OpenOptions {
     pub server_url: Option<String>,
     /// Override (and remember) the anon key.
     pub anon_key: Option<String>,
-    /// Name this device (remembered; the default is "<profile> on <platform>").
+    /// Name this device (remembered; the default is `"<profile> on <platform>"`).
     pub device_name: Option<String>,
 }
 

@@ -1,19 +1,18 @@
 //! A real `lockstep-cloud` on 127.0.0.1 (embedded SQLite) for the client's tests, and devices
 //! (profiles with their engine) to drive against it.
 //!
-//! The server runs on a tokio runtime of its own, so a test can kill it the hard way
-//! ([`Cloud::kill`]: every task and socket dropped at once, open streams cut mid-flight) and
+//! The server is an [`EmbeddedCloud`] (a runtime of its own), so a test can kill it the hard
+//! way ([`Cloud::kill`]: every task and socket dropped at once, open streams cut mid-flight) and
 //! start it again on the same port and data directory ([`Cloud::restart`]).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::{
-    net::SocketAddr,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use lockstep_cloud::{AppState, Config, clock::SystemClock};
+use lockstep_cloud::embedded::EmbeddedCloud;
 use lockstep_core::{
     engine::{Engine, EngineEvent},
     keychain::Keychain,
@@ -28,85 +27,38 @@ pub const PASSWORD: &str = "Correct horse 42";
 pub struct Cloud {
     pub url: String,
     pub anon_key: String,
-    addr: SocketAddr,
+    server: EmbeddedCloud,
     dir: tempfile::TempDir,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Starts the server in `dir` on `addr` (port 0: any) on a runtime of its own.
-fn boot(dir: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr, String) {
-    let dir = dir.to_owned();
-    // A runtime cannot be built or blocked on from inside the test's runtime: use a thread.
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (addr, anon_key) = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            let mut config = Config::for_data_dir(&dir);
-            config.dev = true;
-            config.bind = listener.local_addr().unwrap();
-            // Small heartbeats keep the watchdog tests short.
-            config.sse_heartbeat_seconds = 2;
-            let state = AppState::new(config, Arc::new(SystemClock)).await.unwrap();
-            let addr = state.config.bind;
-            let anon_key = state.keys.anon_key.clone();
-            tokio::spawn(async move { lockstep_cloud::serve(listener, state).await.unwrap() });
-            (addr, anon_key)
-        });
-        (runtime, addr, anon_key)
-    })
-    .join()
-    .unwrap()
 }
 
 impl Cloud {
     pub fn start() -> Cloud {
         let dir = tempfile::tempdir().unwrap();
-        let (runtime, addr, anon_key) = boot(dir.path(), "127.0.0.1:0".parse().unwrap());
+        let server = EmbeddedCloud::start(
+            dir.path(),
+            Arc::new(|config| {
+                config.dev = true;
+                // Small heartbeats keep the watchdog tests short.
+                config.sse_heartbeat_seconds = 2;
+            }),
+        )
+        .unwrap();
         Cloud {
-            url: format!("http://{addr}"),
-            anon_key,
-            addr,
+            url: server.url.clone(),
+            anon_key: server.anon_key.clone(),
+            server,
             dir,
-            runtime: Some(runtime),
         }
     }
 
     /// Kills the server: its tasks stop and its sockets close at once, as if the process died.
     pub fn kill(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.server.kill();
     }
 
     /// Starts the server again on the same port and data (the database and keys survive).
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            // The port may take a moment to be free again.
-            let addr = self.addr;
-            let dir = self.dir.path().to_owned();
-            match std::panic::catch_unwind(move || boot(&dir, addr)) {
-                Ok((runtime, _, _)) => {
-                    self.runtime = Some(runtime);
-                    return;
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
+        self.server.restart().unwrap();
     }
 
     /// One integer cell from the server's database (read through a connection of the test's

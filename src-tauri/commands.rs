@@ -1,0 +1,284 @@
+//! The IPC commands: one per lockstep-core operation, each a few lines that turn arguments
+//! into a core call and its answer into a DTO. They take only `State<Shell>`, so they run
+//! under any Tauri runtime (the mock one in tests).
+
+use lockstep_core::{
+    account::{SignIn, SignOutScope},
+    profile::OpenOptions,
+};
+use lockstep_protocol::settings;
+use serde_json::Value;
+use tauri::State;
+
+use crate::{
+    dto::{
+        AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorCode, ErrorDto, LaunchDto,
+        SettingDto, SignInDto, StatusDto,
+    },
+    shell::Shell,
+};
+
+type Answer<T> = Result<T, ErrorDto>;
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// How this instance started; opens the profile if it was set up before.
+#[tauri::command]
+pub async fn launch(shell: State<'_, Shell>) -> Answer<LaunchDto> {
+    let connected = shell.open_existing().await?;
+    let problems = std::mem::take(
+        &mut *shell
+            .problems
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let launch = &shell.launch;
+    Ok(LaunchDto {
+        profile: launch.profile.clone(),
+        connected,
+        server_url: launch.server_url.clone(),
+        anon_key: launch.anon_key.clone(),
+        device_name: launch.device_name.clone(),
+        problems,
+    })
+}
+
+/// Connects this profile to a server and names the device (first run).
+#[tauri::command]
+pub async fn connect(
+    shell: State<'_, Shell>,
+    server_url: String,
+    anon_key: String,
+    device_name: String,
+) -> Answer<()> {
+    if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
+        return Err(ErrorDto::new(
+            ErrorCode::Invalid,
+            "the server URL must start with http:// or https://",
+        ));
+    }
+    shell
+        .open(OpenOptions {
+            server_url: Some(server_url),
+            anon_key: Some(anon_key),
+            device_name: Some(device_name),
+        })
+        .await
+}
+
+#[tauri::command]
+pub async fn status(shell: State<'_, Shell>) -> Answer<StatusDto> {
+    let engine = shell.engine().await?;
+    Ok(StatusDto::from(&*engine.status().borrow()))
+}
+
+#[tauri::command]
+pub async fn sign_up(shell: State<'_, Shell>, email: String, password: String) -> Answer<()> {
+    Ok(shell.engine().await?.sign_up(&email, &password).await?)
+}
+
+#[tauri::command]
+pub async fn sign_in(
+    shell: State<'_, Shell>,
+    email: String,
+    password: String,
+) -> Answer<SignInDto> {
+    Ok(
+        match shell.engine().await?.sign_in(&email, &password).await? {
+            SignIn::Done => SignInDto::Done,
+            SignIn::MfaRequired => SignInDto::CodeNeeded,
+        },
+    )
+}
+
+#[tauri::command]
+pub async fn verify_code(shell: State<'_, Shell>, code: String) -> Answer<()> {
+    Ok(shell.engine().await?.verify_code(&code).await?)
+}
+
+#[tauri::command]
+pub async fn verify_recovery_code(shell: State<'_, Shell>, code: String) -> Answer<()> {
+    Ok(shell.engine().await?.verify_recovery_code(&code).await?)
+}
+
+#[tauri::command]
+pub async fn account(shell: State<'_, Shell>) -> Answer<AccountDto> {
+    let engine = shell.engine().await?;
+    let user = engine.user().await?;
+    Ok(AccountDto {
+        email: user.email.clone(),
+        email_verified: user.email_confirmed_at.is_some(),
+        mfa_enabled: user
+            .factors
+            .iter()
+            .any(|f| f.factor_type == "totp" && f.status == "verified"),
+        offline_codes: engine.has_offline_secret().await?,
+        device_id: engine.profile().device.id.clone(),
+        device_name: engine.profile().device.name.clone(),
+    })
+}
+
+/// Every known setting and every set one, with its effective value and provenance.
+#[tauri::command]
+pub async fn settings(shell: State<'_, Shell>) -> Answer<Vec<SettingDto>> {
+    let engine = shell.engine().await?;
+    let all = engine.all();
+    Ok(all
+        .into_iter()
+        .map(|(key, value)| {
+            let row = engine.row(&key);
+            SettingDto {
+                device_only: engine.is_device_only(&key),
+                sensitive: settings::is_sensitive(&key),
+                changed_by: row
+                    .as_ref()
+                    .map(|r| r.device_name.clone().unwrap_or_else(|| r.device_id.clone())),
+                changed_at: row.as_ref().map(|r| rfc3339(r.updated_at)),
+                pending: engine.is_pending(&key),
+                value: Some(value),
+                key,
+            }
+        })
+        .collect())
+}
+
+#[tauri::command]
+pub async fn set_setting(shell: State<'_, Shell>, key: String, value: Value) -> Answer<()> {
+    Ok(shell.engine().await?.set(&key, value)?)
+}
+
+#[tauri::command]
+pub async fn reset_setting(shell: State<'_, Shell>, key: String) -> Answer<()> {
+    Ok(shell.engine().await?.reset(&key)?)
+}
+
+#[tauri::command]
+pub async fn set_device_only(
+    shell: State<'_, Shell>,
+    key: String,
+    device_only: bool,
+) -> Answer<()> {
+    Ok(shell.engine().await?.set_device_only(&key, device_only)?)
+}
+
+#[tauri::command]
+pub async fn enroll_totp(shell: State<'_, Shell>, friendly_name: String) -> Answer<EnrollmentDto> {
+    let enrollment = shell.engine().await?.enroll_totp(&friendly_name).await?;
+    let dto = EnrollmentDto {
+        factor_id: enrollment.factor_id.clone(),
+        secret: enrollment.secret.clone(),
+        uri: enrollment.uri.clone(),
+        qr_svg: enrollment.qr_svg.clone(),
+    };
+    shell.keep_enrollment(enrollment).await;
+    Ok(dto)
+}
+
+/// Confirms the pending enrollment; answers the recovery codes (shown once).
+#[tauri::command]
+pub async fn confirm_enrollment(shell: State<'_, Shell>, code: String) -> Answer<Vec<String>> {
+    let engine = shell.engine().await?;
+    let enrollment = shell
+        .take_enrollment()
+        .await
+        .ok_or_else(|| ErrorDto::new(ErrorCode::Invalid, "start adding an authenticator first"))?;
+    match engine.confirm_enrollment(&enrollment, &code).await {
+        Ok(codes) => Ok(codes),
+        Err(error) => {
+            // A wrong code: the same enrollment can be confirmed with the next one.
+            shell.put_back_enrollment(enrollment).await;
+            Err(error.into())
+        }
+    }
+}
+
+#[tauri::command]
+pub async fn disable_mfa(shell: State<'_, Shell>, code: String) -> Answer<()> {
+    Ok(shell.engine().await?.disable_mfa(&code).await?)
+}
+
+/// The app lock: checks a code against this device's keychain secret, offline.
+#[tauri::command]
+pub async fn unlock(shell: State<'_, Shell>, code: String) -> Answer<bool> {
+    Ok(shell.engine().await?.check_code_offline(&code).await?)
+}
+
+#[tauri::command]
+pub async fn devices(shell: State<'_, Shell>) -> Answer<Vec<DeviceDto>> {
+    let devices = shell.engine().await?.devices().await?;
+    Ok(devices
+        .into_iter()
+        .map(|d| DeviceDto {
+            id: d.id,
+            name: d.name,
+            platform: d.platform,
+            last_seen_at: rfc3339(d.last_seen_at),
+            current: d.current,
+        })
+        .collect())
+}
+
+#[tauri::command]
+pub async fn rename_device(shell: State<'_, Shell>, device_id: String, name: String) -> Answer<()> {
+    Ok(shell
+        .engine()
+        .await?
+        .rename_device(&device_id, &name)
+        .await?)
+}
+
+#[tauri::command]
+pub async fn revoke_device(shell: State<'_, Shell>, device_id: String) -> Answer<()> {
+    Ok(shell.engine().await?.revoke_device(&device_id).await?)
+}
+
+/// `scope`: `this_device`, `others` or `everywhere`.
+#[tauri::command]
+pub async fn sign_out(shell: State<'_, Shell>, scope: String) -> Answer<()> {
+    let scope = match scope.as_str() {
+        "this_device" => SignOutScope::ThisDevice,
+        "others" => SignOutScope::Others,
+        "everywhere" => SignOutScope::Everywhere,
+        other => {
+            return Err(ErrorDto::new(
+                ErrorCode::Invalid,
+                format!("unknown sign-out scope {other:?}"),
+            ));
+        }
+    };
+    Ok(shell.engine().await?.sign_out(scope).await?)
+}
+
+#[tauri::command]
+pub async fn activity(shell: State<'_, Shell>) -> Answer<Vec<ActivityDto>> {
+    let entries = shell.engine().await?.activity(100).await?;
+    Ok(entries
+        .into_iter()
+        .map(|e| ActivityDto {
+            action: e.action,
+            device_name: e.device_name,
+            ip_address: e.ip_address,
+            created_at: rfc3339(e.created_at),
+            details: e.payload,
+        })
+        .collect())
+}
+
+#[tauri::command]
+pub async fn sync_now(shell: State<'_, Shell>) -> Answer<()> {
+    shell.engine().await?;
+    shell.with_live(|live| live.sync_now()).await;
+    Ok(())
+}
+
+#[tauri::command]
+pub async fn pause_sync(shell: State<'_, Shell>, paused: bool) -> Answer<()> {
+    shell.engine().await?;
+    shell
+        .with_live(|live| if paused { live.pause() } else { live.resume() })
+        .await;
+    Ok(())
+}

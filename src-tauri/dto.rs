@@ -1,0 +1,289 @@
+//! What crosses IPC between the shell and the UI: plain data, generated into TypeScript by
+//! `ts-rs` (`src-ui/src/bindings/`, written by `cargo test`), so the two sides cannot drift.
+//! Errors cross as `{code, message}` with `code` from [`ErrorCode`]: the UI never matches
+//! message strings.
+
+use lockstep_core::{
+    engine::{Connection, EngineError, EngineEvent, SyncStatus},
+    feed::SecurityEvent,
+    profile::ProfileError,
+};
+use serde::Serialize;
+use serde_json::Value;
+use ts_rs::TS;
+
+/// A DTO: serialised to the UI, with its TypeScript type exported by `ts-rs` into
+/// `TS_RS_EXPORT_DIR` (`src-ui/src/bindings/`, set in `.cargo/config.toml`).
+macro_rules! dto {
+    ($item:item) => {
+        #[derive(Debug, Clone, Serialize, TS)]
+        #[ts(export)]
+        $item
+    };
+}
+
+dto! {
+    /// What went wrong, for the UI to act on by `code`.
+    pub struct ErrorDto {
+        pub code: ErrorCode,
+        pub message: String,
+    }
+}
+
+dto! {
+    /// The kinds of failure the UI tells apart.
+    #[serde(rename_all = "snake_case")]
+    pub enum ErrorCode {
+        /// No profile is open yet: connect to a server first.
+        NotConnected,
+        /// A value or argument was refused (the message names the key and the rule).
+        Invalid,
+        /// The server cannot be reached; edits stay queued.
+        Offline,
+        /// Not signed in, or signed out by the server.
+        SignedOut,
+        /// Two-factor authentication: verify a code first.
+        CodeNeeded,
+        /// The server refused (wrong password, wrong code, rate limit, …).
+        Refused,
+        /// The OS keychain is not available.
+        Keychain,
+        /// Local storage failed (disk full, permissions, another instance).
+        Storage,
+    }
+}
+
+impl ErrorDto {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorDto {
+        ErrorDto {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for ErrorDto {
+    fn from(error: EngineError) -> ErrorDto {
+        let code = if error.needs_second_factor() {
+            ErrorCode::CodeNeeded
+        } else if error.is_signed_out() {
+            ErrorCode::SignedOut
+        } else if error.is_offline() {
+            ErrorCode::Offline
+        } else {
+            match &error {
+                EngineError::Invalid(_) | EngineError::State(_) => ErrorCode::Invalid,
+                EngineError::Store(_) => ErrorCode::Storage,
+                EngineError::Keychain(_) => ErrorCode::Keychain,
+                EngineError::Api(_) | EngineError::Session(_) => ErrorCode::Refused,
+            }
+        };
+        ErrorDto::new(code, error.to_string())
+    }
+}
+
+impl From<ProfileError> for ErrorDto {
+    fn from(error: ProfileError) -> ErrorDto {
+        match error {
+            ProfileError::Engine(e) => e.into(),
+            ProfileError::Store(e) => ErrorDto::new(ErrorCode::Storage, e.to_string()),
+            ProfileError::NotConfigured(_) => {
+                ErrorDto::new(ErrorCode::NotConnected, error.to_string())
+            }
+            other => ErrorDto::new(ErrorCode::Invalid, other.to_string()),
+        }
+    }
+}
+
+dto! {
+    /// The status line: connection, pending edits, last sync.
+    pub struct StatusDto {
+        /// `Connecting`, `Live`, `Polling`, `Offline`, `Paused`, `Code needed`, `Signed out`.
+        pub connection: String,
+        pub live: bool,
+        pub pending: u32,
+        /// Unix milliseconds.
+        #[ts(type = "number | null")]
+        pub last_synced_ms: Option<i64>,
+    }
+}
+
+impl From<&SyncStatus> for StatusDto {
+    fn from(status: &SyncStatus) -> StatusDto {
+        StatusDto {
+            connection: status.connection.label().to_owned(),
+            live: status.connection == Connection::Live,
+            pending: u32::try_from(status.pending).unwrap_or(u32::MAX),
+            last_synced_ms: status.last_synced_ms,
+        }
+    }
+}
+
+dto! {
+    /// The launch: which profile, and whether it is connected to a server yet.
+    pub struct LaunchDto {
+        pub profile: String,
+        pub connected: bool,
+        /// Prefilled on the connect screen.
+        pub server_url: Option<String>,
+        pub anon_key: Option<String>,
+        pub device_name: Option<String>,
+        /// Problems found opening local state, to show once.
+        pub problems: Vec<String>,
+    }
+}
+
+dto! {
+    /// The account as the UI shows it.
+    pub struct AccountDto {
+        pub email: String,
+        pub email_verified: bool,
+        pub mfa_enabled: bool,
+        /// This device holds the authenticator secret (the app lock works offline).
+        pub offline_codes: bool,
+        pub device_id: String,
+        pub device_name: String,
+    }
+}
+
+dto! {
+    /// One setting with where its value comes from.
+    pub struct SettingDto {
+        pub key: String,
+        pub value: Option<Value>,
+        /// Kept on this device only.
+        pub device_only: bool,
+        /// A secret (API key): shown masked until revealed.
+        pub sensitive: bool,
+        /// Who last changed the synced value, and when (RFC 3339).
+        pub changed_by: Option<String>,
+        pub changed_at: Option<String>,
+        /// The edit is queued (not yet on the server).
+        pub pending: bool,
+    }
+}
+
+dto! {
+    /// A TOTP enrollment waiting for its first code.
+    pub struct EnrollmentDto {
+        pub factor_id: String,
+        pub secret: String,
+        pub uri: String,
+        pub qr_svg: String,
+    }
+}
+
+dto! {
+    /// How a sign-in ended.
+    #[serde(rename_all = "snake_case")]
+    pub enum SignInDto {
+        Done,
+        CodeNeeded,
+    }
+}
+
+dto! {
+    pub struct DeviceDto {
+        pub id: String,
+        pub name: String,
+        pub platform: String,
+        /// RFC 3339.
+        pub last_seen_at: String,
+        pub current: bool,
+    }
+}
+
+dto! {
+    pub struct ActivityDto {
+        pub action: String,
+        pub device_name: Option<String>,
+        pub ip_address: String,
+        /// RFC 3339.
+        pub created_at: String,
+        pub details: Value,
+    }
+}
+
+dto! {
+    /// An engine event, as the UI receives it on `lockstep://event`.
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    pub enum EventDto {
+        RemoteChange {
+            key: String,
+            old: Option<Value>,
+            new: Option<Value>,
+            device_name: Option<String>,
+        },
+        Superseded {
+            key: String,
+            lost: Value,
+            winner: Value,
+            winner_device: Option<String>,
+        },
+        Status(StatusDto),
+        Security { event: String, device_name: Option<String>, detail: Option<String> },
+        Problem { message: String },
+    }
+}
+
+impl From<&EngineEvent> for EventDto {
+    fn from(event: &EngineEvent) -> EventDto {
+        match event {
+            EngineEvent::RemoteChange {
+                key,
+                old,
+                new,
+                device_name,
+            } => EventDto::RemoteChange {
+                key: key.clone(),
+                old: old.clone(),
+                new: new.clone(),
+                device_name: device_name.clone(),
+            },
+            EngineEvent::Superseded { key, lost, winner } => EventDto::Superseded {
+                key: key.clone(),
+                lost: lost.clone(),
+                winner: winner.value.clone(),
+                winner_device: winner
+                    .device_name
+                    .clone()
+                    .or_else(|| Some(winner.device_id.clone())),
+            },
+            EngineEvent::Status(status) => EventDto::Status(status.into()),
+            EngineEvent::Security(security) => {
+                let (event, device_name, detail) = security_parts(security);
+                EventDto::Security {
+                    event: event.to_owned(),
+                    device_name,
+                    detail,
+                }
+            }
+            EngineEvent::Problem(message) => EventDto::Problem {
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// A security event's name (snake case), the device concerned and a detail.
+pub fn security_parts(event: &SecurityEvent) -> (&'static str, Option<String>, Option<String>) {
+    match event {
+        SecurityEvent::EmailVerified { email } => ("email_verified", None, Some(email.clone())),
+        SecurityEvent::EmailChanged { email } => ("email_changed", None, Some(email.clone())),
+        SecurityEvent::MfaEnabled { device_name } => ("mfa_enabled", device_name.clone(), None),
+        SecurityEvent::MfaDisabled { device_name } => ("mfa_disabled", device_name.clone(), None),
+        SecurityEvent::Mfa {
+            action,
+            device_name,
+        } => ("mfa", device_name.clone(), Some(action.clone())),
+        SecurityEvent::DeviceSignedIn { name, .. } => {
+            ("device_signed_in", Some(name.clone()), None)
+        }
+        SecurityEvent::DeviceRevoked { name, by, .. } => {
+            ("device_revoked", by.clone(), Some(name.clone()))
+        }
+        SecurityEvent::SessionEndedHere { by } => ("session_ended", by.clone(), None),
+        SecurityEvent::StepUpRequired => ("step_up_required", None, None),
+        SecurityEvent::SignedOut { by } => ("signed_out", by.clone(), None),
+    }
+}

@@ -1,0 +1,334 @@
+// The Lockstep window: connect, sign in, settings, security, devices, activity, app lock.
+// Plain DOM (no framework): a few views re-rendered from state; all decisions are the
+// engine's, reached through `api`.
+import { api, isError, onEvent } from "./api.js";
+import { ago, describe, effectiveTheme, label, mask, move, toggle } from "./format.js";
+function h(tag, attrs = {}, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+        if (typeof v === "function")
+            el.addEventListener(k.replace(/^on/, ""), v);
+        else if (v === true)
+            el.setAttribute(k, "");
+        else if (v !== false)
+            el.setAttribute(k, v);
+    }
+    for (const c of children)
+        if (c !== null)
+            el.append(c);
+    return el;
+}
+const state = {
+    view: "settings",
+    status: null,
+    account: null,
+    settings: [],
+    log: [],
+    revealed: new Set(),
+    locked: false,
+    lastActivity: Date.now(),
+};
+const root = () => document.getElementById("app");
+function message(e) {
+    return isError(e) ? e.message : String(e);
+}
+function toast(text) {
+    const region = document.getElementById("toasts");
+    if (!region || !text)
+        return;
+    const item = h("div", { class: "toast", role: "status" }, text);
+    region.append(item);
+    setTimeout(() => item.remove(), 6000);
+}
+function applyTheme() {
+    const choice = state.settings.find((s) => s.key === "appearance.theme")?.value;
+    const dark = window.matchMedia("(prefers-color-scheme: dark)").matches;
+    document.documentElement.dataset.theme = effectiveTheme(choice, dark);
+}
+/** A form whose submit runs `action`, showing its error inline. */
+function form(title, fields, submit, action) {
+    const error = h("p", { class: "error", role: "alert" });
+    const f = h("form", { class: "card", "aria-label": title }, h("h2", {}, title), ...fields, error, h("button", { type: "submit" }, submit));
+    f.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        error.textContent = "";
+        try {
+            await action(new FormData(f));
+        }
+        catch (err) {
+            error.textContent = message(err);
+        }
+    });
+    return f;
+}
+function field(name, text, type = "text", value = "", extra = {}) {
+    const id = `f-${name}`;
+    return h("p", {}, h("label", { for: id }, text), h("input", { id, name, type, value, required: true, ...extra }));
+}
+// ---- screens before the main window ----
+function connectScreen(prefill) {
+    root().replaceChildren(form("Connect to your Lockstep server", [
+        field("server", "Server URL", "url", prefill.server_url ?? "http://127.0.0.1:54321"),
+        field("anon", "Anon key", "text", prefill.anon_key ?? ""),
+        field("device", "Name this device", "text", prefill.device_name ?? ""),
+    ], "Connect", async (d) => {
+        await api.connect(String(d.get("server")), String(d.get("anon")), String(d.get("device")));
+        await start();
+    }));
+}
+function authScreen() {
+    const fields = () => [field("email", "Email", "email", "", { autocomplete: "username" }), field("password", "Password", "password", "", { autocomplete: "current-password" })];
+    root().replaceChildren(h("div", { class: "pair" }, form("Sign in", fields(), "Sign in", async (d) => {
+        const outcome = await api.signIn(String(d.get("email")), String(d.get("password")));
+        if (outcome === "code_needed")
+            codeScreen();
+        else
+            await enterMain();
+    }), form("Create an account", fields(), "Sign up", async (d) => {
+        await api.signUp(String(d.get("email")), String(d.get("password")));
+        await enterMain();
+    })));
+}
+function codeScreen() {
+    root().replaceChildren(h("div", { class: "pair" }, form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
+        await api.verifyCode(String(d.get("code")));
+        await enterMain();
+    }), form("Lost your authenticator?", [field("recovery", "Recovery code")], "Use recovery code", async (d) => {
+        await api.verifyRecoveryCode(String(d.get("recovery")));
+        await enterMain();
+    })));
+}
+function lockScreen() {
+    state.locked = true;
+    root().replaceChildren(form("Lockstep is locked", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code" })], "Unlock", async (d) => {
+        if (await api.unlock(String(d.get("code")))) {
+            state.locked = false;
+            state.lastActivity = Date.now();
+            render();
+        }
+        else {
+            throw new Error("That code is not valid (or was already used): try the next one");
+        }
+    }));
+}
+// ---- the main window ----
+async function refresh() {
+    try {
+        const [status, account, settings] = await Promise.all([api.status(), api.account(), api.settings()]);
+        state.status = status;
+        state.account = account;
+        state.settings = settings;
+    }
+    catch (e) {
+        if (isError(e) && e.code === "signed_out")
+            return authScreen();
+        if (isError(e) && e.code === "code_needed")
+            return codeScreen();
+        if (isError(e) && e.code === "offline") {
+            state.settings = await api.settings();
+            state.status = await api.status();
+        }
+        else
+            throw e;
+    }
+    applyTheme();
+    render();
+}
+async function enterMain() {
+    await refresh();
+    const account = state.account;
+    const required = state.settings.find((s) => s.key === "security.require_code_on_unlock")?.value === true;
+    if (account?.offline_codes && required)
+        lockScreen();
+}
+function header() {
+    const s = state.status;
+    const paused = s?.connection === "Paused";
+    return h("header", {}, h("strong", { class: "brand" }, "Lockstep"), h("span", { class: `pill ${s?.live ? "live" : ""}`, id: "connection", "aria-live": "polite" }, s?.connection ?? "…"), h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"), h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`), h("button", { onclick: () => void api.syncNow() }, "Sync now"), h("button", { onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"));
+}
+function banner() {
+    if (!state.account || state.account.email_verified)
+        return null;
+    return h("div", { class: "banner", id: "verify-banner", role: "status" }, `Verify your email: we sent a link to ${state.account.email}.`);
+}
+function nav() {
+    const tab = (view, text) => h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; render(); } }, text);
+    return h("nav", { role: "tablist" }, tab("settings", "Settings"), tab("security", "Security"), tab("devices", "Devices"), tab("activity", "Activity"));
+}
+function provenance(s) {
+    const who = s.changed_by ? `${s.changed_by}, ${s.changed_at ? ago(Date.parse(s.changed_at), Date.now()) : ""}` : "default";
+    return h("small", { class: "muted" }, s.pending ? "waiting to sync" : `Last changed: ${who}`);
+}
+function deviceOnlyToggle(s) {
+    const id = `only-${s.key}`;
+    return h("span", { class: "only" }, h("input", { type: "checkbox", id, checked: s.device_only, onchange: async (e) => { await guard(api.setDeviceOnly(s.key, e.target.checked)); } }), h("label", { for: id }, "This device only"));
+}
+async function guard(p) {
+    try {
+        await p;
+    }
+    catch (e) {
+        toast(message(e));
+    }
+    await refresh();
+}
+function settingRow(s) {
+    const id = `setting-${s.key}`;
+    let control;
+    if (s.key === "appearance.theme") {
+        control = h("select", { id, onchange: (e) => void guard(api.setSetting(s.key, e.target.value)) }, ...["system", "light", "dark"].map((v) => h("option", { value: v, selected: s.value === v }, v[0].toUpperCase() + v.slice(1))));
+    }
+    else if (typeof s.value === "boolean") {
+        control = h("input", { id, type: "checkbox", checked: s.value, onchange: (e) => void guard(api.setSetting(s.key, e.target.checked)) });
+    }
+    else if (typeof s.value === "number") {
+        control = h("input", { id, type: "number", min: "0", max: "1440", value: String(s.value), onchange: (e) => void guard(api.setSetting(s.key, Number(e.target.value))) });
+    }
+    else if (s.sensitive) {
+        const shown = state.revealed.has(s.key);
+        control = h("span", {}, h("code", { id }, shown ? String(s.value) : mask(String(s.value ?? ""))), h("button", { onclick: () => { if (shown)
+                state.revealed.delete(s.key);
+            else
+                state.revealed.add(s.key); render(); } }, shown ? "Hide" : "Reveal"), h("button", { onclick: () => void guard(api.resetSetting(s.key)) }, "Remove"));
+    }
+    else if (s.key === "dashboard.layout") {
+        control = layoutEditor(s);
+    }
+    else {
+        control = h("code", { id }, JSON.stringify(s.value));
+    }
+    return h("div", { class: "setting" }, h("label", { for: id }, label(s.key)), control, deviceOnlyToggle(s), provenance(s));
+}
+function layoutEditor(s) {
+    const layout = s.value ?? [];
+    const save = (next) => void guard(api.setSetting(s.key, next));
+    return h("ol", { id: `setting-${s.key}`, class: "layout" }, ...layout.map((w, i) => h("li", {}, h("input", { type: "checkbox", id: `w-${w.widget}`, checked: w.visible, onchange: () => save(toggle(layout, i)) }), h("label", { for: `w-${w.widget}` }, w.widget.replace("_", " ")), h("button", { "aria-label": `Move ${w.widget} up`, disabled: i === 0, onclick: () => save(move(layout, i, -1)) }, "↑"), h("button", { "aria-label": `Move ${w.widget} down`, disabled: i === layout.length - 1, onclick: () => save(move(layout, i, 1)) }, "↓"))));
+}
+function settingsView() {
+    const addKey = form("Add an integration API key", [field("name", "Integration (e.g. github)"), field("key", "API key", "password")], "Save", async (d) => {
+        await api.setSetting(`integrations.${String(d.get("name"))}`, String(d.get("key")));
+        await refresh();
+    });
+    return h("section", { "aria-label": "Settings" }, ...state.settings.filter((s) => !s.key.startsWith("custom.")).map(settingRow), addKey);
+}
+async function securityView() {
+    const section = h("section", { "aria-label": "Security" });
+    const account = state.account;
+    if (!account)
+        return section;
+    if (!account.mfa_enabled) {
+        const area = h("div", {});
+        const start = h("button", { id: "enable-mfa", onclick: async () => {
+                try {
+                    const enrollment = await api.enrollTotp("Authenticator app");
+                    const qr = h("div", { class: "qr", "aria-label": "QR code for your authenticator app" });
+                    qr.innerHTML = enrollment.qr_svg; // SVG markup rendered by the server's qrcode crate
+                    area.replaceChildren(h("p", {}, "Scan this with your authenticator app, or type the key in:"), qr, h("p", {}, h("code", { id: "totp-secret" }, enrollment.secret)), form("Confirm with a code", [field("code", "Code from the app", "text", "", { inputmode: "numeric", id: "f-confirm-code" })], "Turn on", async (d) => {
+                        const codes = await api.confirmEnrollment(String(d.get("code")));
+                        area.replaceChildren(h("h3", {}, "Your recovery codes"), h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."), h("pre", { id: "recovery-codes" }, codes.join("\n")), h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")) }, "Copy"), h("button", { onclick: () => { const a = h("a", { href: "data:text/plain," + encodeURIComponent(codes.join("\n")), download: "lockstep-recovery-codes.txt" }); a.click(); } }, "Save as file"), h("button", { onclick: () => void refresh() }, "Done"));
+                    }));
+                }
+                catch (e) {
+                    toast(message(e));
+                }
+            } }, "Turn on two-factor authentication");
+        area.append(start);
+        section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is off"), area));
+    }
+    else {
+        section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is on"), h("p", {}, account.offline_codes ? "This device can check codes offline (app lock)." : "This device does not hold the authenticator secret."), form("Turn it off", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric" })], "Turn off", async (d) => {
+            await api.disableMfa(String(d.get("code")));
+            await refresh();
+        })));
+    }
+    return section;
+}
+async function devicesView() {
+    const list = await api.devices();
+    return h("section", { "aria-label": "Devices" }, h("ul", { class: "devices" }, ...list.map((d) => h("li", { "data-device": d.id }, h("strong", {}, d.name), d.current ? h("span", { class: "pill" }, "This device") : null, h("span", { class: "muted" }, ` ${d.platform || "unknown"} · last seen ${ago(Date.parse(d.last_seen_at), Date.now())}`), h("button", { onclick: async () => { const name = prompt("New name", d.name); if (name)
+            await guard(api.renameDevice(d.id, name)); render(); } }, "Rename"), d.current ? null : h("button", { class: "danger", "data-revoke": d.id, onclick: async () => { await guard(api.revokeDevice(d.id)); render(); } }, "Revoke")))), h("button", { onclick: async () => { await guard(api.signOut("others")); render(); } }, "Sign out everywhere else"), h("button", { class: "danger", onclick: async () => { await api.signOut("this_device"); authScreen(); } }, "Sign out"));
+}
+async function activityView() {
+    const entries = await api.activity();
+    return h("section", { "aria-label": "Activity" }, h("ul", { class: "activity" }, ...entries.map((e) => h("li", {}, h("strong", {}, e.action.replaceAll("_", " ")), ` ${e.device_name ?? ""} `, h("small", { class: "muted" }, `${e.ip_address} · ${new Date(e.created_at).toLocaleString()}`)))), h("h3", {}, "On this device"), h("ul", { id: "event-log" }, ...state.log.map((l) => h("li", {}, l))));
+}
+let rendering = 0;
+async function render() {
+    if (state.locked)
+        return;
+    const ticket = ++rendering;
+    let body;
+    try {
+        body = state.view === "settings" ? settingsView() : state.view === "security" ? await securityView() : state.view === "devices" ? await devicesView() : await activityView();
+    }
+    catch (e) {
+        body = h("p", { class: "error" }, message(e));
+    }
+    if (ticket !== rendering)
+        return;
+    root().replaceChildren(header(), banner() ?? "", nav(), h("main", {}, body));
+}
+function onEngineEvent(event) {
+    if (event.kind === "status") {
+        state.status = event;
+        if (!state.locked)
+            document.querySelector("header")?.replaceWith(header());
+        if (event.connection === "Signed out")
+            authScreen();
+        if (event.connection === "Code needed")
+            codeScreen();
+        return;
+    }
+    const text = describe(event);
+    if (text) {
+        state.log.unshift(text);
+        state.log = state.log.slice(0, 50);
+        if (event.kind !== "remote_change")
+            toast(text);
+    }
+    void refresh();
+}
+async function start() {
+    const launch = await api.launch();
+    document.title = `Lockstep (${launch.profile})`;
+    for (const p of launch.problems)
+        toast(p);
+    if (!launch.connected)
+        return connectScreen(launch);
+    try {
+        await api.account();
+        await enterMain();
+    }
+    catch (e) {
+        if (isError(e) && e.code === "code_needed")
+            codeScreen();
+        else if (isError(e) && e.code === "offline")
+            await enterMain();
+        else
+            authScreen();
+    }
+}
+// The app lock: after `security.lock_after_minutes` without input, if this device holds the
+// authenticator secret.
+for (const type of ["keydown", "pointerdown", "wheel"]) {
+    window.addEventListener(type, () => (state.lastActivity = Date.now()), { passive: true });
+}
+setInterval(() => {
+    const minutes = Number(state.settings.find((s) => s.key === "security.lock_after_minutes")?.value ?? 0);
+    if (!state.locked && state.account?.offline_codes && minutes > 0 && Date.now() - state.lastActivity > minutes * 60_000) {
+        lockScreen();
+    }
+}, 5_000);
+window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
+/** Shows an error the window could not recover from, instead of a blank window. */
+function fatal(e) {
+    root().replaceChildren(h("div", { class: "card", role: "alert" }, h("h2", {}, "Something went wrong"), h("p", { class: "error" }, message(e))));
+}
+window.addEventListener("unhandledrejection", (e) => fatal(e.reason));
+try {
+    onEvent(onEngineEvent);
+    start().catch(fatal);
+}
+catch (e) {
+    fatal(e);
+}

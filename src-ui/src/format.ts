@@ -1,0 +1,104 @@
+// View logic with no DOM and no IPC, so it is unit-tested with `node --test`.
+
+/** A setting's name as people say it. */
+export function label(key: string): string {
+  const known: Record<string, string> = {
+    "appearance.theme": "Theme",
+    "notifications.desktop": "Desktop notifications",
+    "notifications.remote_changes": "Notify me of changes made elsewhere",
+    "notifications.security_events": "Notify me of security events",
+    "security.lock_after_minutes": "Lock after inactivity (minutes, 0 = never)",
+    "security.require_code_on_unlock": "Ask for a code when the app starts",
+    "dashboard.layout": "Dashboard layout",
+  };
+  if (key in known) return known[key];
+  if (key.startsWith("integrations.")) return `API key: ${key.slice("integrations.".length)}`;
+  return key;
+}
+
+/** "3 min ago", "just now", "2 h ago", or a date. */
+export function ago(thenMs: number | null, nowMs: number): string {
+  if (thenMs === null) return "never";
+  const s = Math.max(0, Math.round((nowMs - thenMs) / 1000));
+  if (s < 10) return "just now";
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return new Date(thenMs).toISOString().slice(0, 10);
+}
+
+/** An API key shown masked: the last four characters only. */
+export function mask(secret: string): string {
+  if (secret.length <= 4) return "••••";
+  return "••••••••" + secret.slice(-4);
+}
+
+export interface Widget {
+  widget: string;
+  visible: boolean;
+}
+
+/** The layout with widget `index` moved by `delta` (-1 up, +1 down); unchanged at the ends. */
+export function move(layout: Widget[], index: number, delta: number): Widget[] {
+  const target = index + delta;
+  if (index < 0 || index >= layout.length || target < 0 || target >= layout.length) {
+    return layout.slice();
+  }
+  const next = layout.slice();
+  const [item] = next.splice(index, 1);
+  next.splice(target, 0, item);
+  return next;
+}
+
+/** The layout with widget `index` shown or hidden. */
+export function toggle(layout: Widget[], index: number): Widget[] {
+  return layout.map((w, i) => (i === index ? { ...w, visible: !w.visible } : w));
+}
+
+/** The theme to apply: `light` or `dark` (a `system` choice follows the OS). */
+export function effectiveTheme(choice: unknown, systemDark: boolean): "light" | "dark" {
+  if (choice === "light" || choice === "dark") return choice;
+  return systemDark ? "dark" : "light";
+}
+
+/** A one-line description of an engine event for the in-app log. */
+export function describe(event: { kind: string } & Record<string, unknown>): string {
+  const on = (d: unknown) => (typeof d === "string" && d ? ` on ${d}` : "");
+  switch (event.kind) {
+    case "remote_change":
+      return `${label(String(event.key))} changed${on(event.device_name)}`;
+    case "superseded":
+      return `Your change to ${label(String(event.key))} was replaced by a newer one${on(event.winner_device)}`;
+    case "security":
+      return securityText(String(event.event), event.device_name as string | null, event.detail as string | null);
+    case "problem":
+      return String(event.message);
+    default:
+      return "";
+  }
+}
+
+export function securityText(name: string, device: string | null, detail: string | null): string {
+  const on = device ? ` on ${device}` : "";
+  const by = device ? ` by ${device}` : "";
+  switch (name) {
+    case "email_verified":
+      return "Your email address is verified";
+    case "email_changed":
+      return `Your email address is now ${detail ?? ""}`;
+    case "mfa_enabled":
+      return `Two-factor authentication was turned on${on}`;
+    case "mfa_disabled":
+      return `An authenticator was removed${on}`;
+    case "device_signed_in":
+      return `${device ?? "A new device"} signed in`;
+    case "device_revoked":
+      return `${detail ?? "A device"} was signed out${by}`;
+    case "step_up_required":
+      return "Enter a code from your authenticator to keep syncing";
+    case "signed_out":
+      return `This device was signed out${by}`;
+    default:
+      return detail ? `${name}: ${detail}` : name;
+  }
+}

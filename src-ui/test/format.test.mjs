@@ -1,0 +1,54 @@
+// Unit tests of the window's view logic (compiled by `npm test` first).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ago, describe, effectiveTheme, label, mask, move, toggle } from "../dist/js/format.js";
+
+test("settings have human labels", () => {
+  assert.equal(label("appearance.theme"), "Theme");
+  assert.equal(label("integrations.github"), "API key: github");
+  assert.equal(label("custom.x"), "custom.x");
+});
+
+test("times read as people say them", () => {
+  const now = 1_000_000_000;
+  assert.equal(ago(null, now), "never");
+  assert.equal(ago(now - 2_000, now), "just now");
+  assert.equal(ago(now - 90_000, now), "1 min ago");
+  assert.equal(ago(now - 3 * 3_600_000, now), "3 h ago");
+});
+
+test("API keys are masked but for their last four characters", () => {
+  assert.equal(mask("ghp_abcdef1234"), "••••••••1234");
+  assert.equal(mask("abc"), "••••");
+});
+
+test("dashboard widgets move and hide", () => {
+  const layout = [
+    { widget: "sync_status", visible: true },
+    { widget: "devices", visible: true },
+    { widget: "security", visible: true },
+  ];
+  assert.deepEqual(move(layout, 1, -1).map((w) => w.widget), ["devices", "sync_status", "security"]);
+  assert.deepEqual(move(layout, 0, -1), layout, "the first cannot move up");
+  assert.deepEqual(move(layout, 2, 1), layout, "the last cannot move down");
+  assert.equal(toggle(layout, 1)[1].visible, false);
+  assert.equal(layout[1].visible, true, "the input is not changed");
+});
+
+test("the theme follows the choice, or the system", () => {
+  assert.equal(effectiveTheme("dark", false), "dark");
+  assert.equal(effectiveTheme("light", true), "light");
+  assert.equal(effectiveTheme("system", true), "dark");
+  assert.equal(effectiveTheme(undefined, false), "light");
+});
+
+test("events are described with the device", () => {
+  assert.equal(
+    describe({ kind: "remote_change", key: "appearance.theme", device_name: "Work laptop" }),
+    "Theme changed on Work laptop",
+  );
+  assert.equal(
+    describe({ kind: "security", event: "signed_out", device_name: "Desk", detail: null }),
+    "This device was signed out by Desk",
+  );
+});

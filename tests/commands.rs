@@ -1,0 +1,231 @@
+//! The shell's command layer under `tauri::test` (mock runtime, no window), against a real
+//! lockstep-cloud on loopback: two app instances (two profiles) of one user, driven through the
+//! same IPC commands the window calls.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use lockstep_core::{engine::EngineEvent, keychain::Keychain};
+use lockstep_desktop::{
+    dto::EventDto,
+    shell::{Launch, Shell},
+};
+use serde_json::{Value, json};
+use tauri::{
+    Manager, WebviewWindow,
+    ipc::{CallbackFn, InvokeBody},
+    test::{INVOKE_KEY, MockRuntime, get_ipc_response, mock_builder, mock_context, noop_assets},
+    webview::InvokeRequest,
+};
+
+/// A lockstep-cloud on its own runtime and thread, in a temporary directory.
+struct Cloud {
+    server: lockstep_cloud::embedded::EmbeddedCloud,
+    _dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    fn start() -> Cloud {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            lockstep_cloud::embedded::EmbeddedCloud::start(dir.path(), Arc::new(|c| c.dev = true))
+                .unwrap();
+        Cloud { server, _dir: dir }
+    }
+}
+
+/// One app instance: its mock window and the engine events its shell forwarded.
+struct Instance {
+    window: WebviewWindow<MockRuntime>,
+    events: Arc<Mutex<Vec<EventDto>>>,
+    _app: tauri::App<MockRuntime>,
+}
+
+impl Instance {
+    fn start(base: &Path, profile: &str) -> Instance {
+        Keychain::use_mock_store();
+        let launch = Launch {
+            profile: profile.into(),
+            base_dir: base.to_owned(),
+            server_url: None,
+            anon_key: None,
+            device_name: None,
+        };
+        let app = mock_builder()
+            .manage(Shell::new(launch))
+            .invoke_handler(lockstep_desktop::handler!())
+            .build(mock_context(noop_assets()))
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        app.state::<Shell>()
+            .set_sink(Arc::new(move |_, event: &EngineEvent| {
+                seen.lock().unwrap().push(EventDto::from(event));
+            }));
+        let window = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .unwrap();
+        Instance {
+            window,
+            events,
+            _app: app,
+        }
+    }
+
+    fn call(&self, cmd: &str, args: Value) -> Result<Value, Value> {
+        let request = InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: "tauri://localhost".parse().unwrap(),
+            body: InvokeBody::Json(args),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        };
+        get_ipc_response(&self.window, request).map(|body| body.deserialize::<Value>().unwrap())
+    }
+
+    fn ok(&self, cmd: &str, args: Value) -> Value {
+        self.call(cmd, args.clone())
+            .unwrap_or_else(|e| panic!("{cmd} {args}: {e}"))
+    }
+
+    /// Waits (up to 20 s) until `pred` holds for some forwarded event.
+    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| pred(&serde_json::to_value(e).unwrap()));
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}; saw {:?}",
+                self.events.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn setting(&self, key: &str) -> Value {
+        let all = self.ok("settings", json!({}));
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+        + &format!("-{:?}", Instant::now()).replace(|c: char| !c.is_ascii_alphanumeric(), "")[..6]
+}
+
+#[test]
+fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let a = Instance::start(base.path(), &unique("app-a"));
+    let b = Instance::start(base.path(), &unique("app-b"));
+
+    // First run: not connected; commands that need a profile say so by code.
+    let launched = a.ok("launch", json!({}));
+    assert_eq!(launched["connected"], false);
+    let err = a.call("settings", json!({})).unwrap_err();
+    assert_eq!(err["code"], "not_connected", "{err}");
+    let bad = a
+        .call(
+            "connect",
+            json!({"serverUrl": "ftp://x", "anonKey": "k", "deviceName": "A"}),
+        )
+        .unwrap_err();
+    assert_eq!(bad["code"], "invalid");
+
+    a.ok("connect", json!({"serverUrl": cloud.server.url, "anonKey": cloud.server.anon_key, "deviceName": "Work laptop"}));
+    b.ok("connect", json!({"serverUrl": cloud.server.url, "anonKey": cloud.server.anon_key, "deviceName": "Home desktop"}));
+    a.ok(
+        "sign_up",
+        json!({"email": "ada@example.com", "password": "Correct horse 42"}),
+    );
+    assert_eq!(
+        b.ok(
+            "sign_in",
+            json!({"email": "ada@example.com", "password": "Correct horse 42"})
+        ),
+        "done"
+    );
+    let account = a.ok("account", json!({}));
+    assert_eq!(
+        account["email_verified"], false,
+        "the banner shows until the link is opened"
+    );
+    assert_eq!(account["device_name"], "Work laptop");
+    a.wait_event("A live", |e| {
+        e["kind"] == "status" && e["connection"] == "Live"
+    });
+    b.wait_event("B live", |e| {
+        e["kind"] == "status" && e["connection"] == "Live"
+    });
+
+    // A change of theme on A reaches B, with the device's name.
+    a.ok(
+        "set_setting",
+        json!({"key": "appearance.theme", "value": "dark"}),
+    );
+    b.wait_event("the theme change", |e| {
+        e["kind"] == "remote_change"
+            && e["key"] == "appearance.theme"
+            && e["new"] == "dark"
+            && e["device_name"] == "Work laptop"
+    });
+    let theme = b.setting("appearance.theme");
+    assert_eq!(theme["value"], "dark");
+    assert_eq!(theme["changed_by"], "Work laptop");
+    // Invalid values are refused with a code the UI can act on.
+    let refused = a
+        .call(
+            "set_setting",
+            json!({"key": "appearance.theme", "value": "blue"}),
+        )
+        .unwrap_err();
+    assert_eq!(refused["code"], "invalid");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("appearance.theme"),
+        "{refused}"
+    );
+    // API keys are flagged sensitive for masking.
+    a.ok(
+        "set_setting",
+        json!({"key": "integrations.github", "value": "ghp_shell_test"}),
+    );
+    assert_eq!(a.setting("integrations.github")["sensitive"], true);
+
+    // Devices: both listed, this one marked; A revokes B, and B learns it is signed out.
+    let devices = a.ok("devices", json!({}));
+    let list = devices.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{devices}");
+    let b_id = list.iter().find(|d| d["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.ok("revoke_device", json!({"deviceId": b_id}));
+    b.wait_event("the sign-out", |e| {
+        e["kind"] == "security" && e["event"] == "signed_out" && e["device_name"] == "Work laptop"
+    });
+    let after = b.call("account", json!({})).unwrap_err();
+    assert_eq!(after["code"], "signed_out", "{after}");
+}
