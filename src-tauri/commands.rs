@@ -25,6 +25,20 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// Who wrote a synced value, as the UI shows it.
+fn changed_by(
+    engine: &lockstep_core::engine::Engine,
+    row: &lockstep_protocol::sync::SettingRow,
+) -> String {
+    if row.device_id == engine.profile().device.id {
+        "this device".to_owned()
+    } else {
+        row.device_name
+            .clone()
+            .unwrap_or_else(|| row.device_id.clone())
+    }
+}
+
 /// How this instance started; opens the profile if it was set up before.
 #[tauri::command]
 pub async fn launch(shell: State<'_, Shell>) -> Answer<LaunchDto> {
@@ -133,9 +147,7 @@ pub async fn settings(shell: State<'_, Shell>) -> Answer<Vec<SettingDto>> {
             SettingDto {
                 device_only: engine.is_device_only(&key),
                 sensitive: settings::is_sensitive(&key),
-                changed_by: row
-                    .as_ref()
-                    .map(|r| r.device_name.clone().unwrap_or_else(|| r.device_id.clone())),
+                changed_by: row.as_ref().map(|r| changed_by(&engine, r)),
                 changed_at: row.as_ref().map(|r| rfc3339(r.updated_at)),
                 pending: engine.is_pending(&key),
                 value: Some(value),

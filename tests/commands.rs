@@ -192,6 +192,7 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
     let theme = b.setting("appearance.theme");
     assert_eq!(theme["value"], "dark");
     assert_eq!(theme["changed_by"], "Work laptop");
+    assert_eq!(a.setting("appearance.theme")["changed_by"], "this device");
     // Invalid values are refused with a code the UI can act on.
     let refused = a
         .call(

@@ -11,7 +11,8 @@
 //! - [`live`]: the live loop: change stream, reconnects, polling fallback, revocation.
 //! - [`account`]: sign-up, sign-in, two-factor authentication, devices, activity.
 //! - [`totp`]: checking a code offline against the keychain's secret (app lock).
-//! - [`profile`]: a device identity and its directory; [`transfer`]: export and import.
+//! - [`profile`]: a device identity and its directory; [`transfer`]: export and import;
+//!   [`typed`]: the known settings as typed keys.
 //!
 //! It knows nothing of Tauri or of any UI: front ends consume its API and its event channel.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod session;
 pub mod store;
 pub mod totp;
 pub mod transfer;
+pub mod typed;
 
 /// Now, in Unix milliseconds.
 pub fn clock_ms() -> i64 {
