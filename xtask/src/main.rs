@@ -4,7 +4,7 @@
 //! Debian-like systems), so on a fresh machine with only the Rust toolchain
 //! these work out of the box:
 //!
-//! - `cargo xtask run`: the cloud server in development mode;
+//! - `cargo xtask run`: the cloud server in development mode, and the desktop app against it;
 //! - `cargo xtask test`: formatting, clippy, docs and every test, against a
 //!   throwaway PostgreSQL cluster and a private gnome-keyring (this is what
 //!   CI runs);
@@ -34,14 +34,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Build and run the cloud server in development mode on 127.0.0.1:54321.
+    /// Build and run the cloud server in development mode on 127.0.0.1:54321, and the desktop
+    /// app against it (`--devices N` for N instances, each its own device).
     ///
-    /// Its data lives in `.lockstep-dev/cloud` at the repository root.
-    Run {
-        /// Extra arguments for `lockstep-cloud`, after `--`.
-        #[arg(last = true, value_name = "SERVER_ARGS")]
-        server_args: Vec<String>,
-    },
+    /// The server's data lives in `.lockstep-dev/cloud` at the repository root, the app's
+    /// profiles in `.lockstep-dev/app`.
+    Run(server::Args),
     /// Run everything CI runs: fmt, clippy, docs and all tests against a throwaway PostgreSQL.
     Test(test::Args),
     /// Start a throwaway PostgreSQL for running `cargo test` by hand; Ctrl-D stops it.
@@ -51,7 +49,7 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Run { server_args } => server::run(&server_args),
+        Task::Run(args) => server::run(&args),
         Task::Test(args) => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Postgres => postgres_task().map(|()| ExitCode::SUCCESS),
     };
