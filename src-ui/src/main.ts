@@ -67,8 +67,8 @@ function form(title: string, fields: HTMLElement[], submit: string, action: (dat
 }
 
 function field(name: string, text: string, type = "text", value = "", extra: Attrs = {}): HTMLElement {
-  const id = `f-${name}`;
-  return h("p", {}, h("label", { for: id }, text), h("input", { id, name, type, value, required: true, ...extra }));
+  const id = typeof extra.id === "string" ? extra.id : `f-${name}`;
+  return h("p", {}, h("label", { for: id }, text), h("input", { name, type, value, required: true, ...extra, id }));
 }
 
 // ---- screens before the main window ----
@@ -92,15 +92,19 @@ function connectScreen(prefill: { server_url: string | null; anon_key: string | 
 }
 
 function authScreen(): void {
-  const fields = () => [field("email", "Email", "email", "", { autocomplete: "username" }), field("password", "Password", "password", "", { autocomplete: "current-password" })];
+  // Each form's fields get their own ids (`f-signin-email`, `f-signup-email`, …).
+  const fields = (prefix: string) => [
+    field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
+    field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password` }),
+  ];
   root().replaceChildren(
     h("div", { class: "pair" },
-      form("Sign in", fields(), "Sign in", async (d) => {
+      form("Sign in", fields("signin"), "Sign in", async (d) => {
         const outcome = await api.signIn(String(d.get("email")), String(d.get("password")));
         if (outcome === "code_needed") codeScreen();
         else await enterMain();
       }),
-      form("Create an account", fields(), "Sign up", async (d) => {
+      form("Create an account", fields("signup"), "Sign up", async (d) => {
         await api.signUp(String(d.get("email")), String(d.get("password")));
         await enterMain();
       }),
@@ -146,6 +150,9 @@ async function refresh(): Promise<void> {
     state.status = status;
     state.account = account;
     state.settings = settings;
+    // The engine's state wins over whatever view was asked for.
+    if (status.connection === "Code needed") return codeScreen();
+    if (status.connection === "Signed out") return authScreen();
   } catch (e) {
     if (isError(e) && e.code === "signed_out") return authScreen();
     if (isError(e) && e.code === "code_needed") return codeScreen();

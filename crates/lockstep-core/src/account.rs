@@ -66,6 +66,16 @@ fn has_verified_totp(user: &User) -> Option<String> {
 impl Engine {
     async fn installed(&self, session: &Session) -> Result<(), EngineError> {
         self.session().install(session).await?;
+        // What the status said (signed out, a code needed) no longer holds; the live loop,
+        // woken now, says what does.
+        self.update_status(|s| {
+            if matches!(
+                s.connection,
+                Connection::SignedOut | Connection::StepUpRequired
+            ) {
+                s.connection = Connection::Connecting;
+            }
+        });
         self.kick();
         Ok(())
     }

@@ -62,8 +62,8 @@ function form(title, fields, submit, action) {
     return f;
 }
 function field(name, text, type = "text", value = "", extra = {}) {
-    const id = `f-${name}`;
-    return h("p", {}, h("label", { for: id }, text), h("input", { id, name, type, value, required: true, ...extra }));
+    const id = typeof extra.id === "string" ? extra.id : `f-${name}`;
+    return h("p", {}, h("label", { for: id }, text), h("input", { name, type, value, required: true, ...extra, id }));
 }
 // ---- screens before the main window ----
 function connectScreen(prefill) {
@@ -77,14 +77,18 @@ function connectScreen(prefill) {
     }));
 }
 function authScreen() {
-    const fields = () => [field("email", "Email", "email", "", { autocomplete: "username" }), field("password", "Password", "password", "", { autocomplete: "current-password" })];
-    root().replaceChildren(h("div", { class: "pair" }, form("Sign in", fields(), "Sign in", async (d) => {
+    // Each form's fields get their own ids (`f-signin-email`, `f-signup-email`, …).
+    const fields = (prefix) => [
+        field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
+        field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password` }),
+    ];
+    root().replaceChildren(h("div", { class: "pair" }, form("Sign in", fields("signin"), "Sign in", async (d) => {
         const outcome = await api.signIn(String(d.get("email")), String(d.get("password")));
         if (outcome === "code_needed")
             codeScreen();
         else
             await enterMain();
-    }), form("Create an account", fields(), "Sign up", async (d) => {
+    }), form("Create an account", fields("signup"), "Sign up", async (d) => {
         await api.signUp(String(d.get("email")), String(d.get("password")));
         await enterMain();
     })));
@@ -118,6 +122,11 @@ async function refresh() {
         state.status = status;
         state.account = account;
         state.settings = settings;
+        // The engine's state wins over whatever view was asked for.
+        if (status.connection === "Code needed")
+            return codeScreen();
+        if (status.connection === "Signed out")
+            return authScreen();
     }
     catch (e) {
         if (isError(e) && e.code === "signed_out")
