@@ -28,6 +28,8 @@ const state = {
   revealed: new Set<string>(),
   locked: false,
   lastActivity: Date.now(),
+  /** Recovery codes just created: shown until the user is done with them (never stored). */
+  recoveryCodes: null as string[] | null,
 };
 
 const root = () => document.getElementById("app") as HTMLElement;
@@ -264,6 +266,16 @@ async function securityView(): Promise<HTMLElement> {
   const section = h("section", { "aria-label": "Security" });
   const account = state.account;
   if (!account) return section;
+  const codes = state.recoveryCodes;
+  if (codes) {
+    section.append(h("div", { class: "card" },
+      h("h2", {}, "Your recovery codes"),
+      h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."),
+      h("pre", { id: "recovery-codes" }, codes.join("\n")),
+      h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")) }, "Copy"),
+      h("button", { onclick: () => { const a = h("a", { href: "data:text/plain," + encodeURIComponent(codes.join("\n")), download: "lockstep-recovery-codes.txt" }); a.click(); } }, "Save as file"),
+      h("button", { id: "codes-done", onclick: () => { state.recoveryCodes = null; void render(); } }, "Done")));
+  }
   if (!account.mfa_enabled) {
     const area = h("div", {});
     const start = h("button", { id: "enable-mfa", onclick: async () => {
@@ -275,14 +287,8 @@ async function securityView(): Promise<HTMLElement> {
           h("p", {}, "Scan this with your authenticator app, or type the key in:"), qr,
           h("p", {}, h("code", { id: "totp-secret" }, enrollment.secret)),
           form("Confirm with a code", [field("code", "Code from the app", "text", "", { inputmode: "numeric", id: "f-confirm-code" })], "Turn on", async (d) => {
-            const codes = await api.confirmEnrollment(String(d.get("code")));
-            area.replaceChildren(
-              h("h3", {}, "Your recovery codes"),
-              h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."),
-              h("pre", { id: "recovery-codes" }, codes.join("\n")),
-              h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")) }, "Copy"),
-              h("button", { onclick: () => { const a = h("a", { href: "data:text/plain," + encodeURIComponent(codes.join("\n")), download: "lockstep-recovery-codes.txt" }); a.click(); } }, "Save as file"),
-              h("button", { onclick: () => void refresh() }, "Done"));
+            state.recoveryCodes = await api.confirmEnrollment(String(d.get("code")));
+            await refresh();
           }));
       } catch (e) {
         toast(message(e));

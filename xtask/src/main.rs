@@ -12,6 +12,7 @@
 //!   `cargo test` by hand.
 
 mod cmd;
+mod e2e;
 mod keyring;
 mod postgres;
 mod server;

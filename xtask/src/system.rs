@@ -25,6 +25,12 @@ pub const TEST_TOOLS: &[Package] = &[
     Package::binary("dbus-run-session", "dbus"),
     Package::binary("gnome-keyring-daemon", "gnome-keyring"),
     Package::binary("gdbus", "libglib2.0-bin"),
+    // The desktop app's end-to-end test: a virtual display, WebKitGTK's WebDriver, a screenshot
+    // tool, and a mock notification daemon on the session bus.
+    Package::binary("xvfb-run", "xvfb"),
+    Package::binary("WebKitWebDriver", "webkit2gtk-driver"),
+    Package::binary("import", "imagemagick"),
+    Package::check(has_dbusmock, "python3-dbusmock"),
     // The window's view logic is unit-tested with Node's test runner after `tsc`.
     Package::binary("node", "nodejs"),
     Package::binary("npm", "npm"),
@@ -43,6 +49,11 @@ pub const BUILD: &[Package] = &[
     Package::deb("librsvg2-dev"),
     Package::deb("libsoup-3.0-dev"),
 ];
+
+/// Whether Debian's Python has `dbusmock` (the end-to-end test runs `/usr/bin/python3`).
+fn has_dbusmock() -> bool {
+    cmd::output(Command::new("/usr/bin/python3").args(["-c", "import dbusmock"])).is_ok()
+}
 
 /// How to tell whether a package is already installed.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Result, anyhow};
 
 use crate::postgres::{self, Cluster};
-use crate::{cmd, keyring, system};
+use crate::{cmd, e2e, keyring, system};
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
@@ -78,12 +78,16 @@ pub fn run(args: &Args) -> Result<()> {
         }
     };
 
+    let driver = e2e::tauri_driver()?;
     let mut test = cmd::cargo();
     test.args(["test", "--workspace", "--locked"])
         .args(&args.cargo_test_args)
         .env(postgres::URL_VAR, url)
         .env(REQUIRE_POSTGRES_VAR, "1")
-        .env(keyring::REQUIRE_VAR, "1");
+        .env(keyring::REQUIRE_VAR, "1")
+        .env(e2e::DRIVER_VAR, driver)
+        .env(e2e::REQUIRE_VAR, "1");
+    let test = e2e::on_virtual_display(&test);
     Stage::new("cargo test", keyring::wrap(&test)?).run()?;
 
     for stage in ui_stages() {

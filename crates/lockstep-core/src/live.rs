@@ -168,6 +168,10 @@ impl Backoff {
 }
 
 async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Receiver<Control>) {
+    // rustls wants one process-wide crypto provider; where several are compiled in (the desktop
+    // app's dependencies bring more than one) it cannot pick, so pick ring, unless the program
+    // chose already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let transport = match launchdarkly_sdk_transport::HyperTransport::builder()
         .connect_timeout(Duration::from_secs(10))
         .build_https()

@@ -1,0 +1,383 @@
+//! End to end: two instances of the desktop app (two profiles: two devices of one account) in
+//! real windows, driven through their UI over WebDriver (`tauri-driver` in front of
+//! `WebKitWebDriver`), against a real lockstep-cloud; desktop notifications are recorded by
+//! python-dbusmock's notification daemon on the session bus. A screenshot of each step is saved
+//! under `target/e2e/`.
+//!
+//! `cargo xtask test` provides what this needs (a display from Xvfb, a D-Bus session with an
+//! unlocked gnome-keyring, `tauri-driver` in `$LOCKSTEP_TAURI_DRIVER`) and sets
+//! `LOCKSTEP_REQUIRE_E2E=1`; without them a plain `cargo test` skips it with a message.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use lockstep_cloud::embedded::EmbeddedCloud;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "Correct horse 42";
+
+/// Why the test cannot run here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    if std::env::var_os("DISPLAY").is_none() {
+        return Some("no DISPLAY (run under xvfb-run, as cargo xtask test does)".into());
+    }
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
+        return Some("no D-Bus session bus".into());
+    }
+    if which("WebKitWebDriver").is_none() {
+        return Some("no WebKitWebDriver (Debian package webkit2gtk-driver)".into());
+    }
+    if tauri_driver().is_none() {
+        return Some("no tauri-driver (set LOCKSTEP_TAURI_DRIVER)".into());
+    }
+    None
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn tauri_driver() -> Option<PathBuf> {
+    std::env::var_os("LOCKSTEP_TAURI_DRIVER")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| which("tauri-driver"))
+}
+
+/// Kills a child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One app instance behind its own tauri-driver (one WebDriver session per driver).
+struct Instance {
+    name: &'static str,
+    client: Client,
+    _driver: Guard,
+}
+
+impl Instance {
+    async fn start(
+        name: &'static str,
+        profile: &str,
+        device_name: &str,
+        cloud: &EmbeddedCloud,
+        home: &Path,
+    ) -> Instance {
+        let (port, native) = (free_port(), free_port());
+        let driver = Command::new(tauri_driver().unwrap())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
+            .env("LOCKSTEP_HOME", home)
+            .env("LOCKSTEP_SERVER", &cloud.url)
+            .env("LOCKSTEP_ANON_KEY", &cloud.anon_key)
+            .env("NO_AT_BRIDGE", "1")
+            .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
+            .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1")
+            .env("LIBGL_ALWAYS_SOFTWARE", "1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let driver = Guard(driver);
+        wait_port(port);
+        let application = env!("CARGO_BIN_EXE_lockstep-desktop");
+        let capabilities = json!({
+            "tauri:options": {
+                "application": application,
+                "args": ["--profile", profile, "--device-name", device_name],
+            }
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let client = ClientBuilder::rustls()
+            .unwrap()
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: no WebDriver session: {e}"));
+        Instance {
+            name,
+            client,
+            _driver: driver,
+        }
+    }
+
+    async fn wait(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no {css}: {e}", self.name))
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("{}: click {css}: {e}", self.name));
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let field = self.wait(css).await;
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.wait(css).await.text().await.unwrap()
+    }
+
+    /// Waits until the JavaScript expression `js` is true in the window.
+    async fn until(&self, js: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self
+                .client
+                .execute(&format!("return !!({js});"), vec![])
+                .await
+                .unwrap();
+            if value == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not {what} within 30 s",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Saves a screenshot of the display. Taken by X11 (`import -window root`): WebKitWebDriver's
+    /// own screenshot never answers under Xvfb without compositing.
+    async fn shot(&self, step: &str) {
+        // Bring this instance's window to the front first.
+        let _ = self
+            .client
+            .execute("window.focus(); return true;", vec![])
+            .await;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{step}.png"));
+        let status = Command::new("import")
+            .args(["-window", "root"])
+            .arg(&path)
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "{}: screenshot {step} failed",
+            self.name
+        );
+    }
+}
+
+/// The code of `secret` `offset` steps from now.
+fn code(secret: &str, offset: i64) -> String {
+    let now = lockstep_core::clock_ms() / 1000 + offset * 30;
+    lockstep_core::totp::code_at(secret, u64::try_from(now).unwrap()).unwrap()
+}
+
+/// Waits until the notification daemon's log mentions `text`.
+fn wait_notification(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        if logged.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notification {text:?}; the daemon saw:\n{logged}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_in_real_windows() {
+    if let Some(why) = missing_prerequisite() {
+        assert!(
+            std::env::var("LOCKSTEP_REQUIRE_E2E").map_or(true, |v| v != "1"),
+            "LOCKSTEP_REQUIRE_E2E=1 but {why}"
+        );
+        println!("skipped: {why}");
+        return;
+    }
+    // The WebDriver connection is plain HTTP on loopback, but fantoccini's TLS stack wants a
+    // crypto provider chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = tempfile::tempdir().unwrap();
+    let cloud = EmbeddedCloud::start(data.path(), Arc::new(|c| c.dev = true)).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let notify_log = home.path().join("notifications.log");
+    let _notifications = Guard(
+        Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "dbusmock",
+                "--session",
+                "--template",
+                "notification_daemon",
+                "--logfile",
+            ])
+            .arg(&notify_log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3-dbusmock"),
+    );
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let email = format!("e2e-{suffix}@example.com");
+    let a = Instance::start(
+        "A",
+        &format!("e2e-a-{suffix}"),
+        "Work laptop",
+        &cloud,
+        home.path(),
+    )
+    .await;
+
+    // A: connect (prefilled), sign up; the banner asks to verify the email.
+    a.wait("#f-server").await;
+    a.shot("01-a-connect").await;
+    a.click(r#"form[aria-label="Connect to your Lockstep server"] button[type="submit"]"#)
+        .await;
+    a.fill("#f-signup-email", &email).await;
+    a.fill("#f-signup-password", PASSWORD).await;
+    a.click(r#"form[aria-label="Create an account"] button[type="submit"]"#)
+        .await;
+    a.wait("#verify-banner").await;
+    a.shot("02-a-signed-up").await;
+
+    // The link from the dev mailbox, opened elsewhere (a browser): A's banner goes by itself.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mail: Value = http
+        .get(format!("{}/dev/mailbox?to={email}", cloud.url))
+        .header("apikey", &cloud.anon_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = mail[0]["links"][0].as_str().unwrap().to_owned();
+    assert!(
+        http.get(link)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_redirection()
+    );
+    a.until(
+        "!document.getElementById('verify-banner')",
+        "the banner gone",
+    )
+    .await;
+    a.shot("03-a-verified").await;
+    wait_notification(&notify_log, "is confirmed");
+
+    // B: a second device signs in.
+    let b = Instance::start(
+        "B",
+        &format!("e2e-b-{suffix}"),
+        "Home desktop",
+        &cloud,
+        home.path(),
+    )
+    .await;
+    b.click(r#"form[aria-label="Connect to your Lockstep server"] button[type="submit"]"#)
+        .await;
+    b.fill("#f-signin-email", &email).await;
+    b.fill("#f-signin-password", PASSWORD).await;
+    b.click(r#"form[aria-label="Sign in"] button[type="submit"]"#)
+        .await;
+    b.wait("#tab-settings").await;
+    b.until(
+        "document.documentElement.dataset.theme !== 'dark'",
+        "not dark yet",
+    )
+    .await;
+    b.shot("04-b-signed-in").await;
+
+    // A sets the theme to dark: B's window turns dark, and B's desktop tells who did it.
+    a.click(r#"[id="setting-appearance.theme"] option[value="dark"]"#)
+        .await;
+    b.until("document.documentElement.dataset.theme === 'dark'", "dark")
+        .await;
+    b.shot("05-b-dark").await;
+    wait_notification(&notify_log, "Theme set to Dark on Work laptop");
+
+    // A turns two-factor authentication on with a code from the shown secret.
+    a.click("#tab-security").await;
+    a.click("#enable-mfa").await;
+    let secret = a.text("#totp-secret").await;
+    a.fill("#f-confirm-code", &code(&secret, 0)).await;
+    a.click(r#"form[aria-label="Confirm with a code"] button[type="submit"]"#)
+        .await;
+    a.wait("#recovery-codes").await;
+    a.shot("06-a-mfa-on").await;
+
+    // B is asked for a code, and accepts one (the next step's: A's is spent).
+    b.wait("#f-code").await;
+    b.shot("07-b-code-needed").await;
+    b.fill("#f-code", &code(&secret, 1)).await;
+    b.click(r#"form[aria-label="Two-factor authentication"] button[type="submit"]"#)
+        .await;
+    b.wait("#tab-settings").await;
+    b.shot("08-b-stepped-up").await;
+
+    // A revokes B: B is back at the sign-in screen.
+    a.click("#tab-devices").await;
+    a.click("button[data-revoke]").await;
+    b.wait("#f-signin-email").await;
+    b.shot("09-b-revoked").await;
+    a.shot("10-a-devices").await;
+
+    a.client.close().await.unwrap();
+    b.client.close().await.unwrap();
+}
