@@ -86,12 +86,18 @@ fn free_port() -> u16 {
 struct Instance {
     name: &'static str,
     client: Client,
+    /// Where its window sits on the virtual display (side by side, so screenshots show it).
+    left: u32,
     _driver: Guard,
 }
+
+/// The windows' size on the virtual display (`cargo xtask test` makes it 2160 × 800).
+const WINDOW: (u32, u32) = (1040, 720);
 
 impl Instance {
     async fn start(
         name: &'static str,
+        left: u32,
         profile: &str,
         device_name: &str,
         cloud: &EmbeddedCloud,
@@ -133,38 +139,64 @@ impl Instance {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .unwrap_or_else(|e| panic!("{name}: no WebDriver session: {e}"));
+        client
+            .set_window_rect(left, 0, WINDOW.0, WINDOW.1)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: could not place the window: {e}"));
         Instance {
             name,
             client,
+            left,
             _driver: driver,
         }
     }
 
-    async fn wait(&self, css: &str) -> fantoccini::elements::Element {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{}: no {css}: {e}", self.name))
+    /// Retries `action` on the element matching `css` until it succeeds, for up to 30 s: the
+    /// window re-renders as events arrive, so an element can be missing for a moment or go
+    /// stale between finding and using it.
+    async fn retry<T, F, Fut>(&self, css: &str, what: &str, action: F) -> T
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let error = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => match action(element).await {
+                    Ok(value) => return value,
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "{}: could not {what} {css} within 30 s: {error}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait(&self, css: &str) {
+        self.retry(css, "find", |_| async { Ok(()) }).await;
     }
 
     async fn click(&self, css: &str) {
-        self.wait(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("{}: click {css}: {e}", self.name));
+        self.retry(css, "click", |e| async move { e.click().await.map(drop) })
+            .await;
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let field = self.wait(css).await;
-        field.clear().await.unwrap();
-        field.send_keys(text).await.unwrap();
+        self.retry(css, "fill", |e| async move {
+            e.clear().await?;
+            e.send_keys(text).await
+        })
+        .await;
     }
 
     async fn text(&self, css: &str) -> String {
-        self.wait(css).await.text().await.unwrap()
+        self.retry(css, "read", |e| async move { e.text().await })
+            .await
     }
 
     /// Waits until the JavaScript expression `js` is true in the window.
@@ -188,21 +220,18 @@ impl Instance {
         }
     }
 
-    /// Saves a screenshot of the display. Taken by X11 (`import -window root`): WebKitWebDriver's
-    /// own screenshot never answers under Xvfb without compositing.
+    /// Saves a screenshot of this instance's window: the part of the display where it sits,
+    /// taken by X11 (`import`), since WebKitWebDriver's own screenshot never answers under Xvfb
+    /// without compositing.
     async fn shot(&self, step: &str) {
-        // Bring this instance's window to the front first.
-        let _ = self
-            .client
-            .execute("window.focus(); return true;", vec![])
-            .await;
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target")
             .join("e2e");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{step}.png"));
+        let crop = format!("{}x{}+{}+0", WINDOW.0, WINDOW.1, self.left);
         let status = Command::new("import")
-            .args(["-window", "root"])
+            .args(["-window", "root", "-crop", &crop])
             .arg(&path)
             .status();
         assert!(
@@ -271,6 +300,7 @@ async fn two_devices_in_real_windows() {
     let email = format!("e2e-{suffix}@example.com");
     let a = Instance::start(
         "A",
+        0,
         &format!("e2e-a-{suffix}"),
         "Work laptop",
         &cloud,
@@ -324,6 +354,7 @@ async fn two_devices_in_real_windows() {
     // B: a second device signs in.
     let b = Instance::start(
         "B",
+        1100,
         &format!("e2e-b-{suffix}"),
         "Home desktop",
         &cloud,

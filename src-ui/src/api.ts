@@ -61,6 +61,32 @@ export const api = {
   pauseSync: (paused: boolean) => invoke<null>("pause_sync", { paused }),
 };
 
+/**
+ * The window's own local state (the last view), in tauri-plugin-store's file for this profile.
+ * Nothing here must survive a crash (the plugin's save is not atomic): that is the engine's.
+ */
+export const uiState = (() => {
+  let rid: Promise<number> | null = null;
+  const store = () => {
+    if (!rid) throw new Error("uiState.open first");
+    return rid;
+  };
+  return {
+    open(profile: string): void {
+      rid = invoke<number>("plugin:store|load", { path: `ui-state-${profile}.json` });
+    },
+    async get<T>(key: string): Promise<T | null> {
+      const [value, exists] = await invoke<[T | null, boolean]>("plugin:store|get", { rid: await store(), key });
+      return exists ? value : null;
+    },
+    async set(key: string, value: unknown): Promise<void> {
+      const id = await store();
+      await invoke<null>("plugin:store|set", { rid: id, key, value });
+      await invoke<null>("plugin:store|save", { rid: id });
+    },
+  };
+})();
+
 export function onEvent(handler: (event: EventDto) => void): void {
   void window.__TAURI__.event.listen<EventDto>("lockstep://event", (e) => handler(e.payload));
 }

@@ -98,7 +98,29 @@ export function securityText(name: string, device: string | null, detail: string
       return "Enter a code from your authenticator to keep syncing";
     case "signed_out":
       return `This device was signed out${by}`;
+    case "mfa":
+      return mfaText(detail) + on;
     default:
       return detail ? `${name}: ${detail}` : name;
+  }
+}
+
+/** A two-factor event (an audit action) as people say it. */
+function mfaText(action: string | null): string {
+  switch (action) {
+    case "recovery_codes_generated":
+      return "New recovery codes were created";
+    case "recovery_code_used":
+      return "A recovery code was used";
+    case "recovery_codes_deleted":
+      return "The recovery codes were deleted";
+    case "mfa_verification_failed":
+      return "A wrong two-factor code was entered";
+    case "mfa_locked_out":
+      return "Too many wrong codes: two-factor authentication is locked for a few minutes";
+    case "mfa_secret_handed_over":
+      return "The authenticator secret was copied to a device";
+    default:
+      return `Two-factor authentication: ${action ?? "changed"}`;
   }
 }

@@ -2,7 +2,7 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 
-import { api, isError, onEvent, type AccountDto, type EventDto, type SettingDto, type StatusDto } from "./api.js";
+import { api, isError, onEvent, uiState, type AccountDto, type EventDto, type SettingDto, type StatusDto } from "./api.js";
 import { ago, describe, effectiveTheme, label, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
@@ -30,6 +30,8 @@ const state = {
   lastActivity: Date.now(),
   /** Recovery codes just created: shown until the user is done with them (never stored). */
   recoveryCodes: null as string[] | null,
+  /** The device being renamed (its id), if any. */
+  renaming: null as string | null,
 };
 
 const root = () => document.getElementById("app") as HTMLElement;
@@ -194,7 +196,7 @@ function banner(): HTMLElement | null {
 
 function nav(): HTMLElement {
   const tab = (view: View, text: string) =>
-    h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; render(); } }, text);
+    h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; void uiState.set("view", view).catch(() => undefined); render(); } }, text);
   return h("nav", { role: "tablist" }, tab("settings", "Settings"), tab("security", "Security"), tab("devices", "Devices"), tab("activity", "Activity"));
 }
 
@@ -314,7 +316,13 @@ async function devicesView(): Promise<HTMLElement> {
     h("ul", { class: "devices" }, ...list.map((d) => h("li", { "data-device": d.id },
       h("strong", {}, d.name), d.current ? h("span", { class: "pill" }, "This device") : null,
       h("span", { class: "muted" }, ` ${d.platform || "unknown"} · last seen ${ago(Date.parse(d.last_seen_at), Date.now())}`),
-      h("button", { onclick: async () => { const name = prompt("New name", d.name); if (name) await guard(api.renameDevice(d.id, name)); render(); } }, "Rename"),
+      state.renaming === d.id
+        ? form(`Rename ${d.name}`, [field("device-name", "New name", "text", d.name, { id: `rename-${d.id}` })], "Save", async (data) => {
+            await api.renameDevice(d.id, String(data.get("device-name")));
+            state.renaming = null;
+            await render();
+          })
+        : h("button", { onclick: () => { state.renaming = d.id; render(); } }, "Rename"),
       d.current ? null : h("button", { class: "danger", "data-revoke": d.id, onclick: async () => { await guard(api.revokeDevice(d.id)); render(); } }, "Revoke")))),
     h("button", { onclick: async () => { await guard(api.signOut("others")); render(); } }, "Sign out everywhere else"),
     h("button", { class: "danger", onclick: async () => { await api.signOut("this_device"); authScreen(); } }, "Sign out"));
@@ -362,6 +370,9 @@ function onEngineEvent(event: EventDto): void {
 async function start(): Promise<void> {
   const launch = await api.launch();
   document.title = `Lockstep (${launch.profile})`;
+  uiState.open(launch.profile);
+  const lastView = await uiState.get<View>("view").catch(() => null);
+  if (lastView === "settings" || lastView === "security" || lastView === "devices" || lastView === "activity") state.view = lastView;
   for (const p of launch.problems) toast(p);
   if (!launch.connected) return connectScreen(launch);
   try {

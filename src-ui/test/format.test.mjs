@@ -51,4 +51,8 @@ test("events are described with the device", () => {
     describe({ kind: "security", event: "signed_out", device_name: "Desk", detail: null }),
     "This device was signed out by Desk",
   );
+  assert.equal(
+    describe({ kind: "security", event: "mfa", device_name: "Desk", detail: "recovery_code_used" }),
+    "A recovery code was used on Desk",
+  );
 });

@@ -48,7 +48,8 @@ pub fn tauri_driver() -> Result<PathBuf> {
 pub fn on_virtual_display(inner: &Command) -> Command {
     let mut wrapped = Command::new("xvfb-run");
     wrapped
-        .args(["-a", "-s", "-screen 0 1280x800x24"])
+        // Wide enough for the end-to-end test's two windows side by side.
+        .args(["-a", "-s", "-screen 0 2160x800x24"])
         .arg(inner.get_program())
         .args(inner.get_args());
     if let Some(dir) = inner.get_current_dir() {

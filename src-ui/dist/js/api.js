@@ -32,6 +32,32 @@ export const api = {
     syncNow: () => invoke("sync_now"),
     pauseSync: (paused) => invoke("pause_sync", { paused }),
 };
+/**
+ * The window's own local state (the last view), in tauri-plugin-store's file for this profile.
+ * Nothing here must survive a crash (the plugin's save is not atomic): that is the engine's.
+ */
+export const uiState = (() => {
+    let rid = null;
+    const store = () => {
+        if (!rid)
+            throw new Error("uiState.open first");
+        return rid;
+    };
+    return {
+        open(profile) {
+            rid = invoke("plugin:store|load", { path: `ui-state-${profile}.json` });
+        },
+        async get(key) {
+            const [value, exists] = await invoke("plugin:store|get", { rid: await store(), key });
+            return exists ? value : null;
+        },
+        async set(key, value) {
+            const id = await store();
+            await invoke("plugin:store|set", { rid: id, key, value });
+            await invoke("plugin:store|save", { rid: id });
+        },
+    };
+})();
 export function onEvent(handler) {
     void window.__TAURI__.event.listen("lockstep://event", (e) => handler(e.payload));
 }

@@ -1,7 +1,7 @@
 // The Lockstep window: connect, sign in, settings, security, devices, activity, app lock.
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
-import { api, isError, onEvent } from "./api.js";
+import { api, isError, onEvent, uiState } from "./api.js";
 import { ago, describe, effectiveTheme, label, mask, move, toggle } from "./format.js";
 function h(tag, attrs = {}, ...children) {
     const el = document.createElement(tag);
@@ -29,6 +29,8 @@ const state = {
     lastActivity: Date.now(),
     /** Recovery codes just created: shown until the user is done with them (never stored). */
     recoveryCodes: null,
+    /** The device being renamed (its id), if any. */
+    renaming: null,
 };
 const root = () => document.getElementById("app");
 function message(e) {
@@ -163,7 +165,7 @@ function banner() {
     return h("div", { class: "banner", id: "verify-banner", role: "status" }, `Verify your email: we sent a link to ${state.account.email}.`);
 }
 function nav() {
-    const tab = (view, text) => h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; render(); } }, text);
+    const tab = (view, text) => h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; void uiState.set("view", view).catch(() => undefined); render(); } }, text);
     return h("nav", { role: "tablist" }, tab("settings", "Settings"), tab("security", "Security"), tab("devices", "Devices"), tab("activity", "Activity"));
 }
 function provenance(s) {
@@ -260,8 +262,13 @@ async function securityView() {
 }
 async function devicesView() {
     const list = await api.devices();
-    return h("section", { "aria-label": "Devices" }, h("ul", { class: "devices" }, ...list.map((d) => h("li", { "data-device": d.id }, h("strong", {}, d.name), d.current ? h("span", { class: "pill" }, "This device") : null, h("span", { class: "muted" }, ` ${d.platform || "unknown"} · last seen ${ago(Date.parse(d.last_seen_at), Date.now())}`), h("button", { onclick: async () => { const name = prompt("New name", d.name); if (name)
-            await guard(api.renameDevice(d.id, name)); render(); } }, "Rename"), d.current ? null : h("button", { class: "danger", "data-revoke": d.id, onclick: async () => { await guard(api.revokeDevice(d.id)); render(); } }, "Revoke")))), h("button", { onclick: async () => { await guard(api.signOut("others")); render(); } }, "Sign out everywhere else"), h("button", { class: "danger", onclick: async () => { await api.signOut("this_device"); authScreen(); } }, "Sign out"));
+    return h("section", { "aria-label": "Devices" }, h("ul", { class: "devices" }, ...list.map((d) => h("li", { "data-device": d.id }, h("strong", {}, d.name), d.current ? h("span", { class: "pill" }, "This device") : null, h("span", { class: "muted" }, ` ${d.platform || "unknown"} · last seen ${ago(Date.parse(d.last_seen_at), Date.now())}`), state.renaming === d.id
+        ? form(`Rename ${d.name}`, [field("device-name", "New name", "text", d.name, { id: `rename-${d.id}` })], "Save", async (data) => {
+            await api.renameDevice(d.id, String(data.get("device-name")));
+            state.renaming = null;
+            await render();
+        })
+        : h("button", { onclick: () => { state.renaming = d.id; render(); } }, "Rename"), d.current ? null : h("button", { class: "danger", "data-revoke": d.id, onclick: async () => { await guard(api.revokeDevice(d.id)); render(); } }, "Revoke")))), h("button", { onclick: async () => { await guard(api.signOut("others")); render(); } }, "Sign out everywhere else"), h("button", { class: "danger", onclick: async () => { await api.signOut("this_device"); authScreen(); } }, "Sign out"));
 }
 async function activityView() {
     const entries = await api.activity();
@@ -306,6 +313,10 @@ function onEngineEvent(event) {
 async function start() {
     const launch = await api.launch();
     document.title = `Lockstep (${launch.profile})`;
+    uiState.open(launch.profile);
+    const lastView = await uiState.get("view").catch(() => null);
+    if (lastView === "settings" || lastView === "security" || lastView === "devices" || lastView === "activity")
+        state.view = lastView;
     for (const p of launch.problems)
         toast(p);
     if (!launch.connected)
