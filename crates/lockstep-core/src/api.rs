@@ -391,17 +391,9 @@ fn server_error(status: StatusCode, body: &[u8]) -> ApiError {
     }
 }
 
+/// Percent-encodes `s` for a header value or a query parameter (RFC 3986 unreserved kept).
 fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    urlencoding::encode(s).into_owned()
 }
 
 #[cfg(test)]

@@ -483,12 +483,6 @@ impl Engine {
         Ok(report)
     }
 
-    /// Saves the cache (with its cursor) now; a failure is reported, not fatal (the cache is
-    /// rebuilt from the server if it is lost).
-    pub(crate) fn persist_cache(&self) {
-        self.save_cache();
-    }
-
     /// Whether a session check is due (see [`Local::session_check`]).
     pub(crate) fn session_check_due(&self) -> bool {
         self.lock().session_check.is_some()
@@ -504,7 +498,9 @@ impl Engine {
         self.kick.notify_one();
     }
 
-    fn save_cache(&self) {
+    /// Saves the cache (with its cursor) now; a failure is reported, not fatal (the cache is
+    /// rebuilt from the server if it is lost).
+    pub(crate) fn save_cache(&self) {
         let local = self.lock();
         if let Err(error) = local.store.save_cache(&local.cache) {
             drop(local);

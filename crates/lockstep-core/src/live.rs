@@ -476,7 +476,7 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
             "change" => match serde_json::from_str::<ChangeEvent>(&event.data) {
                 Ok(change) => {
                     engine.apply_change(change);
-                    engine.persist_cache();
+                    engine.save_cache();
                     if engine.session_check_due() {
                         return StreamEnd::SessionEnded;
                     }
