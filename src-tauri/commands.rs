@@ -13,7 +13,7 @@ use tauri::State;
 use crate::{
     dto::{
         AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorCode, ErrorDto, LaunchDto,
-        SettingDto, SignInDto, StatusDto,
+        SetAsideDto, SettingDto, SignInDto, StatusDto,
     },
     shell::Shell,
 };
@@ -155,6 +155,27 @@ pub async fn settings(shell: State<'_, Shell>) -> Answer<Vec<SettingDto>> {
             }
         })
         .collect())
+}
+
+/// The edits the server refused for good.
+#[tauri::command]
+pub async fn set_aside(shell: State<'_, Shell>) -> Answer<Vec<SetAsideDto>> {
+    let engine = shell.engine().await?;
+    Ok(engine.set_aside().iter().map(SetAsideDto::from).collect())
+}
+
+/// Sends the refused edit of `key` (all when `None`) again; answers how many.
+#[tauri::command]
+pub async fn retry_set_aside(shell: State<'_, Shell>, key: Option<String>) -> Answer<u32> {
+    let released = shell.engine().await?.retry_set_aside(key.as_deref())?;
+    Ok(u32::try_from(released).unwrap_or(u32::MAX))
+}
+
+/// Gives up on the refused edit of `key` (all when `None`); answers how many.
+#[tauri::command]
+pub async fn drop_set_aside(shell: State<'_, Shell>, key: Option<String>) -> Answer<u32> {
+    let dropped = shell.engine().await?.drop_set_aside(key.as_deref())?;
+    Ok(u32::try_from(dropped).unwrap_or(u32::MAX))
 }
 
 #[tauri::command]

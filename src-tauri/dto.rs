@@ -102,6 +102,8 @@ dto! {
         pub connection: String,
         pub live: bool,
         pub pending: u32,
+        /// Edits the server refused for good, kept aside (listed by `set_aside`).
+        pub set_aside: u32,
         /// Unix milliseconds.
         #[ts(type = "number | null")]
         pub last_synced_ms: Option<i64>,
@@ -114,6 +116,7 @@ impl From<&SyncStatus> for StatusDto {
             connection: status.connection.label().to_owned(),
             live: status.connection == Connection::Live,
             pending: u32::try_from(status.pending).unwrap_or(u32::MAX),
+            set_aside: u32::try_from(status.set_aside).unwrap_or(u32::MAX),
             last_synced_ms: status.last_synced_ms,
         }
     }
@@ -194,6 +197,30 @@ dto! {
 }
 
 dto! {
+    /// An edit the server refused for good.
+    pub struct SetAsideDto {
+        pub key: String,
+        /// As shown (sensitive values redacted); `null` for a reset.
+        pub value: Option<Value>,
+        pub reason: String,
+        /// Unix milliseconds.
+        #[ts(type = "number")]
+        pub refused_at_ms: i64,
+    }
+}
+
+impl From<&lockstep_core::engine::SetAsideEdit> for SetAsideDto {
+    fn from(edit: &lockstep_core::engine::SetAsideEdit) -> SetAsideDto {
+        SetAsideDto {
+            key: edit.key.clone(),
+            value: edit.value.clone(),
+            reason: edit.reason.clone(),
+            refused_at_ms: edit.refused_at_ms,
+        }
+    }
+}
+
+dto! {
     pub struct ActivityDto {
         pub action: String,
         pub device_name: Option<String>,
@@ -221,6 +248,8 @@ dto! {
             winner_device: Option<String>,
         },
         Status(StatusDto),
+        /// The server refused an edit for good; it is kept aside and the rest syncs.
+        SetAside { key: String, reason: String },
         Security { event: String, device_name: Option<String>, detail: Option<String> },
         Problem { message: String },
     }
@@ -250,6 +279,10 @@ impl From<&EngineEvent> for EventDto {
                     .or_else(|| Some(winner.device_id.clone())),
             },
             EngineEvent::Status(status) => EventDto::Status(status.into()),
+            EngineEvent::SetAside { key, reason } => EventDto::SetAside {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
             EngineEvent::Security(security) => {
                 let (event, device_name, detail) = security_parts(security);
                 EventDto::Security {

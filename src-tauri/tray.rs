@@ -13,11 +13,20 @@ use crate::{dto::StatusDto, shell::Shell};
 
 const TRAY_ID: &str = "lockstep";
 
-/// The tooltip for a status: `Lockstep: Live`, `Lockstep: Offline (3 pending)`.
+/// The tooltip for a status: `Lockstep: Live`, `Lockstep: Offline (3 pending)`,
+/// `Lockstep: Live (1 not synced: refused)`.
 pub fn tooltip(status: &StatusDto) -> String {
-    match status.pending {
-        0 => format!("Lockstep: {}", status.connection),
-        n => format!("Lockstep: {} ({n} pending)", status.connection),
+    let mut notes = Vec::new();
+    if status.pending > 0 {
+        notes.push(format!("{} pending", status.pending));
+    }
+    if status.set_aside > 0 {
+        notes.push(format!("{} not synced: refused", status.set_aside));
+    }
+    if notes.is_empty() {
+        format!("Lockstep: {}", status.connection)
+    } else {
+        format!("Lockstep: {} ({})", status.connection, notes.join(", "))
     }
 }
 
@@ -123,11 +132,17 @@ mod tests {
             connection: "Live".into(),
             live: true,
             pending: 0,
+            set_aside: 0,
             last_synced_ms: None,
         };
         assert_eq!(tooltip(&status), "Lockstep: Live");
         status.connection = "Offline".into();
         status.pending = 3;
         assert_eq!(tooltip(&status), "Lockstep: Offline (3 pending)");
+        status.set_aside = 1;
+        assert_eq!(
+            tooltip(&status),
+            "Lockstep: Offline (3 pending, 1 not synced: refused)"
+        );
     }
 }

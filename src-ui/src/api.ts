@@ -8,11 +8,12 @@ import type { EnrollmentDto } from "./bindings/EnrollmentDto";
 import type { ErrorDto } from "./bindings/ErrorDto";
 import type { EventDto } from "./bindings/EventDto";
 import type { LaunchDto } from "./bindings/LaunchDto";
+import type { SetAsideDto } from "./bindings/SetAsideDto";
 import type { SettingDto } from "./bindings/SettingDto";
 import type { SignInDto } from "./bindings/SignInDto";
 import type { StatusDto } from "./bindings/StatusDto";
 
-export type { AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorDto, EventDto, LaunchDto, SettingDto, StatusDto };
+export type { AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorDto, EventDto, LaunchDto, SetAsideDto, SettingDto, StatusDto };
 
 interface TauriGlobal {
   core: { invoke<T>(cmd: string, args?: Record<string, unknown>): Promise<T> };
@@ -47,6 +48,9 @@ export const api = {
   settings: () => invoke<SettingDto[]>("settings"),
   setSetting: (key: string, value: unknown) => invoke<null>("set_setting", { key, value }),
   resetSetting: (key: string) => invoke<null>("reset_setting", { key }),
+  setAside: () => invoke<SetAsideDto[]>("set_aside"),
+  retrySetAside: (key: string | null) => invoke<number>("retry_set_aside", { key }),
+  dropSetAside: (key: string | null) => invoke<number>("drop_set_aside", { key }),
   setDeviceOnly: (key: string, deviceOnly: boolean) => invoke<null>("set_device_only", { key, deviceOnly }),
   enrollTotp: (friendlyName: string) => invoke<EnrollmentDto>("enroll_totp", { friendlyName }),
   confirmEnrollment: (code: string) => invoke<string[]>("confirm_enrollment", { code }),

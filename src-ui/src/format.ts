@@ -71,6 +71,8 @@ export function describe(event: { kind: string } & Record<string, unknown>): str
       return `Your change to ${label(String(event.key))} was replaced by a newer one${on(event.winner_device)}`;
     case "security":
       return securityText(String(event.event), event.device_name as string | null, event.detail as string | null);
+    case "set_aside":
+      return `The server refused your change to ${label(String(event.key))}: ${String(event.reason)}. It is kept aside; the rest keeps syncing`;
     case "problem":
       return String(event.message);
     default:

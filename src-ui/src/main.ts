@@ -2,7 +2,7 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 
-import { api, isError, onEvent, uiState, type AccountDto, type EventDto, type SettingDto, type StatusDto } from "./api.js";
+import { api, isError, onEvent, uiState, type AccountDto, type EventDto, type SetAsideDto, type SettingDto, type StatusDto } from "./api.js";
 import { ago, describe, effectiveTheme, label, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
@@ -24,6 +24,8 @@ const state = {
   status: null as StatusDto | null,
   account: null as AccountDto | null,
   settings: [] as SettingDto[],
+  /** Edits the server refused for good (kept aside until retried or dropped). */
+  setAside: [] as SetAsideDto[],
   log: [] as string[],
   revealed: new Set<string>(),
   locked: false,
@@ -150,8 +152,9 @@ function lockScreen(): void {
 
 async function refresh(): Promise<void> {
   try {
-    const [status, account, settings] = await Promise.all([api.status(), api.account(), api.settings()]);
+    const [status, account, settings, setAside] = await Promise.all([api.status(), api.account(), api.settings(), api.setAside()]);
     state.status = status;
+    state.setAside = setAside;
     state.account = account;
     state.settings = settings;
     // The engine's state wins over whatever view was asked for.
@@ -192,6 +195,18 @@ function header(): HTMLElement {
 function banner(): HTMLElement | null {
   if (!state.account || state.account.email_verified) return null;
   return h("div", { class: "banner", id: "verify-banner", role: "status" }, `Verify your email: we sent a link to ${state.account.email}.`);
+}
+
+/** The edits the server refused: what, why, and a way to send them again or let them go. */
+function refusedBanner(): HTMLElement | null {
+  if (state.setAside.length === 0) return null;
+  const n = state.setAside.length;
+  return h("div", { class: "banner", id: "set-aside", role: "alert" },
+    h("strong", {}, n === 1 ? "1 change could not be synced" : `${n} changes could not be synced`),
+    h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${label(e.key)}: ${e.reason}`))),
+    h("button", { id: "set-aside-retry", onclick: async () => { await guard(api.retrySetAside(null)); } }, "Try again"),
+    h("button", { id: "set-aside-drop", onclick: async () => { await guard(api.dropSetAside(null)); } }, "Discard"),
+  );
 }
 
 function nav(): HTMLElement {
@@ -347,7 +362,7 @@ async function render(): Promise<void> {
     body = h("p", { class: "error" }, message(e));
   }
   if (ticket !== rendering) return;
-  root().replaceChildren(header(), banner() ?? "", nav(), h("main", {}, body));
+  root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body));
 }
 
 function onEngineEvent(event: EventDto): void {

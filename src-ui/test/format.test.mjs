@@ -56,3 +56,10 @@ test("events are described with the device", () => {
     "A recovery code was used on Desk",
   );
 });
+
+test("a refused edit says what was refused, why, and that the rest syncs", () => {
+  const text = describe({ kind: "set_aside", key: "appearance.theme", reason: "hlc is too far ahead" });
+  assert.match(text, /Theme/);
+  assert.match(text, /too far ahead/);
+  assert.match(text, /rest keeps syncing/);
+});

@@ -9,13 +9,15 @@
 //!   throwaway PostgreSQL cluster and a private gnome-keyring (this is what
 //!   CI runs);
 //! - `cargo xtask postgres`: that throwaway cluster on its own, for running
-//!   `cargo test` by hand.
+//!   `cargo test` by hand;
+//! - `cargo xtask sim`: the sync engine's deterministic simulation, long and in release mode.
 
 mod cmd;
 mod e2e;
 mod keyring;
 mod postgres;
 mod server;
+mod sim;
 mod system;
 mod test;
 
@@ -45,6 +47,9 @@ enum Task {
     Test(test::Args),
     /// Start a throwaway PostgreSQL for running `cargo test` by hand; Ctrl-D stops it.
     Postgres,
+    /// Run the sync engine's deterministic simulation (many seeded schedules of edits and
+    /// faults against real engines and a real server) and print its figures.
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Task::Run(args) => server::run(&args),
         Task::Test(args) => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Postgres => postgres_task().map(|()| ExitCode::SUCCESS),
+        Task::Sim(args) => sim::run(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

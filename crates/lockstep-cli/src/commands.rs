@@ -5,7 +5,7 @@ use std::{future::Future, path::Path, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use lockstep_core::{
     account::{SignIn, SignOutScope},
-    engine::{Engine, EngineError, EngineEvent, SyncReport},
+    engine::{Engine, EngineError, EngineEvent, SyncReport, describe_set_aside},
     feed::{self, SecurityEvent},
     keychain::Keychain,
     live::{self, LiveOptions},
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::{
-    Cli, Command, MfaCommand, OnOff,
+    Cli, Command, MfaCommand, OnOff, SetAsideCommand,
     exit::{self, CliError},
     input,
     output::{self, Out},
@@ -99,6 +99,7 @@ async fn dispatch(command: Command, engine: &Arc<Engine>, out: Out) -> anyhow::R
             Ok(())
         }
         Command::Sync => sync(engine, out).await,
+        Command::SetAside(command) => set_aside(engine, out, command).await,
         Command::Watch {
             poll_interval_ms,
             stream_url,
@@ -189,6 +190,7 @@ fn report_json(report: &SyncReport) -> Value {
         "superseded": report.superseded,
         "remote_changes": report.remote_changes,
         "full_pull": report.full_pull,
+        "set_aside": report.set_aside,
     })
 }
 
@@ -199,7 +201,14 @@ fn report_line(report: &SyncReport) -> String {
         report.superseded,
         report.remote_changes,
         if report.full_pull { " (full pull)" } else { "" }
-    )
+    ) + &if report.set_aside > 0 {
+        format!(
+            "; {} edit(s) refused by the server and kept aside (see `lockstep status`)",
+            report.set_aside
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// The first sync after signing in or stepping up.
@@ -304,6 +313,7 @@ async fn status(engine: &Engine, out: Out) -> anyhow::Result<()> {
         }
     }
     let pending = engine.pending();
+    let set_aside = engine.set_aside();
     let last_synced_ms = engine.status().borrow().last_synced_ms;
     let json = json!({
         "profile": profile.name,
@@ -318,6 +328,7 @@ async fn status(engine: &Engine, out: Out) -> anyhow::Result<()> {
         "offline_code_check": offline_secret,
         "devices": devices,
         "pending": pending,
+        "set_aside": set_aside,
         "last_synced_ms": last_synced_ms,
     });
     let mut lines = vec![
@@ -367,6 +378,11 @@ async fn status(engine: &Engine, out: Out) -> anyhow::Result<()> {
         lines.push(format!("devices:     {devices} signed in"));
     }
     lines.push(format!("pending:     {pending} edit(s) not yet synced"));
+    if let Some(summary) = describe_set_aside(&set_aside) {
+        lines.push(format!(
+            "refused:     {summary} (kept; `lockstep set-aside retry` or `lockstep set-aside drop`)"
+        ));
+    }
     lines.push(format!(
         "last synced: {}",
         last_synced_ms.map_or_else(
@@ -476,6 +492,52 @@ async fn push_after_edit(engine: &Engine, out: Out) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => Err(anyhow::Error::from(e).context("saved locally, but not synced")),
+    }
+}
+
+async fn set_aside(engine: &Engine, out: Out, command: SetAsideCommand) -> anyhow::Result<()> {
+    match command {
+        SetAsideCommand::List => {
+            let edits = engine.set_aside();
+            let human = match describe_set_aside(&edits) {
+                None => "no refused edits".to_owned(),
+                Some(_) => edits
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} = {} (edited {}, refused {}): {}",
+                            e.key,
+                            output::show(e.value.as_ref()),
+                            output::time_ms(e.recorded_at_ms),
+                            output::time_ms(e.refused_at_ms),
+                            e.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            out.emit(human, json!({ "set_aside": edits }))?;
+            Ok(())
+        }
+        SetAsideCommand::Retry { key } => {
+            let released = engine.retry_set_aside(key.as_deref())?;
+            out.emit(
+                format!("{released} refused edit(s) queued again"),
+                json!({ "retried": released }),
+            )?;
+            if released > 0 {
+                push_after_edit(engine, out).await?;
+            }
+            Ok(())
+        }
+        SetAsideCommand::Drop { key } => {
+            let dropped = engine.drop_set_aside(key.as_deref())?;
+            out.emit(
+                format!("{dropped} refused edit(s) dropped"),
+                json!({ "dropped": dropped }),
+            )?;
+            Ok(())
+        }
     }
 }
 

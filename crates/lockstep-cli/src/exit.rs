@@ -165,6 +165,7 @@ mod tests {
             status,
             code: code.into(),
             message: "session ended".into(),
+            retry_after_secs: None,
         }
     }
 

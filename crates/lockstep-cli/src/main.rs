@@ -124,6 +124,9 @@ pub enum Command {
     DeviceOnly { key: String, state: OnOff },
     /// Push local edits and pull changes made elsewhere.
     Sync,
+    /// Edits the server refused for good: list them, send them again, or give them up.
+    #[command(subcommand, name = "set-aside")]
+    SetAside(SetAsideCommand),
     /// Stay in sync and print every event until Ctrl-C (or until signed out: exit code 4).
     Watch {
         /// How often to poll when the live stream cannot be used.
@@ -151,6 +154,16 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetAsideCommand {
+    /// List the refused edits with the server's reasons.
+    List,
+    /// Send the refused edits of KEY (all without KEY) again, then sync.
+    Retry { key: Option<String> },
+    /// Give up on the refused edits of KEY (all without KEY): they are removed for good.
+    Drop { key: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]

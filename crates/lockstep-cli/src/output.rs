@@ -116,11 +116,21 @@ pub fn describe_event(event: &EngineEvent) -> String {
         EngineEvent::Status(SyncStatus {
             connection,
             pending,
+            set_aside,
             last_synced_ms,
         }) => format!(
-            "status: {}, {pending} edit(s) pending{}",
+            "status: {}, {pending} edit(s) pending{}{}",
             connection.label(),
+            if *set_aside > 0 {
+                format!(", {set_aside} refused (see `lockstep status`)")
+            } else {
+                String::new()
+            },
             last_synced_ms.map_or_else(String::new, |ms| format!(", last synced {}", time_ms(ms)))
+        ),
+        EngineEvent::SetAside { key, reason } => format!(
+            "the server refused your edit of {key}: {reason}; it is kept aside and the rest \
+             syncs (`lockstep set-aside retry {key}` or `lockstep set-aside drop {key}`)"
         ),
         EngineEvent::Security(event) => describe_security(event),
         EngineEvent::Problem(message) => format!("problem: {message}"),
@@ -200,7 +210,13 @@ pub fn event_json(event: &EngineEvent) -> Value {
             "event": "status",
             "connection": connection_name(&status.connection),
             "pending": status.pending,
+            "set_aside": status.set_aside,
             "last_synced_ms": status.last_synced_ms,
+        }),
+        EngineEvent::SetAside { key, reason } => json!({
+            "event": "set_aside",
+            "key": key,
+            "reason": reason,
         }),
         EngineEvent::Security(event) => security_json(event),
         EngineEvent::Problem(message) => json!({ "event": "problem", "message": message }),
@@ -265,12 +281,22 @@ mod tests {
         let status = EngineEvent::Status(SyncStatus {
             connection: Connection::Live,
             pending: 0,
+            set_aside: 1,
             last_synced_ms: Some(5),
         });
         assert_eq!(
             event_json(&status),
-            json!({"event": "status", "connection": "Live", "pending": 0, "last_synced_ms": 5})
+            json!({"event": "status", "connection": "Live", "pending": 0, "set_aside": 1, "last_synced_ms": 5})
         );
+        let refused = EngineEvent::SetAside {
+            key: "appearance.theme".into(),
+            reason: "no".into(),
+        };
+        assert_eq!(
+            event_json(&refused),
+            json!({"event": "set_aside", "key": "appearance.theme", "reason": "no"})
+        );
+        assert!(describe_event(&refused).contains("set-aside retry appearance.theme"));
         let mfa = EngineEvent::Security(SecurityEvent::MfaEnabled {
             device_name: Some("Phone".into()),
         });

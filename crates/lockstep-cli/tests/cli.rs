@@ -93,6 +93,11 @@ impl Cloud {
         self.server.kill();
     }
 
+    /// Starts the server again on the same port and data.
+    fn restart(&mut self) {
+        self.server.restart().unwrap();
+    }
+
     /// Polls `sql` (one integer) until `done` holds or `secs` pass; returns the last value.
     fn poll_scalar(&self, sql: &str, secs: u64, done: impl Fn(i64) -> bool) -> i64 {
         let url = format!(
@@ -495,6 +500,45 @@ fn signup_set_on_one_profile_watch_on_another() {
     refused.expect_code(3);
     assert!(refused.stderr.contains("appearance.theme"), "{refused}");
     assert!(!refused.stdout.contains("queued"), "{refused}");
+}
+
+/// Regression (issue 10): the same setting edited twice while the server was down used to make
+/// every later `sync` fail with "this key appears more than once in the push", for good.
+#[test]
+fn the_same_setting_edited_twice_offline_syncs_and_later_edits_keep_syncing() {
+    if !keychain_or_skip() {
+        return;
+    }
+    let mut cloud = Cloud::start();
+    let cli = Cli::new(&cloud);
+    let (laptop, desktop) = (unique("laptop"), unique("desktop"));
+    let email = "twice@example.com";
+    signup(&cli, &laptop, email);
+    login(&cli, &desktop, email);
+
+    cloud.kill();
+    for theme in ["dark", "light"] {
+        let set = cli.ok(&laptop, &["set", "appearance.theme", theme]);
+        assert!(set.stdout.contains("saved locally"), "{set}");
+    }
+    cloud.restart();
+
+    let synced = cli.ok(&laptop, &["sync", "--json"]);
+    assert_eq!(synced.last_json()["pushed"], json!(2), "{synced}");
+    cli.ok(&desktop, &["sync"]);
+    for profile in [&laptop, &desktop] {
+        let got = cli.ok(profile, &["get", "appearance.theme", "--json"]);
+        assert_eq!(got.last_json()["value"], json!("light"), "{profile}: {got}");
+    }
+
+    // Later edits of any key keep leaving the device.
+    cli.ok(&laptop, &["set", "notifications.desktop", "false"]);
+    cli.ok(&desktop, &["sync"]);
+    let got = cli.ok(&desktop, &["get", "notifications.desktop", "--json"]);
+    assert_eq!(got.last_json()["value"], json!(false), "{got}");
+    let status = cli.ok(&laptop, &["status", "--json"]);
+    assert_eq!(status.last_json()["pending"], json!(0), "{status}");
+    assert_eq!(status.last_json()["set_aside"], json!([]), "{status}");
 }
 
 #[test]

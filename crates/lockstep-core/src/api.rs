@@ -31,6 +31,8 @@ pub enum ApiError {
         status: u16,
         code: String,
         message: String,
+        /// The `Retry-After` header in seconds, when the server sent one.
+        retry_after_secs: Option<u64>,
     },
     /// The server answered something this client cannot read.
     #[error("unexpected answer from the server: {0}")]
@@ -84,12 +86,42 @@ impl ApiError {
         self.code() == Some("insufficient_aal")
     }
 
-    /// Worth retrying unchanged later (network trouble or a server fault).
+    /// Worth retrying unchanged later: network trouble, a server fault (5xx), a timeout (408)
+    /// or too many requests (429, see [`ApiError::retry_after`]).
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Unreachable(_) => true,
-            ApiError::Server { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Server { status, .. } => *status >= 500 || matches!(*status, 408 | 429),
             ApiError::Decode(_) => false,
+        }
+    }
+
+    /// The server refused the request for good: a 4xx that sending it again unchanged cannot
+    /// fix (schema, limits, a key it no longer accepts). Not a session, token or second-factor
+    /// problem, and not a timeout or rate limit.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ApiError::Server { status, .. } => {
+                (400..500).contains(status)
+                    && !matches!(*status, 401 | 403)
+                    && !self.is_transient()
+                    && !self.is_session_gone()
+                    && !self.is_token_expired()
+                    && !self.needs_second_factor()
+            }
+            _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait before trying again (`Retry-After` on a 429 or
+    /// 503), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Server {
+                retry_after_secs: Some(secs),
+                ..
+            } => Some(Duration::from_secs(*secs)),
+            _ => None,
         }
     }
 }
@@ -156,12 +188,17 @@ impl Client {
             .await
             .map_err(|e| ApiError::Unreachable(e.without_url().to_string()))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let bytes = response
             .bytes()
             .await
             .map_err(|e| ApiError::Unreachable(e.to_string()))?;
         if !status.is_success() {
-            return Err(server_error(status, &bytes));
+            return Err(server_error(status, &bytes, retry_after));
         }
         let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))
@@ -373,7 +410,7 @@ impl Client {
 }
 
 /// Reads either error shape (GoTrue legacy or 2024, PostgREST) into one.
-fn server_error(status: StatusCode, body: &[u8]) -> ApiError {
+fn server_error(status: StatusCode, body: &[u8], retry_after_secs: Option<u64>) -> ApiError {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
     let code = text("error_code")
@@ -388,6 +425,7 @@ fn server_error(status: StatusCode, body: &[u8]) -> ApiError {
         status: status.as_u16(),
         code,
         message,
+        retry_after_secs,
     }
 }
 
@@ -405,6 +443,7 @@ mod tests {
         let legacy = server_error(
             StatusCode::BAD_REQUEST,
             br#"{"code":400,"error_code":"invalid_credentials","msg":"Invalid login credentials"}"#,
+            None,
         );
         assert_eq!(legacy.code(), Some("invalid_credentials"));
         assert_eq!(
@@ -414,11 +453,37 @@ mod tests {
         let rest = server_error(
             StatusCode::FORBIDDEN,
             br#"{"code":"insufficient_aal","message":"verify","details":null,"hint":null}"#,
+            None,
         );
         assert!(rest.needs_second_factor());
-        let empty = server_error(StatusCode::BAD_GATEWAY, b"");
+        let empty = server_error(StatusCode::BAD_GATEWAY, b"", None);
         assert_eq!(empty.code(), Some("http_502"));
         assert!(empty.is_transient());
+    }
+
+    #[test]
+    fn only_a_4xx_that_retrying_cannot_fix_is_a_refusal() {
+        let error = |status: u16, body: &[u8]| {
+            server_error(StatusCode::from_u16(status).unwrap(), body, None)
+        };
+        let schema = error(400, br#"{"code":"22023","message":"appearance.theme: no"}"#);
+        assert!(schema.is_refusal() && !schema.is_transient());
+        assert!(error(409, br#"{"code":"23505","message":"reused"}"#).is_refusal());
+        assert!(error(413, b"").is_refusal());
+        for (status, body) in [
+            (401, &br#"{"code":"PGRST301","message":"JWT expired"}"#[..]),
+            (401, br#"{"code":"PGRST301","message":"the session ended"}"#),
+            (403, br#"{"code":"insufficient_aal","message":"verify"}"#),
+            (408, b""),
+            (429, b""),
+            (500, b""),
+            (503, b""),
+        ] {
+            assert!(!error(status, body).is_refusal(), "{status} {body:?}");
+        }
+        let limited = server_error(StatusCode::TOO_MANY_REQUESTS, b"", Some(7));
+        assert!(limited.is_transient());
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
     }
 
     #[test]

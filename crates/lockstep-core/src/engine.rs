@@ -4,9 +4,15 @@
 //! - [`Engine::set`] validates with the shared schema, stamps the edit with this device's hybrid
 //!   logical clock and appends it to the outbox; it returns only after the outbox is on disk,
 //!   so an acknowledged edit survives a crash.
-//! - [`Engine::sync_once`] pushes the outbox in batches (idempotent on retry: a batch's mutation
-//!   id is derived from its entries) and pulls what changed since the cursor (a full pull on
-//!   first run, after a corrupt cache, or when the server says `must_refetch`).
+//! - [`Engine::sync_once`] pushes the outbox as [planned](crate::plan) (the newest edit of each
+//!   key; idempotent on retry: a push's mutation id is derived from the entries it settles) and
+//!   pulls what changed since the cursor (a full pull on first run, after a corrupt cache, when
+//!   the server says `must_refetch`, or after an edit was set aside).
+//! - A push the server refuses for good (a 4xx that retrying cannot fix) is split to find the
+//!   edit it refuses; that edit is set aside in the outbox (kept, not sent, reported as
+//!   [`EngineEvent::SetAside`] and in [`SyncStatus::set_aside`]) and the rest goes on syncing.
+//!   The user can [retry](Engine::retry_set_aside) or [drop](Engine::drop_set_aside) it; a newer
+//!   edit of the key replaces it. Only network errors, 5xx, 408 and 429 are retried as they are.
 //! - What happened is told on an event channel ([`EngineEvent`]): remote changes (with the
 //!   writing device's name), local edits superseded by newer ones elsewhere, security events,
 //!   status, problems.
@@ -30,7 +36,7 @@ use lockstep_protocol::{
     devices::DeviceInfo,
     hlc::Hlc,
     settings::{self, SettingError},
-    sync::{ChangeEvent, PushRequest, SettingRow},
+    sync::{ChangeEvent, PushResponse, SettingRow},
 };
 use serde_json::Value;
 use tokio::sync::{Notify, broadcast, watch};
@@ -39,12 +45,11 @@ use crate::{
     api::ApiError,
     feed::{self, FeedEffect, SecurityEvent},
     keychain::{Keychain, KeychainError},
+    plan::{self, PlannedPush},
     session::{SessionError, SessionKeeper},
-    store::{CacheData, LoadOutcome, OutboxEntry, ProfileStore, StoreError},
+    store::{CacheData, LoadOutcome, OutboxEntry, ProfileStore, Refusal, StoreError},
 };
 
-/// Most changes in one push (the server's limit).
-const BATCH: usize = lockstep_protocol::sync::MAX_CHANGES_PER_PUSH;
 /// Changes read per page when catching up.
 const PAGE: u32 = 500;
 
@@ -94,8 +99,11 @@ impl Connection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStatus {
     pub connection: Connection,
-    /// Local edits the server has not acknowledged yet.
+    /// Keys with a local edit the server has not acknowledged yet (a key edited twice counts
+    /// once: only its newest edit is sent).
     pub pending: usize,
+    /// Edits the server refused for good, kept aside (see [`Engine::set_aside`]).
+    pub set_aside: usize,
     /// When a push and pull last succeeded (Unix milliseconds).
     pub last_synced_ms: Option<i64>,
 }
@@ -117,6 +125,9 @@ pub enum EngineEvent {
         lost: Value,
         winner: SettingRow,
     },
+    /// The server refused a local edit for good; it is kept aside, not sent, and the rest of
+    /// the outbox goes on syncing (see [`Engine::set_aside`]).
+    SetAside { key: String, reason: String },
     /// Something about the account's security changed.
     Security(SecurityEvent),
     /// Connection, pending edits or last sync changed.
@@ -159,6 +170,14 @@ impl EngineError {
         ) || matches!(self, EngineError::Api(e) if e.is_session_gone())
     }
 
+    /// How long the server asked to wait before the next try (`Retry-After`), if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            EngineError::Api(e) | EngineError::Session(SessionError::Api(e)) => e.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The account needs a second factor from this session.
     pub fn needs_second_factor(&self) -> bool {
         matches!(self, EngineError::Api(e) | EngineError::Session(SessionError::Api(e)) if e.needs_second_factor())
@@ -168,7 +187,10 @@ impl EngineError {
 /// What one sync did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Outbox entries the server acknowledged (several edits of one key count each).
     pub pushed: usize,
+    /// Edits the server refused for good and that were set aside.
+    pub set_aside: usize,
     pub superseded: usize,
     pub remote_changes: usize,
     pub full_pull: bool,
@@ -185,6 +207,16 @@ pub(crate) struct Local {
     /// A feed entry said this device's session may have ended (by the named device): the
     /// live loop checks with the server.
     session_check: Option<Option<String>>,
+}
+
+impl Local {
+    /// Applies a row from the server to the cache (by the merge rule) and lets this device's
+    /// clock observe its stamp, so that an edit made after seeing it wins over it. Returns
+    /// whether the cache changed.
+    fn apply_remote(&mut self, row: SettingRow) -> bool {
+        self.hlc = self.hlc.max(row.hlc);
+        self.cache.apply_remote(row)
+    }
 }
 
 /// The engine of one profile.
@@ -256,18 +288,27 @@ impl Engine {
         let store = opened.store;
         let mut hlc = Hlc::ZERO;
         for entry in store.outbox().entries() {
-            cache.apply_local(entry, &profile.device.id);
-            hlc = hlc.max(entry.hlc);
+            // A refused stamp reached nobody: it neither shows nor pushes the clock on (a clock
+            // that was far ahead, once put right, stamps normally again).
+            if entry.set_aside.is_none() {
+                cache.apply_local(entry, &profile.device.id);
+                hlc = hlc.max(entry.hlc);
+            }
         }
+        // The cache may still show a refused edit (saved before it was set aside): the next
+        // sync rebuilds it from the server.
+        let needs_full_pull = needs_full_pull || store.outbox().set_aside().next().is_some();
         for row in cache.rows.values() {
             // Observing every stamp keeps this device's next stamp after all it has seen.
             hlc = hlc.max(row.hlc);
         }
-        let pending = store.outbox().len();
+        let pending = store.outbox().pending_by_key().len();
+        let set_aside = store.outbox().set_aside().count();
         let (events, _) = broadcast::channel(1024);
         let (status, _) = watch::channel(SyncStatus {
             connection: Connection::Connecting,
             pending,
+            set_aside,
             last_synced_ms: None,
         });
         let engine = Engine {
@@ -334,12 +375,17 @@ impl Engine {
 
     /// Updates the status and announces it when it changed.
     pub(crate) fn update_status(&self, change: impl FnOnce(&mut SyncStatus)) {
-        let pending = self.lock().store.outbox().len();
+        let (pending, set_aside) = {
+            let local = self.lock();
+            let outbox = local.store.outbox();
+            (outbox.pending_by_key().len(), outbox.set_aside().count())
+        };
         let mut announce = None;
         self.status.send_if_modified(|status| {
             let before = status.clone();
             change(status);
             status.pending = pending;
+            status.set_aside = set_aside;
             let changed = *status != before;
             if changed {
                 announce = Some(status.clone());
@@ -375,19 +421,67 @@ impl Engine {
         self.lock().cache.is_device_local(key)
     }
 
-    /// Edits waiting for the server.
+    /// Keys with an edit waiting for the server (set-aside edits not counted).
     pub fn pending(&self) -> usize {
-        self.lock().store.outbox().len()
+        self.lock().store.outbox().pending_by_key().len()
     }
 
-    /// Whether an edit of `key` is queued (not yet acknowledged by the server).
+    /// Whether an edit of `key` is queued to be sent (not yet acknowledged by the server).
     pub fn is_pending(&self, key: &str) -> bool {
         self.lock()
             .store
             .outbox()
-            .entries()
-            .iter()
-            .any(|e| e.key == key)
+            .pending_by_key()
+            .contains_key(key)
+    }
+
+    /// The edits the server refused for good, oldest first. They are kept (not sent) until
+    /// [retried](Engine::retry_set_aside), [dropped](Engine::drop_set_aside) or replaced by a
+    /// newer edit of the same key.
+    pub fn set_aside(&self) -> Vec<SetAsideEdit> {
+        self.lock()
+            .store
+            .outbox()
+            .set_aside()
+            .filter_map(|e| {
+                e.set_aside.as_ref().map(|refusal| SetAsideEdit {
+                    key: e.key.clone(),
+                    value: (!e.deleted).then(|| feed::shown_value(&e.key, &e.value)),
+                    reason: refusal.reason.clone(),
+                    recorded_at_ms: e.recorded_at_ms,
+                    refused_at_ms: refusal.at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends the set-aside edits of `key` (all when `None`) again at the next sync (after the
+    /// server or the schema changed, say). Returns how many were released.
+    pub fn retry_set_aside(&self, key: Option<&str>) -> Result<usize, EngineError> {
+        let released = {
+            let mut local = self.lock();
+            let released = local.store.outbox_mut().retry_set_aside(key)?;
+            for entry in &released {
+                local.cache.apply_local(entry, &self.profile.device.id);
+            }
+            if let Err(error) = local.store.save_cache(&local.cache) {
+                tracing::warn!(%error, "could not save the settings cache");
+            }
+            released.len()
+        };
+        self.update_status(|_| {});
+        if released > 0 {
+            self.edited.notify_one();
+        }
+        Ok(released)
+    }
+
+    /// Gives up on the set-aside edits of `key` (all when `None`): they are removed from the
+    /// outbox for good. Returns how many were dropped.
+    pub fn drop_set_aside(&self, key: Option<&str>) -> Result<usize, EngineError> {
+        let dropped = self.lock().store.outbox_mut().drop_set_aside(key)?;
+        self.update_status(|_| {});
+        Ok(dropped)
     }
 
     /// The feed position this device has applied.
@@ -434,17 +528,30 @@ impl Engine {
         let now = self.now_ms();
         let mut local = self.lock();
         let mut queued = Vec::new();
+        let mut device_only = local.cache.clone();
+        let mut any_device_only = false;
         for (key, value, deleted) in edits {
-            if local.cache.is_device_local(&key) {
-                local
-                    .cache
-                    .set_device_local(&key, if deleted { None } else { Some(value) });
+            if device_only.is_device_local(&key) {
+                device_only.set_device_local(&key, if deleted { None } else { Some(value) });
+                any_device_only = true;
                 continue;
             }
-            let hlc = local.hlc.tick(u64::try_from(now).unwrap_or(0));
-            local.hlc = hlc;
-            queued.push(OutboxEntry::new(key, value, hlc, deleted, now));
+            queued.push((key, value, deleted));
         }
+        if any_device_only {
+            // Device-only values live in the cache file alone: the edit is acknowledged only
+            // once that file is on disk, and a failed save leaves nothing changed.
+            local.store.save_cache(&device_only)?;
+            local.cache = device_only;
+        }
+        let queued: Vec<OutboxEntry> = queued
+            .into_iter()
+            .map(|(key, value, deleted)| {
+                let hlc = local.hlc.tick(u64::try_from(now).unwrap_or(0));
+                local.hlc = hlc;
+                OutboxEntry::new(key, value, hlc, deleted, now)
+            })
+            .collect();
         // The durability point: after this, the edits are acknowledged.
         local.store.outbox_mut().append_all(queued.clone())?;
         for entry in &queued {
@@ -472,11 +579,15 @@ impl Engine {
         Ok(report)
     }
 
-    /// Pushes the outbox only.
+    /// Pushes the outbox only (and rebuilds the cache from the server if an edit was set
+    /// aside, so that it no longer shows the refused value).
     pub async fn push(&self) -> Result<SyncReport, EngineError> {
         let _round = self.round.lock().await;
         let mut report = SyncReport::default();
         self.push_locked(&mut report).await?;
+        if report.set_aside > 0 {
+            self.pull_locked(&mut report).await?;
+        }
         self.save_cache();
         let now = self.now_ms();
         self.update_status(|s| s.last_synced_ms = Some(now));
@@ -525,61 +636,120 @@ impl Engine {
         }
     }
 
+    /// Sends the outbox, one planned push at a time, until nothing is left to send.
     async fn push_locked(&self, report: &mut SyncReport) -> Result<(), EngineError> {
-        let client = self.session.client().clone();
         loop {
-            let batch: Vec<OutboxEntry> = {
+            let (entries, next) = {
                 let local = self.lock();
-                local
-                    .store
-                    .outbox()
-                    .entries()
-                    .iter()
-                    .take(BATCH)
-                    .cloned()
-                    .collect()
+                let entries = local.store.outbox().entries().to_vec();
+                let next = plan::plan_push(&entries).into_iter().next();
+                (entries, next)
             };
-            if batch.is_empty() {
+            let Some(push) = next else {
                 return Ok(());
-            }
-            let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
-            let push = PushRequest {
-                mutation_id: batch_id(&ids),
-                changes: batch.iter().map(OutboxEntry::to_change).collect(),
             };
-            let answer = self
-                .with_token(|token| {
-                    let client = client.clone();
-                    let push = push.clone();
-                    async move { client.push(&token, &push).await }
-                })
-                .await?;
-            let mut superseded = Vec::new();
-            {
-                let mut local = self.lock();
-                for row in answer.applied {
-                    local.cache.apply_remote(row);
+            match self.send_push(&push).await {
+                Ok(answer) => self.settle(&push, answer, report)?,
+                Err(error) if is_refusal(&error) && push.sent.len() > 1 => {
+                    // Find the change the server refuses: one push per key.
+                    for part in plan::split(&push, &entries) {
+                        match self.send_push(&part).await {
+                            Ok(answer) => self.settle(&part, answer, report)?,
+                            Err(error) if is_refusal(&error) => {
+                                self.put_aside(&part, &error, report)?;
+                            }
+                            Err(error) => return Err(error),
+                        }
+                    }
                 }
-                for lost in answer.superseded {
-                    let mine = batch.iter().rev().find(|e| e.key == lost.key);
-                    local.cache.apply_remote(lost.current.clone());
-                    superseded.push(EngineEvent::Superseded {
-                        key: lost.key.clone(),
-                        lost: mine
-                            .map(|e| feed::shown_value(&e.key, &e.value))
-                            .unwrap_or(Value::Null),
-                        winner: feed::shown_row(lost.current),
-                    });
-                }
-                local.store.outbox_mut().remove_acknowledged(&ids)?;
-            }
-            report.pushed += ids.len();
-            report.superseded += superseded.len();
-            for event in superseded {
-                self.emit(event);
+                Err(error) if is_refusal(&error) => self.put_aside(&push, &error, report)?,
+                Err(error) => return Err(error),
             }
             self.update_status(|_| {});
         }
+    }
+
+    async fn send_push(&self, push: &PlannedPush) -> Result<PushResponse, EngineError> {
+        let client = self.session.client().clone();
+        self.with_token(|token| {
+            let client = client.clone();
+            let request = push.request.clone();
+            async move { client.push(&token, &request).await }
+        })
+        .await
+    }
+
+    /// Applies a push's answer and removes what it settled from the outbox.
+    fn settle(
+        &self,
+        push: &PlannedPush,
+        answer: PushResponse,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let mut superseded = Vec::new();
+        {
+            let mut local = self.lock();
+            for row in answer.applied {
+                local.apply_remote(row);
+            }
+            for lost in answer.superseded {
+                let mine = push.sent.iter().find(|e| e.key == lost.key);
+                local.apply_remote(lost.current.clone());
+                superseded.push(EngineEvent::Superseded {
+                    key: lost.key.clone(),
+                    lost: mine
+                        .map(|e| feed::shown_value(&e.key, &e.value))
+                        .unwrap_or(Value::Null),
+                    winner: feed::shown_row(lost.current),
+                });
+            }
+            local
+                .store
+                .outbox_mut()
+                .remove_acknowledged(&push.settles)?;
+        }
+        report.pushed += push.settles.len();
+        report.superseded += superseded.len();
+        for event in superseded {
+            self.emit(event);
+        }
+        Ok(())
+    }
+
+    /// Sets a refused push's edits aside (durably) and schedules a rebuild of the cache from
+    /// the server, which undoes what they showed locally.
+    fn put_aside(
+        &self,
+        push: &PlannedPush,
+        error: &EngineError,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let (reason, code) = match error {
+            EngineError::Api(api) => (api.message().to_owned(), api.code().map(str::to_owned)),
+            other => (other.to_string(), None),
+        };
+        let refusal = Refusal {
+            reason: reason.clone(),
+            code,
+            at_ms: self.now_ms(),
+        };
+        {
+            let mut local = self.lock();
+            local
+                .store
+                .outbox_mut()
+                .mark_set_aside(&push.settles, &refusal)?;
+            local.needs_full_pull = true;
+        }
+        tracing::warn!(keys = ?push.sent.iter().map(|e| &e.key).collect::<Vec<_>>(), %reason, "the server refused an edit; it is set aside");
+        report.set_aside += push.settles.len();
+        for entry in &push.sent {
+            self.emit(EngineEvent::SetAside {
+                key: entry.key.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
     }
 
     async fn pull_locked(&self, report: &mut SyncReport) -> Result<(), EngineError> {
@@ -610,18 +780,36 @@ impl Engine {
                 let mut changed = Vec::new();
                 {
                     let mut local = self.lock();
-                    for row in rows {
-                        let key = row.key.clone();
-                        let before = local.cache.effective(&key);
-                        let from_elsewhere = row.device_id != self.profile.device.id;
-                        let device_name = row.device_name.clone();
-                        if local.cache.apply_remote(row) && from_elsewhere {
-                            let after = local.cache.effective(&key);
-                            if before != after {
-                                changed.push(remote_change(key, before, after, device_name));
-                            }
+                    // The server's rows are the truth; the edits still queued here go on top.
+                    let mut rebuilt = local.cache.clone();
+                    rebuilt.rows = rows.into_iter().map(|row| (row.key.clone(), row)).collect();
+                    for entry in local.store.outbox().entries() {
+                        if entry.set_aside.is_none() {
+                            rebuilt.apply_local(entry, &self.profile.device.id);
                         }
                     }
+                    let keys: std::collections::BTreeSet<String> = local
+                        .cache
+                        .rows
+                        .keys()
+                        .chain(rebuilt.rows.keys())
+                        .cloned()
+                        .collect();
+                    for key in keys {
+                        let before = local.cache.effective(&key);
+                        let after = rebuilt.effective(&key);
+                        let row = rebuilt.rows.get(&key);
+                        let from_elsewhere =
+                            row.is_some_and(|r| r.device_id != self.profile.device.id);
+                        if before != after && from_elsewhere {
+                            let device_name = row.and_then(|r| r.device_name.clone());
+                            changed.push(remote_change(key, before, after, device_name));
+                        }
+                    }
+                    for row in rebuilt.rows.values() {
+                        local.hlc = local.hlc.max(row.hlc);
+                    }
+                    local.cache = rebuilt;
                     local.cache.cursor = page.head;
                     local.needs_full_pull = false;
                 }
@@ -678,7 +866,7 @@ impl Engine {
                     let key = row.key.clone();
                     let before = local.cache.effective(&key);
                     let from_elsewhere = change.device_id.as_deref() != Some(mine.as_str());
-                    if local.cache.apply_remote(row) && from_elsewhere {
+                    if local.apply_remote(row) && from_elsewhere {
                         let after = local.cache.effective(&key);
                         if before != after {
                             changed = true;
@@ -731,6 +919,48 @@ impl Engine {
     }
 }
 
+/// A push refused for good: a 4xx from the server that retrying cannot fix.
+fn is_refusal(error: &EngineError) -> bool {
+    matches!(error, EngineError::Api(e) if e.is_refusal())
+}
+
+/// An edit the server refused for good, as the front ends show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SetAsideEdit {
+    pub key: String,
+    /// The refused value as shown (sensitive values redacted); `None` for a reset.
+    pub value: Option<Value>,
+    /// The server's reason.
+    pub reason: String,
+    /// When the edit was made and when it was refused, Unix milliseconds.
+    pub recorded_at_ms: i64,
+    pub refused_at_ms: i64,
+}
+
+impl SetAsideEdit {
+    /// One line for a status display: `appearance.theme: <reason>`.
+    pub fn describe(&self) -> String {
+        format!("{}: {}", self.key, self.reason)
+    }
+}
+
+/// The status line for set-aside edits: `1 edit could not be synced: <key>: <reason>`, or
+/// `None` when there are none.
+pub fn describe_set_aside(edits: &[SetAsideEdit]) -> Option<String> {
+    match edits {
+        [] => None,
+        [one] => Some(format!("1 edit could not be synced: {}", one.describe())),
+        many => Some(format!(
+            "{} edits could not be synced: {}",
+            many.len(),
+            many.iter()
+                .map(SetAsideEdit::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
+}
+
 fn remote_change(
     key: String,
     old: Option<Value>,
@@ -744,16 +974,4 @@ fn remote_change(
         key,
         device_name,
     }
-}
-
-/// A push's mutation id, derived from the entries it carries: a retry of the same batch is
-/// recognised by the server; a different batch never reuses an id.
-fn batch_id(ids: &[String]) -> String {
-    let mut hash = crc32fast::Hasher::new();
-    for id in ids {
-        hash.update(id.as_bytes());
-        hash.update(b"\0");
-    }
-    let first = ids.first().map(String::as_str).unwrap_or("");
-    format!("{first}-{}-{:08x}", ids.len(), hash.finalize())
 }

@@ -8,6 +8,7 @@
 //! - [`session`]: a session kept fresh with single-flight refreshes.
 //! - [`engine`]: reads from the cache, durable writes to the outbox, push and pull.
 //! - [`feed`]: what a change-feed entry means to this device (pure).
+//! - [`plan`]: which pushes carry the outbox (newest change per key; pure).
 //! - [`live`]: the live loop: change stream, reconnects, polling fallback, revocation.
 //! - [`account`]: sign-up, sign-in, two-factor authentication, devices, activity.
 //! - [`totp`]: checking a code offline against the keychain's secret (app lock).
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod feed;
 pub mod keychain;
 pub mod live;
+pub mod plan;
 pub mod profile;
 pub mod session;
 pub mod store;

@@ -205,12 +205,14 @@ async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Rece
 
         // Catch up (and learn whether the server is there at all).
         if let Err(error) = engine.sync_once().await {
+            // A server that asked us to slow down (429/503 with `Retry-After`) is obeyed.
+            let asked = error.retry_after().unwrap_or_default();
             match after_error(&engine, error).await {
                 Next::Continue => continue,
                 Next::Wait(Connection::Offline) => {
                     backoff.failures += 1;
                     engine.set_connection(Connection::Offline);
-                    wait(&engine, &mut control, Some(backoff.delay())).await;
+                    wait(&engine, &mut control, Some(backoff.delay().max(asked))).await;
                 }
                 Next::Wait(connection) => {
                     engine.set_connection(connection);

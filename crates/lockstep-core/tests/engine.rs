@@ -326,3 +326,196 @@ async fn api_keys_are_sealed_in_every_local_file() {
         "nor does the other device's cache"
     );
 }
+
+/// Regression (issue 10): a key edited twice before a push used to wedge the device for good:
+/// the push carried the key twice, the server refused the batch with a 400, and every later sync
+/// sent the same refused batch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_edited_twice_offline_syncs_and_later_edits_keep_syncing() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_name, b_name) = (unique("twice-a"), unique("twice-b"));
+    let a = open(&cloud, dir.path(), &a_name);
+    let b = open(&cloud, dir.path(), &b_name);
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    a.engine.sync_once().await.unwrap();
+    b.engine.sync_once().await.unwrap();
+    drop(a);
+
+    let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
+    offline
+        .engine
+        .set("appearance.theme", json!("dark"))
+        .unwrap();
+    offline
+        .engine
+        .set("appearance.theme", json!("light"))
+        .unwrap();
+    assert!(offline.engine.sync_once().await.unwrap_err().is_offline());
+    drop(offline);
+
+    let a = open(&cloud, dir.path(), &a_name);
+    let report = a.engine.sync_once().await.unwrap();
+    assert_eq!(report.pushed, 2, "both edits are acknowledged by one push");
+    assert_eq!(report.superseded, 0);
+    assert_eq!(a.engine.pending(), 0);
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(a.engine.get("appearance.theme"), Some(json!("light")));
+    assert_eq!(b.engine.get("appearance.theme"), Some(json!("light")));
+
+    // Later edits keep leaving the device.
+    a.engine.set("notifications.desktop", json!(false)).unwrap();
+    a.engine.set("appearance.theme", json!("dark")).unwrap();
+    a.engine.set("appearance.theme", json!("system")).unwrap();
+    a.engine.sync_once().await.unwrap();
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("notifications.desktop"), Some(json!(false)));
+    assert_eq!(b.engine.get("appearance.theme"), Some(json!("system")));
+}
+
+/// A push the server refuses for good (here: a stamp from a clock far ahead of the server's)
+/// is split to find the refused edit, which is set aside and reported; the rest syncs, the
+/// device shows the server's value again, and the user can drop the refused edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_is_set_aside_and_the_rest_keeps_syncing() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    };
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("aside-a");
+    let opened = open(&cloud, dir.path(), &name);
+    let skew = Arc::new(AtomicI64::new(0));
+    let clock = skew.clone();
+    let a = Arc::try_unwrap(opened.engine)
+        .unwrap()
+        .with_clock(Arc::new(move || {
+            lockstep_core::clock_ms() + clock.load(Ordering::SeqCst)
+        }));
+    let mut events = a.subscribe();
+    let b = open(&cloud, dir.path(), &unique("aside-b"));
+    a.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    a.sync_once().await.unwrap();
+
+    a.set("notifications.desktop", json!(false)).unwrap();
+    // Ten minutes ahead: the server refuses the stamp (at most 60 s ahead by default).
+    skew.store(10 * 60 * 1000, Ordering::SeqCst);
+    a.set("appearance.theme", json!("dark")).unwrap();
+    assert_eq!(a.pending(), 2);
+
+    let report = a.sync_once().await.unwrap();
+    assert_eq!((report.pushed, report.set_aside), (1, 1), "{report:?}");
+    assert_eq!(a.pending(), 0);
+    let aside = a.set_aside();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(aside[0].key, "appearance.theme");
+    assert_eq!(aside[0].value, Some(json!("dark")));
+    assert!(aside[0].reason.contains("too far ahead"), "{aside:?}");
+    let summary = lockstep_core::engine::describe_set_aside(&aside).unwrap();
+    assert!(
+        summary.starts_with("1 edit could not be synced: appearance.theme: "),
+        "{summary}"
+    );
+    assert_eq!(a.status().borrow().set_aside, 1);
+    assert!(
+        drain(&mut events).iter().any(|e| matches!(
+            e,
+            EngineEvent::SetAside { key, .. } if key == "appearance.theme"
+        )),
+        "the user is told"
+    );
+    // The device shows what the server holds, not the refused value.
+    assert_eq!(a.get("appearance.theme"), Some(json!("system")));
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("notifications.desktop"), Some(json!(false)));
+    assert_eq!(b.engine.get("appearance.theme"), Some(json!("system")));
+
+    // Syncing again does not resend it, and a retry that is still refused sets it aside again.
+    assert_eq!(a.sync_once().await.unwrap().pushed, 0);
+    assert_eq!(a.retry_set_aside(None).unwrap(), 1);
+    assert_eq!(a.get("appearance.theme"), Some(json!("dark")));
+    let report = a.sync_once().await.unwrap();
+    assert_eq!(report.set_aside, 1, "{report:?}");
+
+    // Set aside durably: a restart still has it, and still shows the server's value.
+    drop(a);
+    let a = open(&cloud, dir.path(), &name);
+    assert_eq!(a.engine.set_aside().len(), 1);
+    a.engine.sync_once().await.unwrap();
+    assert_eq!(a.engine.get("appearance.theme"), Some(json!("system")));
+    // A newer edit of the key replaces the refused one.
+    a.engine.set("appearance.theme", json!("light")).unwrap();
+    a.engine.sync_once().await.unwrap();
+    assert!(a.engine.set_aside().is_empty());
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("appearance.theme"), Some(json!("light")));
+}
+
+/// Dropping a set-aside edit removes it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_aside_edit_can_be_dropped() {
+    use std::sync::Arc;
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let opened = open(&cloud, dir.path(), &unique("drop-a"));
+    let a = Arc::try_unwrap(opened.engine)
+        .unwrap()
+        .with_clock(Arc::new(|| lockstep_core::clock_ms() + 10 * 60 * 1000));
+    a.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    a.set("appearance.theme", json!("dark")).unwrap();
+    assert_eq!(a.sync_once().await.unwrap().set_aside, 1);
+    assert_eq!(a.drop_set_aside(Some("appearance.theme")).unwrap(), 1);
+    assert!(a.set_aside().is_empty());
+    assert_eq!(a.status().borrow().set_aside, 0);
+    assert_eq!(a.sync_once().await.unwrap().pushed, 0);
+}
+
+/// Regression (found by the simulation, seed 17586153 shrunk): a device whose clock is behind
+/// learnt another device's newer row from a push answer (or a pull) without its clock
+/// observing that row's stamp, so its next edit of the key was stamped older than what it had
+/// just seen: the edit did not even show locally, and the server refused it as superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_after_seeing_a_newer_row_wins_over_it_even_with_a_slow_clock() {
+    use std::sync::Arc;
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let opened = open(&cloud, dir.path(), &unique("slow-a"));
+    // Two minutes behind.
+    let a = Arc::try_unwrap(opened.engine)
+        .unwrap()
+        .with_clock(Arc::new(|| lockstep_core::clock_ms() - 120_000));
+    let mut events = a.subscribe();
+    let b = open(&cloud, dir.path(), &unique("slow-b"));
+    a.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+
+    b.engine.set("custom.c", json!("from b")).unwrap();
+    a.set("custom.c", json!("from a")).unwrap();
+    b.engine.sync_once().await.unwrap();
+    // A's edit was made before it saw B's: it loses, and A is told.
+    assert_eq!(a.push().await.unwrap().superseded, 1);
+    assert_eq!(a.get("custom.c"), Some(json!("from b")));
+    drain(&mut events);
+
+    // Made after seeing B's row: it shows at once and wins everywhere.
+    a.reset("custom.c").unwrap();
+    assert_eq!(a.get("custom.c"), None, "the reset shows at once");
+    assert_eq!(a.row("custom.c").unwrap().device_id, a.profile().device.id);
+    let report = a.sync_once().await.unwrap();
+    assert_eq!(report.superseded, 0, "{report:?}: {:?}", drain(&mut events));
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("custom.c"), None);
+
+    // The same after a pull.
+    b.engine.set("custom.c", json!("again from b")).unwrap();
+    b.engine.sync_once().await.unwrap();
+    a.sync_once().await.unwrap();
+    a.set("custom.c", json!("again from a")).unwrap();
+    assert_eq!(a.get("custom.c"), Some(json!("again from a")));
+    assert_eq!(a.sync_once().await.unwrap().superseded, 0);
+    b.engine.sync_once().await.unwrap();
+    assert_eq!(b.engine.get("custom.c"), Some(json!("again from a")));
+}

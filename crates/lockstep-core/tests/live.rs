@@ -481,3 +481,70 @@ async fn mfa_turned_on_elsewhere_asks_this_device_for_a_code() {
     };
     assert!(!devices[1].engine.check_code_offline(wrong).await.unwrap());
 }
+
+/// A stream endpoint in front of the server that answers 503 while `blocked` is set, and
+/// forwards to the server once it is cleared.
+async fn switchable_endpoint(
+    server_url: &str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = server_url.trim_start_matches("http://").to_owned();
+    let blocked = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flag = blocked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let blocked = flag.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                if blocked {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut server).await;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/realtime/v1/sse"), blocked)
+}
+
+/// Regression (issue 10): after falling back to polling, the device goes back to the stream
+/// (and says `Live`) as soon as the stream works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_device_returns_to_live_when_the_stream_works_again() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let mut a = open(&cloud, base.path(), &unique("back-a"));
+    let mut b = open(&cloud, base.path(), &unique("back-b"));
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    a.go_live(fast_options());
+    let (url, blocked) = switchable_endpoint(&cloud.url).await;
+    let mut options = fast_options();
+    options.stream_url = Some(url);
+    b.go_live(options);
+    b.wait_connection(20, Connection::Polling).await;
+
+    blocked.store(false, std::sync::atomic::Ordering::SeqCst);
+    b.wait_connection(20, Connection::Live).await;
+    // And live means live: a change arrives over the stream.
+    a.engine.set("appearance.theme", json!("dark")).unwrap();
+    b.wait_for(
+        20,
+        "the change, live",
+        |e| matches!(e, EngineEvent::RemoteChange { key, .. } if key == "appearance.theme"),
+    )
+    .await;
+    assert_eq!(b.engine.status().borrow().connection, Connection::Live);
+}

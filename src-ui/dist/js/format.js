@@ -68,6 +68,8 @@ export function describe(event) {
             return `Your change to ${label(String(event.key))} was replaced by a newer one${on(event.winner_device)}`;
         case "security":
             return securityText(String(event.event), event.device_name, event.detail);
+        case "set_aside":
+            return `The server refused your change to ${label(String(event.key))}: ${String(event.reason)}. It is kept aside; the rest keeps syncing`;
         case "problem":
             return String(event.message);
         default:

@@ -23,6 +23,8 @@ const state = {
     status: null,
     account: null,
     settings: [],
+    /** Edits the server refused for good (kept aside until retried or dropped). */
+    setAside: [],
     log: [],
     revealed: new Set(),
     locked: false,
@@ -122,8 +124,9 @@ function lockScreen() {
 // ---- the main window ----
 async function refresh() {
     try {
-        const [status, account, settings] = await Promise.all([api.status(), api.account(), api.settings()]);
+        const [status, account, settings, setAside] = await Promise.all([api.status(), api.account(), api.settings(), api.setAside()]);
         state.status = status;
+        state.setAside = setAside;
         state.account = account;
         state.settings = settings;
         // The engine's state wins over whatever view was asked for.
@@ -163,6 +166,13 @@ function banner() {
     if (!state.account || state.account.email_verified)
         return null;
     return h("div", { class: "banner", id: "verify-banner", role: "status" }, `Verify your email: we sent a link to ${state.account.email}.`);
+}
+/** The edits the server refused: what, why, and a way to send them again or let them go. */
+function refusedBanner() {
+    if (state.setAside.length === 0)
+        return null;
+    const n = state.setAside.length;
+    return h("div", { class: "banner", id: "set-aside", role: "alert" }, h("strong", {}, n === 1 ? "1 change could not be synced" : `${n} changes could not be synced`), h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${label(e.key)}: ${e.reason}`))), h("button", { id: "set-aside-retry", onclick: async () => { await guard(api.retrySetAside(null)); } }, "Try again"), h("button", { id: "set-aside-drop", onclick: async () => { await guard(api.dropSetAside(null)); } }, "Discard"));
 }
 function nav() {
     const tab = (view, text) => h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; void uiState.set("view", view).catch(() => undefined); render(); } }, text);
@@ -288,7 +298,7 @@ async function render() {
     }
     if (ticket !== rendering)
         return;
-    root().replaceChildren(header(), banner() ?? "", nav(), h("main", {}, body));
+    root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body));
 }
 function onEngineEvent(event) {
     if (event.kind === "status") {

@@ -9,6 +9,10 @@ export type StatusDto = {
  */
 connection: string, live: boolean, pending: number, 
 /**
+ * Edits the server refused for good, kept aside (listed by `set_aside`).
+ */
+set_aside: number, 
+/**
  * Unix milliseconds.
  */
 last_synced_ms: number | null, };

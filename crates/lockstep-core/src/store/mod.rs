@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use cache::{CACHE_FILE, CACHE_FORMAT_VERSION, CacheData, LoadOutcome, SettingsCache};
-pub use outbox::{OUTBOX_FILE, OUTBOX_LOCK_FILE, OpenReport, Outbox, OutboxEntry};
+pub use outbox::{OUTBOX_FILE, OUTBOX_LOCK_FILE, OpenReport, Outbox, OutboxEntry, Refusal};
 pub use seal::LocalSeal;
 
 /// Something went wrong reading or writing a profile's local state.

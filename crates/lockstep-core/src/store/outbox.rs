@@ -60,6 +60,23 @@ pub struct OutboxEntry {
     pub deleted: bool,
     /// When the user made the edit, Unix milliseconds (for display).
     pub recorded_at_ms: i64,
+    /// Set when the server refused the edit for good (retrying it unchanged cannot succeed):
+    /// it is kept, not sent, until the user retries or drops it, or a newer edit of the same
+    /// key replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<Refusal>,
+}
+
+/// Why the server refused an edit for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The server's message (it names the key and the rule, never a value).
+    pub reason: String,
+    /// The server's error code, e.g. `22023`.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// When it was refused, Unix milliseconds.
+    pub at_ms: i64,
 }
 
 impl OutboxEntry {
@@ -78,6 +95,7 @@ impl OutboxEntry {
             hlc,
             deleted,
             recorded_at_ms,
+            set_aside: None,
         }
     }
 
@@ -106,6 +124,7 @@ impl fmt::Debug for OutboxEntry {
         s.field("hlc", &self.hlc)
             .field("deleted", &self.deleted)
             .field("recorded_at_ms", &self.recorded_at_ms)
+            .field("set_aside", &self.set_aside)
             .finish()
     }
 }
@@ -355,14 +374,15 @@ impl Outbox {
         self.entries.is_empty()
     }
 
-    /// For each key, its newest queued entry (largest stamp; the later one on a tie).
+    /// For each key with an edit to send, its newest queued entry that is not [set
+    /// aside](OutboxEntry::set_aside) (largest stamp; the later one on a tie). A key with only
+    /// set-aside entries is left out.
     ///
-    /// This is what to show as "pending" and what a push needs: under the merge rule only this
-    /// device's newest write to a key can matter. The older entries stay queued until
-    /// [`Outbox::remove_acknowledged`] removes them.
+    /// This is what to show as "pending" and what a push sends (see [`crate::plan`]). The
+    /// older entries stay queued until [`Outbox::remove_acknowledged`] removes them.
     pub fn pending_by_key(&self) -> BTreeMap<&str, &OutboxEntry> {
         let mut newest: BTreeMap<&str, &OutboxEntry> = BTreeMap::new();
-        for entry in &self.entries {
+        for entry in self.entries.iter().filter(|e| e.set_aside.is_none()) {
             match newest.get(entry.key.as_str()) {
                 Some(current) if current.hlc > entry.hlc => {}
                 _ => {
@@ -371,6 +391,11 @@ impl Outbox {
             }
         }
         newest
+    }
+
+    /// The edits the server refused for good, oldest first.
+    pub fn set_aside(&self) -> impl Iterator<Item = &OutboxEntry> {
+        self.entries.iter().filter(|e| e.set_aside.is_some())
     }
 
     /// Removes the entries with these ids (unknown ids are ignored), rewriting the journal
@@ -390,12 +415,77 @@ impl Outbox {
             .filter(|e| !doomed.contains(e.id.as_str()))
             .cloned()
             .collect();
-        let text = encode_journal(&kept, &self.path, self.seal.as_ref())?;
+        self.rewrite(kept)
+    }
+
+    /// Sets the entries with these ids aside with `refusal` (durably, like
+    /// [`Outbox::remove_acknowledged`]): they stay in the journal and are not sent.
+    pub fn mark_set_aside(&mut self, ids: &[String], refusal: &Refusal) -> Result<(), StoreError> {
+        let marked: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if marked.contains(e.id.as_str()) {
+                    e.set_aside = Some(refusal.clone());
+                }
+                e
+            })
+            .collect();
+        self.rewrite(entries)
+    }
+
+    /// Queues the set-aside edits of `key` (every key when `None`) to be sent again. Returns
+    /// the entries that were released.
+    pub fn retry_set_aside(&mut self, key: Option<&str>) -> Result<Vec<OutboxEntry>, StoreError> {
+        let chosen = |e: &OutboxEntry| e.set_aside.is_some() && key.is_none_or(|k| e.key == k);
+        let released: Vec<OutboxEntry> =
+            self.entries.iter().filter(|e| chosen(e)).cloned().collect();
+        if released.is_empty() {
+            return Ok(released);
+        }
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if chosen(&e) {
+                    e.set_aside = None;
+                }
+                e
+            })
+            .collect();
+        self.rewrite(entries)?;
+        Ok(released
+            .into_iter()
+            .map(|e| OutboxEntry {
+                set_aside: None,
+                ..e
+            })
+            .collect())
+    }
+
+    /// Removes the set-aside edits of `key` (every key when `None`): the user gave up on them.
+    /// Returns how many were dropped.
+    pub fn drop_set_aside(&mut self, key: Option<&str>) -> Result<usize, StoreError> {
+        let doomed: Vec<String> = self
+            .set_aside()
+            .filter(|e| key.is_none_or(|k| e.key == k))
+            .map(|e| e.id.clone())
+            .collect();
+        self.remove_acknowledged(&doomed)?;
+        Ok(doomed.len())
+    }
+
+    /// Replaces the journal with `entries`, atomically and durably.
+    fn rewrite(&mut self, entries: Vec<OutboxEntry>) -> Result<(), StoreError> {
+        let text = encode_journal(&entries, &self.path, self.seal.as_ref())?;
         write_atomic(&self.path, text.as_bytes())?;
         // The old handle points at the replaced file: reopen.
         self.file = open_journal(&self.path, false)?;
         self.committed_len = text.len() as u64;
-        self.entries = kept;
+        self.entries = entries;
         self.poisoned = false;
         Ok(())
     }
