@@ -230,3 +230,67 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
     let after = b.call("account", json!({})).unwrap_err();
     assert_eq!(after["code"], "signed_out", "{after}");
 }
+
+/// Regression (issue 10), through the app's commands: two quick theme changes while the server
+/// is down used to wedge the instance; once the server is back both instances show the second.
+#[test]
+fn two_theme_changes_while_offline_reach_the_other_instance_once_online() {
+    let mut cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let a = Instance::start(base.path(), &unique("twice-a"));
+    let b = Instance::start(base.path(), &unique("twice-b"));
+    a.ok("launch", json!({}));
+    b.ok("launch", json!({}));
+    let (url, anon) = (cloud.server.url.clone(), cloud.server.anon_key.clone());
+    a.ok(
+        "connect",
+        json!({"serverUrl": url, "anonKey": anon, "deviceName": "Work laptop"}),
+    );
+    b.ok(
+        "connect",
+        json!({"serverUrl": url, "anonKey": anon, "deviceName": "Home desktop"}),
+    );
+    let credentials = json!({"email": "twice@example.com", "password": "Correct horse 42"});
+    a.ok("sign_up", credentials.clone());
+    b.ok("sign_in", credentials);
+    for instance in [&a, &b] {
+        instance.wait_event("live", |e| {
+            e["kind"] == "status" && e["connection"] == "Live"
+        });
+    }
+
+    cloud.server.kill();
+    a.wait_event("offline", |e| {
+        e["kind"] == "status" && e["connection"] != "Live"
+    });
+    for theme in ["dark", "light"] {
+        a.ok(
+            "set_setting",
+            json!({"key": "appearance.theme", "value": theme}),
+        );
+    }
+    assert_eq!(a.ok("status", json!({}))["pending"], 1, "coalesced per key");
+    cloud.server.restart().unwrap();
+    a.ok("sync_now", json!({}));
+    b.wait_event("the second theme", |e| {
+        e["kind"] == "remote_change" && e["key"] == "appearance.theme" && e["new"] == "light"
+    });
+    assert_eq!(b.setting("appearance.theme")["value"], "light");
+    assert_eq!(a.setting("appearance.theme")["value"], "light");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.ok("status", json!({}))["pending"] != 0 {
+        assert!(Instant::now() < deadline, "A still has edits pending");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.ok("set_aside", json!({})), json!([]));
+    assert_eq!(a.ok("status", json!({}))["set_aside"], 0);
+
+    // Later edits keep syncing.
+    a.ok(
+        "set_setting",
+        json!({"key": "notifications.desktop", "value": false}),
+    );
+    b.wait_event("a later edit", |e| {
+        e["kind"] == "remote_change" && e["key"] == "notifications.desktop"
+    });
+}

@@ -70,7 +70,7 @@ pub fn plan_push(entries: &[OutboxEntry]) -> Vec<PlannedPush> {
                 .collect();
             PlannedPush {
                 request: PushRequest {
-                    mutation_id: mutation_id(&settles),
+                    mutation_id: mutation_id(&settles, &sent),
                     changes: sent.iter().map(OutboxEntry::to_change).collect(),
                 },
                 sent,
@@ -93,7 +93,7 @@ pub fn split(push: &PlannedPush, entries: &[OutboxEntry]) -> Vec<PlannedPush> {
                 .collect();
             PlannedPush {
                 request: PushRequest {
-                    mutation_id: mutation_id(&settles),
+                    mutation_id: mutation_id(&settles, std::slice::from_ref(sent)),
                     changes: vec![sent.to_change()],
                 },
                 sent: vec![sent.clone()],
@@ -103,12 +103,19 @@ pub fn split(push: &PlannedPush, entries: &[OutboxEntry]) -> Vec<PlannedPush> {
         .collect()
 }
 
-/// `p` and 40 hex digits of SHA-256 over the settled ids: the same set of entries always gets
-/// the same id, and different sets practically never share one.
-fn mutation_id(settles: &[String]) -> String {
+/// `p` and 40 hex digits of SHA-256 over the settled ids and the sent ones: the same push
+/// always gets the same id, and different pushes practically never share one (the server
+/// refuses a reused id for different changes). The sent ids count too because the same entries
+/// can send a different change when a set-aside one is released.
+fn mutation_id(settles: &[String], sent: &[OutboxEntry]) -> String {
     let mut hash = Sha256::new();
     for id in settles {
         hash.update(id.as_bytes());
+        hash.update(b"\0");
+    }
+    hash.update(b"\x01");
+    for entry in sent {
+        hash.update(entry.id.as_bytes());
         hash.update(b"\0");
     }
     let digest = hash.finalize();
@@ -170,6 +177,24 @@ mod tests {
         let sent: Vec<_> = plan[0].sent.iter().map(|e| e.id.clone()).collect();
         assert_eq!(sent.last(), Some(&newer.id));
         assert!(plan[0].settles.contains(&refused.id));
+    }
+
+    #[test]
+    fn releasing_a_set_aside_entry_changes_the_mutation_id() {
+        // Same entries settled, another change sent: the server must not take it for a retry.
+        let mut far = entry("custom.a", json!(1), 1_000, 0);
+        far.set_aside = Some(Refusal {
+            reason: "too far ahead".into(),
+            code: None,
+            at_ms: 0,
+        });
+        let later = entry("custom.a", json!(2), 5, 0);
+        let before = plan_push(&[far.clone(), later.clone()]);
+        far.set_aside = None;
+        let after = plan_push(&[far.clone(), later]);
+        assert_eq!(before[0].settles, after[0].settles);
+        assert_eq!(after[0].sent, vec![far]);
+        assert_ne!(before[0].request.mutation_id, after[0].request.mutation_id);
     }
 
     #[test]
