@@ -16,6 +16,8 @@
 //! A push's mutation id is a hash of the ids it settles, so the same outbox plans the same
 //! pushes with the same ids: a push retried after a crash or a lost answer is recognised by the
 //! server and answered as the first time.
+//!
+//! [`validate_push`]: lockstep_protocol::sync::validate_push
 
 use std::collections::BTreeMap;
 
