@@ -329,6 +329,10 @@ struct Device {
     seen: Vec<EngineEvent>,
     /// Device-only keys and their value as this device must show it.
     device_only: BTreeMap<String, Option<Value>>,
+    /// The profile was wiped (signed out by the server) and the model has not caught up yet.
+    wiped: bool,
+    /// `SignedOut` events (the live loop's wipes) already accounted for.
+    signed_out_seen: usize,
 }
 
 struct World {
@@ -402,6 +406,8 @@ impl World {
                 skew,
                 seen: Vec::new(),
                 device_only: BTreeMap::new(),
+                wiped: false,
+                signed_out_seen: 0,
             });
         }
         world
@@ -560,13 +566,33 @@ impl World {
     /// A device that was signed out (revoked) forgets what it queued and signs in again.
     async fn after_sign_out(&mut self, device: usize) {
         let engine = self.engine(device);
+        self.drain(device);
+        let d = &mut self.devices[device];
+        let heard = d
+            .seen
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    EngineEvent::Security(lockstep_core::feed::SecurityEvent::SignedOut { .. })
+                )
+            })
+            .count();
+        if heard > d.signed_out_seen {
+            d.signed_out_seen = heard;
+            d.wiped = true;
+        }
+        if std::mem::take(&mut self.devices[device].wiped) {
+            // What was queued at the wipe went with it, and so did the device-only values
+            // (edits made since, signed out, stay queued for the next sign-in).
+            for i in self.queued(device) {
+                self.edits[i].fate = Fate::Discarded;
+            }
+            self.devices[device].device_only.clear();
+        }
         if engine.session().is_signed_in().await.unwrap() {
             return;
         }
-        for i in self.queued(device) {
-            self.edits[i].fate = Fate::Discarded;
-        }
-        self.devices[device].device_only.clear();
         if !self.server_up || self.devices[device].proxy.down.load(Ordering::SeqCst) {
             return;
         }
@@ -582,6 +608,7 @@ impl World {
         if error.is_signed_out() {
             let engine = self.engine(device);
             let dropped = engine.wipe().await.unwrap();
+            self.devices[device].wiped = true;
             self.note(format!(
                 "    device {device} signed out, {dropped} queued edit(s) discarded"
             ));
