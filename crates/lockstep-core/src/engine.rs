@@ -527,24 +527,20 @@ impl Engine {
     fn record(&self, edits: Vec<(String, Value, bool)>) -> Result<(), EngineError> {
         let now = self.now_ms();
         let mut local = self.lock();
-        let mut queued = Vec::new();
-        let mut device_only = local.cache.clone();
-        let mut any_device_only = false;
-        for (key, value, deleted) in edits {
-            if device_only.is_device_local(&key) {
-                device_only.set_device_local(&key, if deleted { None } else { Some(value) });
-                any_device_only = true;
-                continue;
-            }
-            queued.push((key, value, deleted));
-        }
-        if any_device_only {
+        let (local_edits, synced): (Vec<_>, Vec<_>) = edits
+            .into_iter()
+            .partition(|(key, _, _)| local.cache.is_device_local(key));
+        if !local_edits.is_empty() {
             // Device-only values live in the cache file alone: the edit is acknowledged only
             // once that file is on disk, and a failed save leaves nothing changed.
-            local.store.save_cache(&device_only)?;
-            local.cache = device_only;
+            let mut updated = local.cache.clone();
+            for (key, value, deleted) in local_edits {
+                updated.set_device_local(&key, if deleted { None } else { Some(value) });
+            }
+            local.store.save_cache(&updated)?;
+            local.cache = updated;
         }
-        let queued: Vec<OutboxEntry> = queued
+        let queued: Vec<OutboxEntry> = synced
             .into_iter()
             .map(|(key, value, deleted)| {
                 let hlc = local.hlc.tick(u64::try_from(now).unwrap_or(0));
