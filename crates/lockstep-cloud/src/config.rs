@@ -117,6 +117,19 @@ pub struct Config {
     #[arg(long, env = "LOCKSTEP_SSE_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub sse_heartbeat_seconds: u64,
 
+    /// Password hashes computed at once; each holds ~19 MiB while it runs. Default: one per core.
+    #[arg(long, env = "LOCKSTEP_PASSWORD_HASH_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub password_hash_threads: Option<u64>,
+
+    /// Password checks (sign-in, signup, password change) that may wait for a free hasher; past
+    /// it, requests get 503 with `Retry-After` at once.
+    #[arg(long, env = "LOCKSTEP_PASSWORD_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub password_queue: u64,
+
+    /// Seconds a password check may wait for a hasher before it is answered 503.
+    #[arg(long, env = "LOCKSTEP_PASSWORD_WAIT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub password_wait_seconds: u64,
+
     #[command(flatten)]
     pub rate_limits: RateLimits,
 }
@@ -219,6 +232,18 @@ impl Config {
         config.site_url = None;
         config.smtp_url = None;
         config
+    }
+
+    /// The password hashing pool in effect.
+    pub fn password_pool(&self) -> crate::password::PoolSize {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        crate::password::PoolSize {
+            threads: self
+                .password_hash_threads
+                .map_or(cores, |n| usize::try_from(n).unwrap_or(cores)),
+            queue: usize::try_from(self.password_queue).unwrap_or(64),
+            wait: Duration::from_secs(self.password_wait_seconds),
+        }
     }
 
     /// The database URL in effect.

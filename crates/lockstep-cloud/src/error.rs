@@ -79,6 +79,20 @@ impl ApiError {
         }
     }
 
+    /// The server is saturated: 503 with `Retry-After`, answered at once rather than after a
+    /// long wait, so clients back off and other users keep being served.
+    pub fn busy(what: &str, retry_after_secs: u64) -> Self {
+        ApiError::Auth {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::RequestTimeout,
+            message: Cow::Owned(format!(
+                "The server is busy ({what}): try again in {retry_after_secs} seconds."
+            )),
+            retry_after: Some(retry_after_secs),
+            reasons: None,
+        }
+    }
+
     pub fn rest(
         status: StatusCode,
         code: &'static str,
@@ -111,6 +125,9 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            return ApiError::busy("all database connections are in use", 1);
+        }
         ApiError::Internal(e.into())
     }
 }

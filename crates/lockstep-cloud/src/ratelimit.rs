@@ -48,54 +48,92 @@ impl RateLimiter {
         }
     }
 
-    /// `Err(seconds until allowed)` if the key has used up its window.
-    pub fn check(&self, bucket: Bucket, key: &str) -> Result<(), u64> {
-        let Some(limit) = self.limits.get(&bucket).copied() else {
-            return Ok(());
-        };
-        let now = self.clock.now();
-        let window = window_of(limit);
-        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(times) = events.get_mut(&(bucket, key.to_owned())) else {
-            return Ok(());
-        };
-        prune(times, now - window);
-        if times.len() < limit.count as usize {
-            return Ok(());
-        }
-        let oldest = times.front().copied().unwrap_or(now);
-        let wait = (oldest + window - now).whole_seconds().max(1);
-        Err(wait as u64)
-    }
-
-    /// Counts one event against the key.
-    pub fn record(&self, bucket: Bucket, key: &str) {
-        let Some(limit) = self.limits.get(&bucket).copied() else {
-            return;
-        };
+    /// Counts one attempt against every `(bucket, key)` at once, before the work it limits, or
+    /// none of them: `Err(seconds until allowed)` if any has used up its window. Checking and
+    /// counting are one step under one lock, so a burst of concurrent attempts cannot all pass a
+    /// check made before any of them was counted. A limit on failures refunds the attempt when
+    /// it succeeds ([`Reservation::refund`]); a limit on attempts keeps it.
+    pub fn reserve(&self, keys: &[(Bucket, &str)]) -> Result<Reservation, u64> {
         let now = self.clock.now();
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() >= MAX_KEYS {
-            events.retain(|(b, _), times| {
-                let window = self
-                    .limits
-                    .get(b)
-                    .map(|l| window_of(*l))
-                    .unwrap_or_default();
-                prune(times, now - window);
-                !times.is_empty()
-            });
+            self.forget_idle(&mut events, now);
         }
-        let times = events.entry((bucket, key.to_owned())).or_default();
-        prune(times, now - window_of(limit));
-        times.push_back(now);
+        let limited: Vec<(Bucket, &str, Limit)> = keys
+            .iter()
+            .filter_map(|(bucket, key)| Some((*bucket, *key, *self.limits.get(bucket)?)))
+            .collect();
+        let mut wait = 0;
+        for (bucket, key, limit) in &limited {
+            let window = window_of(*limit);
+            if let Some(times) = events.get_mut(&(*bucket, (*key).to_owned())) {
+                prune(times, now - window);
+                if times.len() >= limit.count as usize {
+                    let oldest = times.front().copied().unwrap_or(now);
+                    wait = wait.max((oldest + window - now).whole_seconds().max(1) as u64);
+                }
+            }
+        }
+        if wait > 0 {
+            return Err(wait);
+        }
+        let mut counted = Vec::with_capacity(limited.len());
+        for (bucket, key, _) in limited {
+            events
+                .entry((bucket, key.to_owned()))
+                .or_default()
+                .push_back(now);
+            counted.push((bucket, key.to_owned()));
+        }
+        Ok(Reservation {
+            events: Arc::clone(&self.events),
+            counted,
+            at: now,
+        })
     }
 
-    /// Checks and, if allowed, counts in one step (for limits on attempts, not failures).
+    /// Counts one attempt against a single key (limits on attempts, not failures).
     pub fn hit(&self, bucket: Bucket, key: &str) -> Result<(), u64> {
-        self.check(bucket, key)?;
-        self.record(bucket, key);
-        Ok(())
+        self.reserve(&[(bucket, key)]).map(Reservation::keep)
+    }
+
+    fn forget_idle(&self, events: &mut Events, now: OffsetDateTime) {
+        events.retain(|(b, _), times| {
+            let window = self
+                .limits
+                .get(b)
+                .map(|l| window_of(*l))
+                .unwrap_or_default();
+            prune(times, now - window);
+            !times.is_empty()
+        });
+    }
+}
+
+/// Attempts counted by [`RateLimiter::reserve`]. They stay counted unless refunded; dropping a
+/// reservation keeps them (an attempt that errored half-way still counts).
+#[derive(Debug)]
+#[must_use = "keep() or refund() says whether the attempt counts"]
+pub struct Reservation {
+    events: Arc<Mutex<Events>>,
+    counted: Vec<(Bucket, String)>,
+    at: OffsetDateTime,
+}
+
+impl Reservation {
+    /// The attempt counts (a failure, or a limit on attempts).
+    pub fn keep(self) {}
+
+    /// The attempt does not count (it succeeded, and the limit is on failures).
+    pub fn refund(self) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.counted {
+            if let Some(times) = events.get_mut(key)
+                && let Some(at) = times.iter().rposition(|t| *t == self.at)
+            {
+                times.remove(at);
+            }
+        }
     }
 }
 
@@ -141,6 +179,52 @@ mod tests {
             Ok(()),
             "window slid past"
         );
+    }
+
+    #[test]
+    fn a_reservation_counts_every_key_or_none_and_a_refund_gives_it_back() {
+        let clock = ManualClock::starting_now();
+        let limiter = RateLimiter::new(
+            Arc::new(clock.clone()),
+            HashMap::from([
+                (Bucket::SignInFailuresIp, Limit::new(3, 60)),
+                (Bucket::SignInFailuresAccount, Limit::new(2, 60)),
+            ]),
+        );
+        let keys = |account| [(Bucket::SignInFailuresIp, "ip"), (Bucket::SignInFailuresAccount, account)];
+        limiter.reserve(&keys("ada")).expect("first").keep();
+        limiter.reserve(&keys("ada")).expect("second").keep();
+        assert!(limiter.reserve(&keys("ada")).is_err(), "the account is used up");
+        // The refused attempt did not count against the IP either: one more account fits.
+        limiter.reserve(&keys("bob")).expect("third for the ip").keep();
+        assert!(limiter.reserve(&keys("cy")).is_err(), "the ip is used up");
+        clock.advance(Duration::seconds(61));
+        let success = limiter.reserve(&keys("ada")).expect("window slid");
+        success.refund();
+        for _ in 0..2 {
+            limiter.reserve(&keys("ada")).expect("the refund gave the attempt back").keep();
+        }
+        assert!(limiter.reserve(&keys("ada")).is_err());
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_limit() {
+        let clock = ManualClock::starting_now();
+        let limiter = limiter(&clock);
+        let passed = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..10 {
+                        if let Ok(r) = limiter.reserve(&[(Bucket::VerifyIp, "ip")]) {
+                            passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            r.keep();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(passed.into_inner(), 3);
     }
 
     #[test]

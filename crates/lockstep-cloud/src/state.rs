@@ -17,6 +17,7 @@ use crate::{
     feed::Hub,
     keys::ServerKeys,
     mail::Mailer,
+    password::Passwords,
     ratelimit::{Bucket, RateLimiter},
     sealing::DataKeys,
 };
@@ -35,6 +36,8 @@ pub struct AppInner {
     pub clock: Arc<dyn Clock>,
     pub mailer: Mailer,
     pub limiter: RateLimiter,
+    /// The bounded argon2 hashers.
+    pub passwords: Passwords,
     /// Master keys for encryption at rest.
     pub sealing: DataKeys,
     /// Wake-ups for this node's open streams.
@@ -92,6 +95,7 @@ impl AppState {
                 (Bucket::EmailIp, limits.emails_per_ip),
             ]),
         );
+        let passwords = Passwords::start(config.password_pool())?;
         let token_key = keys.token_key();
         let sealing = keys.sealing()?;
         let hub = Arc::new(Hub::default());
@@ -110,6 +114,7 @@ impl AppState {
             clock,
             mailer,
             limiter,
+            passwords,
             sealing,
             hub,
             hlc: Mutex::new(Hlc::ZERO),

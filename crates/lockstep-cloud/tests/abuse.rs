@@ -17,6 +17,146 @@ backend_tests! {
     malformed_bodies_get_clear_4xx_answers,
     oversized_and_mistyped_requests_are_refused,
     unknown_routes_and_methods_answer_json,
+    a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit,
+    a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_limit,
+    a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit,
+    a_saturated_password_queue_answers_503_with_retry_after_and_others_are_served,
+}
+
+/// Counts answers by (status, error_code).
+fn tally(replies: &[common::Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for reply in replies {
+        let code = reply.body["error_code"].as_str().unwrap_or("").to_owned();
+        *counts.entry((reply.status.as_u16(), code)).or_default() += 1;
+    }
+    counts
+}
+
+async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit(
+    backend: Backend,
+) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.sign_in_failures_per_account = Limit::new(10, 900);
+        c.rate_limits.sign_in_failures_per_ip = Limit::new(10_000, 300);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    let app = &app;
+    let burst = (0..40).map(|i| async move {
+        app.sign_in_reply("ada@example.com", &format!("Wrong password {i}"), "x")
+            .await
+    });
+    let counts = tally(&futures::future::join_all(burst).await);
+    assert_eq!(
+        counts.get(&(400, "invalid_credentials".into())).copied(),
+        Some(10),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        Some(30),
+        "{counts:?}"
+    );
+}
+
+async fn a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_limit(
+    backend: Backend,
+) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.sign_in_failures_per_ip = Limit::new(30, 300);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    let app = &app;
+    let burst = (0..60).map(|i| async move {
+        app.sign_in_reply(&format!("guess{i}@example.com"), PASSWORD, "x")
+            .await
+    });
+    let counts = tally(&futures::future::join_all(burst).await);
+    assert_eq!(
+        counts.get(&(400, "invalid_credentials".into())).copied(),
+        Some(30),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        Some(30),
+        "{counts:?}"
+    );
+    // A success is refunded: it never uses up the limit of the people who type correctly.
+    app.clock.advance(Duration::seconds(301));
+    for _ in 0..40 {
+        app.sign_in("ada@example.com", "x").await;
+    }
+}
+
+async fn a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.code_failures_per_account = Limit::new(5, 900);
+        c.rate_limits.verify_per_ip = Limit::new(10_000, 300);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    let app = &app;
+    let burst = (0..40).map(|i| async move {
+        app.post(
+            "/auth/v1/verify",
+            None,
+            json!({ "type": "signup", "email": "ada@example.com", "token": format!("{:06}", 100_000 + i) }),
+        )
+        .await
+    });
+    let counts = tally(&futures::future::join_all(burst).await);
+    let checked: usize = counts
+        .iter()
+        .filter(|((status, _), _)| *status != 429)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(checked, 5, "{counts:?}");
+    assert_eq!(
+        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        Some(35),
+        "{counts:?}"
+    );
+}
+
+/// One hasher, a queue of two: a burst of sign-ins beyond that is answered 503 with
+/// Retry-After at once (none waits, none is a 500), and the server keeps serving.
+async fn a_saturated_password_queue_answers_503_with_retry_after_and_others_are_served(
+    backend: Backend,
+) {
+    let app = TestApp::start_with(backend, |c| {
+        c.password_hash_threads = Some(1);
+        c.password_queue = 2;
+        c.rate_limits.sign_in_failures_per_ip = Limit::new(10_000, 300);
+        c.rate_limits.sign_in_failures_per_account = Limit::new(10_000, 300);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    let app = &app;
+    let burst = (0..30).map(|i| async move {
+        app.sign_in_reply(&format!("guess{i}@example.com"), PASSWORD, "x")
+            .await
+    });
+    let replies = futures::future::join_all(burst).await;
+    let counts = tally(&replies);
+    let busy = counts
+        .get(&(503, "request_timeout".into()))
+        .copied()
+        .unwrap_or(0);
+    assert!(busy > 0, "{counts:?}");
+    assert_eq!(
+        busy + counts.get(&(400, "invalid_credentials".into())).copied().unwrap_or(0),
+        30,
+        "only wrong-password or busy answers: {counts:?}"
+    );
+    for reply in replies.iter().filter(|r| r.status.as_u16() == 503) {
+        let retry: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry >= 1);
+    }
+    app.get("/auth/v1/health", None).await.expect(StatusCode::OK);
+    app.sign_in("ada@example.com", "x").await;
 }
 
 async fn failed_sign_ins_lock_the_account_for_a_while(backend: Backend) {

@@ -154,6 +154,114 @@ backend_tests! {
     no_secret_or_recovery_code_is_stored_in_plaintext,
     malformed_mfa_requests_get_clear_errors,
     an_unverified_enrollment_expires_and_a_new_one_replaces_it,
+    a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows,
+    a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_allows,
+}
+
+/// Counts answers by (status, error_code).
+fn tally(replies: &[common::Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for reply in replies {
+        let code = reply.body["error_code"].as_str().unwrap_or("").to_owned();
+        *counts.entry((reply.status.as_u16(), code)).or_default() += 1;
+    }
+    counts
+}
+
+/// 80 wrong codes at once, split over two nodes where the backend has several (the lockout
+/// counter lives in the database): at most five are checked, the rest are refused unchecked.
+async fn a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows(backend: Backend) {
+    let app = TestApp::start_with(backend.clone(), |c| {
+        c.rate_limits.mfa_per_ip = lockstep_cloud::config::Limit::new(10_000, 60);
+    })
+    .await;
+    let (_, factor) = with_mfa(&app, "ada@example.com", "laptop").await;
+    let second = match backend {
+        Backend::Postgres { .. } => Some(app.another_node().await),
+        Backend::Sqlite => None,
+    };
+    next_step(&app);
+    let session = app.sign_in("ada@example.com", "tablet").await;
+    let token = access_token(&session).to_owned();
+    let challenge_id = challenge(&app, &token, &factor.factor_id).await;
+    let right = code_now(&app, &factor.secret);
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let app = &app;
+    let nodes: Vec<&TestApp> = match &second {
+        Some(other) => vec![app, other],
+        None => vec![app],
+    };
+    let burst = (0..80).map(|i| {
+        let node = nodes[i % nodes.len()];
+        let (token, challenge_id, wrong, factor_id) =
+            (&token, &challenge_id, &wrong, &factor.factor_id);
+        async move {
+            node.post(
+                &format!("/auth/v1/factors/{factor_id}/verify"),
+                Some(token),
+                json!({ "challenge_id": challenge_id, "code": wrong }),
+            )
+            .await
+        }
+    });
+    let replies = futures::future::join_all(burst).await;
+    let counts = tally(&replies);
+    assert_eq!(
+        counts.get(&(422, "mfa_verification_failed".into())).copied(),
+        Some(5),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        Some(75),
+        "{counts:?}"
+    );
+    // Locked: even the right code waits for the window.
+    app.post(
+        &format!("/auth/v1/factors/{}/verify", factor.factor_id),
+        Some(&token),
+        json!({ "challenge_id": challenge_id, "code": right }),
+    )
+    .await
+    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+}
+
+async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_allows(
+    backend: Backend,
+) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.mfa_per_ip = lockstep_cloud::config::Limit::new(10_000, 60);
+    })
+    .await;
+    let (aal2, _) = with_mfa(&app, "ada@example.com", "laptop").await;
+    app.post("/auth/v1/factors/recovery-codes", Some(access_token(&aal2)), json!({}))
+        .await
+        .expect(StatusCode::OK);
+    let session = app.sign_in("ada@example.com", "tablet").await;
+    let token = access_token(&session).to_owned();
+    let app = &app;
+    let burst = (0..60).map(|i| {
+        let token = &token;
+        async move {
+            app.post(
+                "/auth/v1/factors/recovery-codes/verify",
+                Some(token),
+                json!({ "code": format!("wrongcode{i:03}") }),
+            )
+            .await
+        }
+    });
+    let counts = tally(&futures::future::join_all(burst).await);
+    assert_eq!(
+        counts.get(&(422, "mfa_verification_failed".into())).copied(),
+        Some(5),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        Some(55),
+        "{counts:?}"
+    );
 }
 
 async fn an_unverified_enrollment_expires_and_a_new_one_replaces_it(backend: Backend) {

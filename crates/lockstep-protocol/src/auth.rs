@@ -302,6 +302,9 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     UnsupportedMediaType,
+    /// The server is saturated (password hashing queue, database pool): retry after the
+    /// `Retry-After` seconds.
+    RequestTimeout,
     UnexpectedFailure,
 }
 
@@ -343,6 +346,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnexpectedFailure => "unexpected_failure",
         }
     }

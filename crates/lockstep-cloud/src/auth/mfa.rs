@@ -398,14 +398,28 @@ pub async fn challenge(
     }))
 }
 
-/// Refuses while `subject` has too many recent failures; says when to retry.
-pub async fn check_lockout(
+/// One counted code attempt against a lockout subject (a factor, or an account's recovery
+/// codes). The count lives in the database, so it holds across nodes.
+#[derive(Debug)]
+#[must_use = "refund() or wrong() says whether the attempt counts"]
+pub struct CodeAttempt {
+    subject: String,
+    id: String,
+}
+
+/// Counts an attempt for `subject` before its code is checked, or refuses while the subject
+/// has too many recent failures (saying when to retry). Counting and checking happen under the
+/// user's write lock in one transaction, so a burst of guesses, on one node or several, gets
+/// at most [`LOCKOUT_FAILURES`] checks per window.
+pub async fn reserve_code_attempt(
     state: &AppState,
-    conn: &mut AnyConnection,
+    user_id: &str,
     subject: &str,
-) -> ApiResult<()> {
+) -> ApiResult<CodeAttempt> {
     let now = state.now_ms();
-    let (failures, oldest) = mfa::failures_since(conn, subject, now - LOCKOUT_WINDOW_MS).await?;
+    let mut tx = state.db.pool.begin().await?;
+    crate::db::feed::lock_user(&mut tx, state.db.backend, user_id).await?;
+    let (failures, oldest) = mfa::failures_since(&mut tx, subject, now - LOCKOUT_WINDOW_MS).await?;
     if failures >= LOCKOUT_FAILURES {
         let wait_ms = oldest.unwrap_or(now) + LOCKOUT_WINDOW_MS - now;
         let secs = ((wait_ms + 999) / 1000).max(1);
@@ -420,46 +434,60 @@ pub async fn check_lockout(
             reasons: None,
         });
     }
-    Ok(())
+    let id = Uuid::new_v4().to_string();
+    mfa::record_failure(&mut tx, subject, &id, now).await?;
+    tx.commit().await?;
+    Ok(CodeAttempt {
+        subject: subject.to_owned(),
+        id,
+    })
 }
 
-/// Records a wrong code (committed even though the request fails), audits it, announces it,
-/// and announces the lockout when this failure starts one.
-pub async fn record_wrong_code(
-    state: &AppState,
-    caller: &AuthSession,
-    meta: &ClientMeta,
-    subject: &str,
-    factor_id: Option<&str>,
-) -> ApiResult<()> {
-    let now = state.now_ms();
-    let mut tx = state.db.pool.begin().await?;
-    mfa::record_failure(&mut tx, subject, now).await?;
-    let (failures, _) = mfa::failures_since(&mut tx, subject, now - LOCKOUT_WINDOW_MS).await?;
-    let details = json!({ "factor_id": factor_id, "failures": failures });
-    record_event(
-        state,
-        &mut tx,
-        caller,
-        meta,
-        AuditAction::MfaVerificationFailed,
-        details.clone(),
-    )
-    .await?;
-    if failures == LOCKOUT_FAILURES {
+impl CodeAttempt {
+    /// The code was right: the attempt does not count.
+    pub async fn refund(self, conn: &mut AnyConnection) -> ApiResult<()> {
+        mfa::refund_failure(conn, &self.id).await?;
+        Ok(())
+    }
+
+    /// The code was wrong: the attempt stays counted; it is audited and announced, and so is
+    /// the lockout when this failure starts one.
+    pub async fn wrong(
+        self,
+        state: &AppState,
+        caller: &AuthSession,
+        meta: &ClientMeta,
+        factor_id: Option<&str>,
+    ) -> ApiResult<()> {
+        let now = state.now_ms();
+        let mut tx = state.db.pool.begin().await?;
+        let (failures, _) =
+            mfa::failures_since(&mut tx, &self.subject, now - LOCKOUT_WINDOW_MS).await?;
+        let details = json!({ "factor_id": factor_id, "failures": failures });
         record_event(
             state,
             &mut tx,
             caller,
             meta,
-            AuditAction::MfaLockedOut,
-            details,
+            AuditAction::MfaVerificationFailed,
+            details.clone(),
         )
         .await?;
+        if failures == LOCKOUT_FAILURES {
+            record_event(
+                state,
+                &mut tx,
+                caller,
+                meta,
+                AuditAction::MfaLockedOut,
+                details,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        state.publish(&caller.user_id);
+        Ok(())
     }
-    tx.commit().await?;
-    state.publish(&caller.user_id);
-    Ok(())
 }
 
 fn wrong_code(message: &'static str) -> ApiError {
@@ -550,23 +578,23 @@ pub async fn verify(
                 "Challenge has expired or was already used: request a new one",
             )
         })?;
-    let subject = format!("factor:{}", factor.id);
-    check_lockout(&state, &mut conn, &subject).await?;
     let user = users::by_id(&mut conn, &caller.user_id)
         .await?
         .ok_or_else(not_found)?;
     drop(conn);
+    let subject = format!("factor:{}", factor.id);
+    let attempt = reserve_code_attempt(&state, &caller.user_id, &subject).await?;
 
     let totp = totp(open_secret(&state, &factor)?, DEFAULT_ISSUER, &user.email)?;
     let now_secs = u64::try_from(state.now_secs()).unwrap_or(0);
     let Some(step) = totp.check(code, now_secs) else {
-        record_wrong_code(&state, &caller, &meta, &subject, Some(&factor.id)).await?;
+        attempt.wrong(&state, &caller, &meta, Some(&factor.id)).await?;
         return Err(wrong_code("Invalid TOTP code entered"));
     };
     let mut tx = state.db.pool.begin().await?;
     if !mfa::accept_step(&mut tx, &factor.id, step as i64).await? {
         drop(tx);
-        record_wrong_code(&state, &caller, &meta, &subject, Some(&factor.id)).await?;
+        attempt.wrong(&state, &caller, &meta, Some(&factor.id)).await?;
         return Err(wrong_code(
             "This code was already used: wait for the next one",
         ));
@@ -578,6 +606,7 @@ pub async fn verify(
             "Challenge was already used: request a new one",
         ));
     }
+    attempt.refund(&mut tx).await?;
     if mfa::mark_verified(&mut tx, &factor.id, now).await? {
         // First verification: MFA is now on for the account. Abandoned enrollments go.
         mfa::delete_unverified(&mut tx, &caller.user_id).await?;

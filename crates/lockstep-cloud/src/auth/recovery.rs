@@ -19,7 +19,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::mfa::{
-    check_lockout, raise_session, record_event, record_wrong_code, require_recent_proof,
+    raise_session, record_event, require_recent_proof, reserve_code_attempt,
 };
 use crate::{
     db::mfa::{self, RecoverySetRow},
@@ -211,20 +211,19 @@ pub async fn verify(
         return Err(ApiError::validation("code is required"));
     }
     let subject = format!("recovery:{}", caller.user_id);
-    let mut conn = state.db.pool.acquire().await?;
-    check_lockout(&state, &mut conn, &subject).await?;
-    drop(conn);
+    let attempt = reserve_code_attempt(&state, &caller.user_id, &subject).await?;
     let hash = code_hash(&state, &caller.user_id, &body.code);
     let mut tx = state.db.pool.begin().await?;
     if !mfa::use_recovery_code(&mut tx, &caller.user_id, &hash, state.now_ms()).await? {
         drop(tx);
-        record_wrong_code(&state, &caller, &meta, &subject, None).await?;
+        attempt.wrong(&state, &caller, &meta, None).await?;
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::MfaVerificationFailed,
             "Invalid or already used recovery code",
         ));
     }
+    attempt.refund(&mut tx).await?;
     record_event(
         &state,
         &mut tx,

@@ -73,30 +73,38 @@ async fn password_grant(
 ) -> ApiResult<Response> {
     let email = valid_email(&body.email).map_err(|_| invalid_credentials())?;
     let device = DeviceChoice::pick(body.device, &meta)?;
-    let limiter = &state.limiter;
-    for (bucket, key) in [
-        (Bucket::SignInFailuresIp, &meta.ip),
-        (Bucket::SignInFailuresAccount, &email),
-    ] {
-        limiter
-            .check(bucket, key)
-            .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
-    }
+    // Counted before the work, refunded on success: a burst of wrong passwords cannot all be
+    // checked before the first is counted.
+    let attempt = state
+        .limiter
+        .reserve(&[
+            (Bucket::SignInFailuresIp, &meta.ip),
+            (Bucket::SignInFailuresAccount, &email),
+        ])
+        .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
 
     let mut conn = state.db.pool.acquire().await?;
     let user = users::by_email(&mut conn, &email).await?;
     drop(conn);
-    let ok = crate::password::verify(
-        body.password,
-        user.as_ref().map(|u| u.password_hash.clone()),
-    )
-    .await?;
+    let checked = state
+        .passwords
+        .verify(body.password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await;
+    let ok = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            attempt.refund(); // not checked, so not a failure
+            return Err(e.into());
+        }
+    };
     let now = state.now_ms();
     let user = match user {
-        Some(user) if ok => user,
+        Some(user) if ok => {
+            attempt.refund();
+            user
+        }
         user => {
-            limiter.record(Bucket::SignInFailuresIp, &meta.ip);
-            limiter.record(Bucket::SignInFailuresAccount, &email);
+            attempt.keep();
             let mut conn = state.db.pool.acquire().await?;
             audit::insert(
                 &mut conn,

@@ -71,14 +71,17 @@ pub async fn update_user(
 
     let new_hash = match body.password {
         Some(password) => {
-            if crate::password::verify(password.clone(), Some(user.password_hash.clone())).await? {
+            if state
+                .passwords
+                .verify(password.clone(), Some(user.password_hash.clone()))
+                .await? {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     ErrorCode::SamePassword,
                     "New password should be different from the old password.",
                 ));
             }
-            Some(crate::password::hash(password).await?)
+            Some(state.passwords.hash(password).await?)
         }
         None => None,
     };

@@ -221,9 +221,11 @@ pub async fn verify(
             // A code is only 6 digits: besides the per-IP limit, wrong codes are counted per
             // address, so that many addresses cannot share the guessing of one code.
             let email = valid_email(email)?;
-            state
+            // Counted before the lookup and refunded on success, so concurrent guesses cannot
+            // all be checked before the first wrong one is counted.
+            let attempt = state
                 .limiter
-                .check(Bucket::CodeFailuresAccount, &email)
+                .reserve(&[(Bucket::CodeFailuresAccount, &email)])
                 .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
             let row = match users::by_email(&mut tx, &email).await? {
                 Some(user) => {
@@ -232,13 +234,9 @@ pub async fn verify(
                 }
                 None => None,
             };
-            match redeem(&state, &mut tx, row, body.kind, &meta).await {
-                Err(e) if e.code() == Some(ErrorCode::OtpExpired) => {
-                    state.limiter.record(Bucket::CodeFailuresAccount, &email);
-                    return Err(e);
-                }
-                other => other?,
-            }
+            let user = redeem(&state, &mut tx, row, body.kind, &meta).await?;
+            attempt.refund();
+            user
         }
         _ => {
             return Err(ApiError::validation(

@@ -190,10 +190,25 @@ pub async fn consume_challenge(conn: &mut AnyConnection, id: &str, now: i64) -> 
     Ok(result.rows_affected() == 1)
 }
 
-pub async fn record_failure(conn: &mut AnyConnection, subject: &str, now: i64) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO mfa_failures (subject, failed_at) VALUES ($1, $2)")
+/// Counts one attempt for `subject`; [`refund_failure`] takes it back by `attempt_id`.
+pub async fn record_failure(
+    conn: &mut AnyConnection,
+    subject: &str,
+    attempt_id: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO mfa_failures (subject, failed_at, attempt_id) VALUES ($1, $2, $3)")
         .bind(subject)
         .bind(now)
+        .bind(attempt_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn refund_failure(conn: &mut AnyConnection, attempt_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM mfa_failures WHERE attempt_id = $1")
+        .bind(attempt_id)
         .execute(conn)
         .await?;
     Ok(())
