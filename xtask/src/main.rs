@@ -12,6 +12,7 @@
 //!   `cargo test` by hand;
 //! - `cargo xtask sim`: the sync engine's deterministic simulation, long and in release mode.
 
+mod bench;
 mod cmd;
 mod e2e;
 mod keyring;
@@ -50,6 +51,9 @@ enum Task {
     /// Run the sync engine's deterministic simulation (many seeded schedules of edits and
     /// faults against real engines and a real server) and print its figures.
     Sim(sim::Args),
+    /// Print load figures for the cloud server (release build, a real server process on
+    /// loopback, bounded load): memory and other users' latency under a sign-in burst.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Postgres => postgres_task().map(|()| ExitCode::SUCCESS),
         Task::Sim(args) => sim::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

@@ -104,7 +104,7 @@ fn has_display() -> bool {
 }
 
 /// `$CARGO_TARGET_DIR`, or `target/` in the workspace.
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .filter(|d| !d.is_empty())
         .map_or_else(|| root.join("target"), PathBuf::from)

@@ -117,6 +117,28 @@ pub struct Config {
     #[arg(long, env = "LOCKSTEP_SSE_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub sse_heartbeat_seconds: u64,
 
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open between requests.
+    #[arg(long, env = "LOCKSTEP_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout_seconds: u64,
+
+    /// Seconds a client has to send a request's body (408 after).
+    #[arg(long, env = "LOCKSTEP_BODY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub body_timeout_seconds: u64,
+
+    /// Open connections (change streams included) one client IP may hold; more are closed at once.
+    #[arg(long, env = "LOCKSTEP_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_ip: u64,
+
+    /// Open connections this node holds in all; keep it below the process's descriptor limit.
+    #[arg(long, env = "LOCKSTEP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Seconds a shutdown waits for requests in flight (streams are ended at once) before the
+    /// process exits anyway.
+    #[arg(long, env = "LOCKSTEP_SHUTDOWN_GRACE", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub shutdown_grace_seconds: u64,
+
     /// Password hashes computed at once; each holds ~19 MiB while it runs. Default: one per core.
     #[arg(long, env = "LOCKSTEP_PASSWORD_HASH_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
     pub password_hash_threads: Option<u64>,

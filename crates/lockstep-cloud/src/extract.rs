@@ -32,6 +32,52 @@ fn is_open_route(method: &Method, path: &str) -> bool {
     *method == Method::GET && matches!(path, "/" | "/health" | "/auth/v1/verify")
 }
 
+/// Middleware: reads the whole request body before any handler runs, within the configured
+/// size and time (`--max-body-bytes`, `--body-timeout-seconds`): a body that is too large is
+/// 413, one that does not arrive in time 408, for every route alike. Handlers then only see
+/// complete bodies, so a slow client never holds a handler, a lock or a connection.
+pub async fn read_whole_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let rest = request.uri().path().starts_with("/rest/");
+    let refuse = |status: StatusCode, code: ErrorCode, message: String| {
+        if rest {
+            ApiError::rest(status, "PGRST102", message).into_response()
+        } else {
+            ApiError::new(status, code, message).into_response()
+        }
+    };
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_body_bytes;
+    let wait = std::time::Duration::from_secs(state.config.body_timeout_seconds);
+    let bytes = match tokio::time::timeout(wait, axum::body::to_bytes(body, limit)).await {
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::RequestTimeout,
+                format!("The request body did not arrive within {} seconds", wait.as_secs()),
+            );
+        }
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::RequestTooLarge,
+                    format!("Request body is too large: at most {limit} bytes"),
+                )
+            } else {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadJson,
+                    "Could not read the request body".to_owned(),
+                )
+            };
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
 /// Middleware: every other route needs the anon or service key, in the `apikey` header or the
 /// `apikey` query parameter (as Supabase's gateway accepts).
 pub async fn require_api_key(

@@ -25,11 +25,10 @@ pub mod ratelimit;
 pub mod realtime;
 pub mod rest;
 pub mod sealing;
+pub mod serve;
 pub mod state;
 pub mod sync;
 pub mod token;
-
-use std::net::SocketAddr;
 
 use axum::{
     Json, Router,
@@ -66,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), extract::require_api_key))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), extract::read_whole_body))
         .layer(
             // Spans carry the path only: query strings can hold one-time tokens.
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -75,14 +75,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until the listener fails or the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-}
+pub use serve::{serve, serve_until};
 
 /// `GET /health`: whether this node and its database answer.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {

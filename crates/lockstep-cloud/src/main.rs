@@ -37,11 +37,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let _ = writeln!(std::io::stdout(), "{banner}");
-    axum::serve(
-        listener,
-        lockstep_cloud::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
+    lockstep_cloud::serve_until(listener, state, shutdown_signal())
     .await
     .context("server failed")
 }

@@ -13,8 +13,9 @@
 //!   and an open aal1 stream ends with `event: insufficient_aal` when MFA is turned on elsewhere.
 //! - The stream ends with `event: session` when the session is signed out or revoked
 //!   (`{"reason": "signed_out"}`) or the access token expires (`{"reason": "token_expired"}`:
-//!   reconnect with a fresh token and `Last-Event-ID`; nothing is lost). Reconnecting with a
-//!   dead session answers 401.
+//!   reconnect with a fresh token and `Last-Event-ID`; nothing is lost) or the node shuts down
+//!   (`{"reason": "server_shutdown"}`: reconnect with `Last-Event-ID`, to another node or once
+//!   this one is back). Reconnecting with a dead session answers 401.
 //!
 //! EventSource in browsers cannot send headers, so the access token may also come as
 //! `?access_token=` and the anon key as `?apikey=`.
@@ -155,6 +156,8 @@ fn events(
         let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(expires_in).unwrap_or(0)));
         tokio::pin!(expiry);
         let mut replaying = true;
+        let shutdown = state.shutting_down();
+        tokio::pin!(shutdown);
 
         loop {
             // Drain the log after `last`.
@@ -190,6 +193,10 @@ fn events(
             }
             tokio::select! {
                 () = wakeups.changed() => {}
+                () = &mut shutdown => {
+                    yield Ok(control_event("session", last, json!({ "reason": "server_shutdown" })));
+                    return;
+                }
                 () = &mut expiry => {
                     yield Ok(control_event("session", last, json!({ "reason": "token_expired" })));
                     return;

@@ -42,6 +42,8 @@ pub struct AppInner {
     pub sealing: DataKeys,
     /// Wake-ups for this node's open streams.
     pub hub: Arc<Hub>,
+    /// Set once when the node shuts down: open change streams end.
+    shutdown: tokio::sync::watch::Sender<bool>,
     /// This node's hybrid logical clock, for writes that come without a stamp.
     hlc: Mutex<Hlc>,
     /// Background tasks (feed listener, pruning), stopped with the state.
@@ -117,6 +119,7 @@ impl AppState {
             passwords,
             sealing,
             hub,
+            shutdown: tokio::sync::watch::channel(false).0,
             hlc: Mutex::new(Hlc::ZERO),
             tasks,
         }));
@@ -131,6 +134,19 @@ impl AppState {
     /// Now, in Unix seconds (JWT times).
     pub fn now_secs(&self) -> i64 {
         self.clock.now().unix_timestamp()
+    }
+
+    /// Tells this node's open change streams to end (the server is stopping).
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Completes once [`AppState::shut_down`] was called.
+    pub fn shutting_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.subscribe();
+        async move {
+            let _ = shutdown.wait_for(|down| *down).await;
+        }
     }
 
     /// Wakes the user's streams after a transaction that appended to their feed committed.

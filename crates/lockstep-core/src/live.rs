@@ -497,10 +497,14 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
             "must-refetch" => return StreamEnd::MustRefetch,
             "insufficient_aal" => return StreamEnd::StepUp,
             "session" => {
-                return if event.data.contains("token_expired") {
-                    StreamEnd::TokenExpired
-                } else {
-                    StreamEnd::SessionEnded
+                let reason = serde_json::from_str::<serde_json::Value>(&event.data)
+                    .ok()
+                    .and_then(|data| data["reason"].as_str().map(str::to_owned));
+                return match reason.as_deref() {
+                    Some("token_expired") => StreamEnd::TokenExpired,
+                    // The server is restarting: reconnect (with Last-Event-ID), stay signed in.
+                    Some("server_shutdown") => StreamEnd::Offline("the server is restarting".into()),
+                    _ => StreamEnd::SessionEnded,
                 };
             }
             other => tracing::debug!(event = other, "unknown stream event ignored"),

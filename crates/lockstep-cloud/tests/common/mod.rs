@@ -93,6 +93,7 @@ pub struct TestApp {
     pub state: AppState,
     pub http: reqwest::Client,
     server: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -150,10 +151,14 @@ impl TestApp {
         let state = AppState::new(config, Arc::new(clock.clone()))
             .await
             .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let state = state.clone();
             async move {
-                lockstep_cloud::serve(listener, state).await.unwrap();
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                lockstep_cloud::serve_until(listener, state, shutdown).await.unwrap();
             }
         });
         TestApp {
@@ -164,8 +169,20 @@ impl TestApp {
             state,
             http: reqwest::Client::new(),
             server,
+            stop: Some(stop),
             _dir: dir,
         }
+    }
+
+    /// Shuts the server down gracefully (as on SIGTERM) and waits until it has stopped.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(60), &mut self.server)
+            .await
+            .expect("the server stops within its grace period")
+            .expect("the server task ends cleanly");
     }
 
     /// A request with the anon key and, if given, a bearer token.

@@ -1,0 +1,231 @@
+//! `lockstep-bench`: starts a real `lockstep-cloud` process on loopback, puts a bounded load on
+//! it from this process, and prints what it measured (the server's resident memory from
+//! `/proc`, other users' latencies, the answers by status). It asserts nothing: figures on a
+//! noisy machine are for people to read and compare (`--server` points at another build).
+//!
+//! Run it through `cargo xtask bench`, which builds both in release mode.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(about = "Load figures for lockstep-cloud")]
+struct Args {
+    /// The lockstep-cloud binary to measure.
+    #[arg(long)]
+    server: PathBuf,
+    /// Concurrent failed sign-ins per burst.
+    #[arg(long, default_value_t = 300)]
+    burst: usize,
+    /// Bursts, one after another (memory that is not returned grows with them).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!(
+        "sign-in burst: {} concurrent failed sign-ins from 127.0.0.1, {} rounds; a second user signs in from 127.0.0.2 and /health is polled meanwhile",
+        args.burst, args.rounds
+    );
+    for (case, extra) in [
+        ("default limits", &[][..]),
+        (
+            "limits raised (every attempt is hashed)",
+            &[
+                "--sign-in-failures-per-ip=1000000/300",
+                "--sign-in-failures-per-account=1000000/300",
+            ][..],
+        ),
+    ] {
+        let server = Server::start(&args.server, extra).await?;
+        let result = sign_in_burst(&server, &args).await;
+        drop(server);
+        println!("\n## {case}\n{}", result?);
+    }
+    Ok(())
+}
+
+/// A `lockstep-cloud` process with its own data dir, stopped on drop.
+struct Server {
+    child: Child,
+    url: String,
+    anon_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(bin: &Path, extra: &[&str]) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bind = format!("127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["--bind", &bind, "--data-dir"])
+            .arg(dir.path())
+            .arg("--mailer-autoconfirm")
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let url = format!("http://{bind}");
+        let started = Instant::now();
+        let anon_key = loop {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("{} did not answer within 60 s", bin.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Ok(secrets) = std::fs::read_to_string(dir.path().join("secrets.json")) else {
+                continue;
+            };
+            if reqwest::get(format!("{url}/auth/v1/health")).await.is_ok() {
+                let secrets: Value = serde_json::from_str(&secrets)?;
+                break secrets["anon_key"].as_str().unwrap_or_default().to_owned();
+            }
+        };
+        Ok(Server {
+            child,
+            url,
+            anon_key,
+            _dir: dir,
+        })
+    }
+
+    /// (resident now, peak resident) in MiB, from `/proc/PID/status`.
+    fn memory(&self) -> Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .context("reading the server's /proc status (Linux only)")?;
+        let field = |name: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    async fn sign_in(&self, http: &reqwest::Client, email: &str, password: &str) -> Result<(u16, Duration)> {
+        let started = Instant::now();
+        let reply = http
+            .post(format!("{}/auth/v1/token?grant_type=password", self.url))
+            .header("apikey", &self.anon_key)
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await?;
+        let status = reply.status().as_u16();
+        let _ = reply.bytes().await;
+        Ok((status, started.elapsed()))
+    }
+}
+
+const PASSWORD: &str = "Correct horse 42";
+
+async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
+    let attacker = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let user = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .build()?;
+    let signup = user
+        .post(format!("{}/auth/v1/signup", server.url))
+        .header("apikey", &server.anon_key)
+        .json(&json!({ "email": "bob@example.com", "password": PASSWORD }))
+        .send()
+        .await?;
+    if !signup.status().is_success() {
+        bail!("signup answered {}", signup.status());
+    }
+    let (start_rss, _) = server.memory()?;
+    let mut out = format!("| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms | /health p50 / max ms |\n|---|---|---|---|---|---|\n");
+    for round in 1..=args.rounds {
+        let burst = futures::future::join_all((0..args.burst).map(|i| {
+            let attacker = &attacker;
+            async move {
+                server
+                    .sign_in(attacker, &format!("guess{round}-{i}@example.com"), "Wrong password 1")
+                    .await
+                    .map(|(status, _)| status)
+                    .unwrap_or(0)
+            }
+        }));
+        let bob = std::cell::RefCell::new(Vec::new());
+        let health = std::cell::RefCell::new(Vec::new());
+        // Probes until the burst ends (the select below then drops this future).
+        let probe = async {
+            loop {
+                if let Ok((200, took)) = server.sign_in(&user, "bob@example.com", PASSWORD).await {
+                    bob.borrow_mut().push(took);
+                }
+                let started = Instant::now();
+                if let Ok(reply) = user.get(format!("{}/auth/v1/health", server.url)).send().await
+                    && reply.status().is_success()
+                {
+                    health.borrow_mut().push(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let mut probe = std::pin::pin!(probe);
+        let mut burst = std::pin::pin!(burst);
+        let statuses = loop {
+            tokio::select! {
+                statuses = &mut burst => break statuses,
+                () = &mut probe => {}
+            }
+        };
+        let mut bob = std::mem::take(&mut *bob.borrow_mut());
+        let mut health = std::mem::take(&mut *health.borrow_mut());
+        let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
+        for status in statuses {
+            *answers.entry(status).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (rss, peak) = server.memory()?;
+        out.push_str(&format!(
+            "| {round} | {} | {peak:.0} | {rss:.0} | {} | {} |\n",
+            answers
+                .iter()
+                .map(|(s, n)| format!("{n}×{s}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            p50_max(&mut bob),
+            p50_max(&mut health),
+        ));
+    }
+    out.push_str(&format!("\nRSS at start (after one signup): {start_rss:.0} MiB\n"));
+    Ok(out)
+}
+
+fn p50_max(samples: &mut [Duration]) -> String {
+    if samples.is_empty() {
+        return "none answered".into();
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "{:.0} / {:.0} (n={})",
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() - 1]),
+        samples.len()
+    )
+}
