@@ -92,14 +92,11 @@ pub struct Config {
     )]
     pub disable_signup: bool,
 
-    /// Trust `X-Forwarded-For` for the client's IP (only behind a reverse proxy you run).
-    #[arg(
-        long,
-        env = "LOCKSTEP_TRUST_PROXY",
-        default_value_t = false,
-        value_parser = boolish(), num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set
-    )]
-    pub trust_proxy: bool,
+    /// Reverse proxies you run in front of this node. With N > 0 the client IP is the N-th
+    /// address from the right of `X-Forwarded-For` (each proxy appends the address it saw, so
+    /// the entries left of that are the client's own claims). 0: the socket's peer address.
+    #[arg(long, env = "LOCKSTEP_TRUSTED_PROXIES", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub trusted_proxies: u8,
 
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "LOCKSTEP_MAX_BODY_BYTES", default_value_t = 256 * 1024)]

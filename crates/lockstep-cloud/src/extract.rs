@@ -45,6 +45,14 @@ pub async fn read_whole_body(State(state): State<AppState>, request: Request, ne
             ApiError::new(status, code, message).into_response()
         }
     };
+    if has_nul(request.uri().path()) || request.uri().query().is_some_and(has_nul) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ValidationFailed,
+            "The address contains a NUL character (%00), which no key, id or filter may hold"
+                .to_owned(),
+        );
+    }
     let (parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let wait = std::time::Duration::from_secs(state.config.body_timeout_seconds);
@@ -75,7 +83,85 @@ pub async fn read_whole_body(State(state): State<AppState>, request: Request, ne
         }
         Ok(Ok(bytes)) => bytes,
     };
+    if json_depth(&bytes) > MAX_JSON_DEPTH {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ValidationFailed,
+            format!("The body nests arrays and objects more than {MAX_JSON_DEPTH} deep"),
+        );
+    }
+    if json_holds_nul(&bytes) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ValidationFailed,
+            "The body contains a NUL character (\\u0000), which no text may hold".to_owned(),
+        );
+    }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+/// How deep a request body may nest. Far below the JSON parser's own limit (128), so that what
+/// was accepted still parses when it is read back inside the envelopes of the change feed, the
+/// stream and the push receipts.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// The deepest nesting of arrays and objects in a JSON text (strings skipped), in one pass.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Whether a path or query holds a NUL, raw or percent-encoded.
+fn has_nul(text: &str) -> bool {
+    text.contains('\0')
+        || percent_encoding_nul(text)
+}
+
+fn percent_encoding_nul(text: &str) -> bool {
+    text.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
+/// Whether a JSON body holds a NUL in any string or key. Neither backend stores one alike
+/// (PostgreSQL refuses it in text), so one rule refuses it up front for every route. The walk
+/// runs only when the escape appears at all.
+fn json_holds_nul(bytes: &[u8]) -> bool {
+    fn walk(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(walk),
+            serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    if bytes.contains(&0) {
+        return true;
+    }
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| walk(&v))
 }
 
 /// Middleware: every other route needs the anon or service key, in the `apikey` header or the
@@ -239,6 +325,21 @@ pub struct ClientMeta {
     pub device: Option<DeviceInfo>,
 }
 
+/// The client's address behind `trusted_proxies` proxies: the entry that many from the right
+/// of `X-Forwarded-For` (the right-most is what the nearest proxy saw). Entries further left
+/// came from the client and prove nothing. `None` without trusted proxies, without the header,
+/// or when the chosen entry is not an IP address.
+pub fn client_ip(forwarded_for: Option<&str>, trusted_proxies: u8) -> Option<String> {
+    if trusted_proxies == 0 {
+        return None;
+    }
+    let hops: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
+    // Fewer entries than proxies: the request skipped one, so the left-most is the best known.
+    let index = hops.len().saturating_sub(usize::from(trusted_proxies));
+    let ip: std::net::IpAddr = hops.get(index)?.parse().ok()?;
+    Some(ip.to_string())
+}
+
 impl FromRequestParts<AppState> for ClientMeta {
     type Rejection = ApiError;
 
@@ -248,13 +349,10 @@ impl FromRequestParts<AppState> for ClientMeta {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip().to_string())
             .unwrap_or_else(|| "unknown".into());
-        let forwarded = state
-            .config
-            .trust_proxy
-            .then(|| header_str(&parts.headers, "x-forwarded-for"))
-            .flatten()
-            .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
-            .filter(|s| !s.is_empty());
+        let forwarded = client_ip(
+            header_str(&parts.headers, "x-forwarded-for"),
+            state.config.trusted_proxies,
+        );
         let user_agent = header_str(&parts.headers, header::USER_AGENT.as_str())
             .map(|ua| ua.chars().take(256).collect())
             .unwrap_or_default();
@@ -424,6 +522,39 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiKeyRole {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[{{"}]}"#), 3);
+        assert_eq!(json_depth(br#""\"[[""#), 0);
+        assert_eq!(json_depth(b"1"), 0);
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(json_depth(deep.as_bytes()), 40);
+    }
+
+    #[test]
+    fn nul_characters_are_found_in_strings_keys_and_percent_escapes() {
+        assert!(json_holds_nul(br#"{"key":"a\u0000b"}"#));
+        assert!(json_holds_nul(br#"{"a\u0000":1}"#));
+        assert!(!json_holds_nul(br#"{"key":"a\\u0000b"}"#), "an escaped backslash is text");
+        assert!(!json_holds_nul(br#"{"key":"ab"}"#));
+        assert!(has_nul("/rest/v1/user_settings?key=eq.a%00"));
+        assert!(!has_nul("/rest/v1/user_settings?key=eq.a%2500"));
+    }
+
+    #[test]
+    fn the_client_ip_is_counted_from_the_right_of_x_forwarded_for() {
+        let spoofed = Some("6.6.6.6, 203.0.113.7");
+        assert_eq!(client_ip(spoofed, 0), None, "no proxies: the header is ignored");
+        assert_eq!(client_ip(spoofed, 1).as_deref(), Some("203.0.113.7"));
+        assert_eq!(
+            client_ip(Some("6.6.6.6, 203.0.113.7, 10.0.0.2"), 2).as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(client_ip(Some("203.0.113.7"), 2).as_deref(), Some("203.0.113.7"));
+        assert_eq!(client_ip(Some("6.6.6.6, not-an-ip"), 1), None);
+        assert_eq!(client_ip(None, 1), None);
+    }
 
     #[test]
     fn serde_messages_lose_quoted_values() {

@@ -21,6 +21,10 @@ backend_tests! {
     a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_limit,
     a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit,
     a_saturated_password_queue_answers_503_with_retry_after_and_others_are_served,
+    a_recovery_link_never_carries_tokens_to_a_look_alike_host,
+    a_spoofed_x_forwarded_for_does_not_escape_the_ip_limit,
+    what_is_accepted_at_the_nesting_limit_always_reads_back,
+    nul_characters_in_keys_ids_filters_and_values_get_a_4xx,
 }
 
 /// Counts answers by (status, error_code).
@@ -398,4 +402,156 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     app.send(app.request(Method::DELETE, "/auth/v1/signup", None))
         .await
         .expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+/// A site URL and an allow-list entry without a trailing slash: look-alike targets that start
+/// with the same characters get the site URL instead, so the tokens in a recovery link's
+/// fragment never reach another host.
+async fn a_recovery_link_never_carries_tokens_to_a_look_alike_host(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.site_url = Some("http://localhost:3000".into());
+        c.redirect_allow_list = vec!["http://127.0.0.1:4000".into()];
+        c.rate_limits.emails_per_ip = Limit::new(1000, 3600);
+        c.rate_limits.email_interval_seconds = 0;
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    for evil in [
+        "http://localhost:3000@evil.example/",
+        "http://localhost:3000.evil.example/",
+        "http://127.0.0.1:4000@evil.example/",
+        "http://127.0.0.1:40001/",
+        "http://user:pw@localhost:3000/",
+    ] {
+        app.post(
+            &format!("/auth/v1/recover?redirect_to={}", common::urlencoding(evil)),
+            None,
+            json!({ "email": "ada@example.com" }),
+        )
+        .await
+        .expect(StatusCode::OK);
+        let landed = app.open_link(&app.latest_link("ada@example.com").await).await;
+        let target = reqwest::Url::parse(&landed).unwrap();
+        assert_eq!(
+            (target.host_str(), target.port(), target.username()),
+            (Some("localhost"), Some(3000), ""),
+            "{evil} landed on {landed}"
+        );
+        assert!(landed.contains("access_token="), "a recovery link signs in: {landed}");
+    }
+    app.post(
+        "/auth/v1/recover?redirect_to=http%3A%2F%2F127.0.0.1%3A4000%2Freset",
+        None,
+        json!({ "email": "ada@example.com" }),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let landed = app.open_link(&app.latest_link("ada@example.com").await).await;
+    assert!(landed.starts_with("http://127.0.0.1:4000/reset#"), "{landed}");
+}
+
+/// Behind one trusted proxy, an attacker who writes their own `X-Forwarded-For` entries is
+/// still limited by the address the proxy appended.
+async fn a_spoofed_x_forwarded_for_does_not_escape_the_ip_limit(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.trusted_proxies = 1;
+        c.rate_limits.sign_in_failures_per_ip = Limit::new(3, 300);
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    let attempt = |spoof: String| {
+        let req = app
+            .request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            .header("x-forwarded-for", format!("{spoof}, 198.51.100.9"))
+            .json(&json!({ "email": "nobody@example.com", "password": "Wrong password 1" }));
+        app.send(req)
+    };
+    for i in 0..3 {
+        attempt(format!("10.0.0.{i}"))
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_credentials");
+    }
+    attempt("10.0.0.99".into())
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+    // Another client behind the same proxy is its own address.
+    let other = app
+        .request(Method::POST, "/auth/v1/token?grant_type=password", None)
+        .header("x-forwarded-for", "198.51.100.10")
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }));
+    app.send(other).await.expect(StatusCode::OK);
+}
+
+fn nested(depth: usize) -> serde_json::Value {
+    let mut value = json!("leaf");
+    for _ in 0..depth {
+        value = json!([value]);
+    }
+    value
+}
+
+/// Deeply nested values are refused up front; the deepest accepted one still reads back
+/// through the REST read, the change feed and a stream replay.
+async fn what_is_accepted_at_the_nesting_limit_always_reads_back(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session);
+    let hlc = common::hlc_at(&app, 0, 0);
+    let too_deep = app
+        .push(token, "deep", json!([{ "key": "custom.deep", "value": nested(126), "hlc": hlc }]))
+        .await;
+    too_deep.expect(StatusCode::BAD_REQUEST);
+    assert!(too_deep.text.contains("nests"), "{}", too_deep.text);
+    let metadata = app
+        .request(Method::PUT, "/auth/v1/user", Some(token))
+        .json(&json!({ "data": { "x": nested(126) } }));
+    app.send(metadata).await.expect(StatusCode::BAD_REQUEST);
+
+    // The deepest a value can be inside a push's envelope (changes → [ → { → value).
+    let limit = lockstep_cloud::extract::MAX_JSON_DEPTH - 3;
+    app.push(token, "deepest", json!([{ "key": "custom.deep", "value": nested(limit), "hlc": hlc }]))
+        .await
+        .expect(StatusCode::OK);
+    let read = app.get("/rest/v1/user_settings?key=eq.custom.deep", Some(token)).await;
+    read.expect(StatusCode::OK);
+    assert_eq!(read.body[0]["value"], nested(limit));
+    app.get("/rest/v1/rpc/changes?since=0", Some(token))
+        .await
+        .expect(StatusCode::OK);
+    let mut feed = app.stream(token, Some(0)).await;
+    feed.ready().await;
+}
+
+/// PostgreSQL refuses NUL in text; both backends now answer 400 before any query runs.
+async fn nul_characters_in_keys_ids_filters_and_values_get_a_4xx(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session);
+    let hlc = common::hlc_at(&app, 0, 0);
+    for changes in [
+        json!([{ "key": "custom.a\u{0}b", "value": 1, "hlc": hlc }]),
+        json!([{ "key": "custom.a", "value": "x\u{0}y", "hlc": hlc }]),
+    ] {
+        let reply = app.push(token, "nul", changes).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+        assert!(reply.text.contains("NUL"), "{}", reply.text);
+    }
+    for path in [
+        "/rest/v1/user_settings?key=eq.custom.a%00b",
+        "/auth/v1/factors/abc%00def",
+    ] {
+        let reply = app.get(path, Some(token)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.text);
+    }
+    for path in ["/auth/v1/factors/abc%00def/challenge", "/auth/v1/factors/abc%00def/verify"] {
+        let reply = app.post(path, Some(token), json!({ "challenge_id": "x", "code": "1" })).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.text);
+    }
+    let metadata = app
+        .request(Method::PUT, "/auth/v1/user", Some(token))
+        .json(&json!({ "data": { "name": "a\u{0}" } }));
+    app.send(metadata).await.expect(StatusCode::BAD_REQUEST);
+    app.get("/rest/v1/user_settings", Some(token))
+        .await
+        .expect(StatusCode::OK);
 }

@@ -131,20 +131,88 @@ pub async fn deliver(state: &AppState, mail: OutgoingMail) {
     }
 }
 
-/// `redirect_to` if it points at the site URL or an allow-listed prefix, else the site URL.
+/// `redirect_to` if it points at the site URL or an allow-listed entry, else the site URL.
 pub fn allowed_redirect(state: &AppState, redirect_to: Option<&str>) -> String {
     let site = state.config.site_url();
     match redirect_to {
         Some(url)
-            if url.starts_with(&site)
+            if redirect_within(url, &site)
                 || state
                     .config
                     .redirect_allow_list
                     .iter()
-                    .any(|prefix| !prefix.is_empty() && url.starts_with(prefix.as_str())) =>
+                    .any(|allowed| redirect_within(url, allowed)) =>
         {
             url.to_owned()
         }
         _ => site,
+    }
+}
+
+/// Whether `candidate` lies within `allowed`: both parse as URLs, with the same scheme, host
+/// and port, no user info, and a path equal to or below the allowed path on a segment boundary
+/// (`/app` admits `/app` and `/app/x`, not `/apps`). An allowed entry without a host (an app's
+/// own scheme, `lockstep://`) admits any link of that scheme. A string prefix is not enough:
+/// `http://localhost:3000.evil.example/` and `http://localhost:3000@evil.example/` both start
+/// with `http://localhost:3000`, and a recovery link carries tokens to wherever it points.
+pub fn redirect_within(candidate: &str, allowed: &str) -> bool {
+    let (Ok(candidate), Ok(allowed)) = (url::Url::parse(candidate), url::Url::parse(allowed)) else {
+        return false;
+    };
+    if candidate.scheme() != allowed.scheme()
+        || !candidate.username().is_empty()
+        || candidate.password().is_some()
+    {
+        return false;
+    }
+    let allowed_host = allowed.host_str().unwrap_or("");
+    if allowed_host.is_empty() {
+        return true;
+    }
+    if candidate.host_str() != Some(allowed_host)
+        || candidate.port_or_known_default() != allowed.port_or_known_default()
+    {
+        return false;
+    }
+    let base = allowed.path().trim_end_matches('/');
+    let path = candidate.path();
+    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_within;
+
+    #[test]
+    fn redirects_are_judged_by_scheme_host_port_and_path_segments() {
+        let site = "http://localhost:3000";
+        for ok in [
+            "http://localhost:3000",
+            "http://localhost:3000/",
+            "http://localhost:3000/welcome?x=1#y",
+            "http://LOCALHOST:3000/",
+        ] {
+            assert!(redirect_within(ok, site), "{ok}");
+        }
+        for bad in [
+            "http://localhost:3000@evil.example/",
+            "http://localhost:3000.evil.example/",
+            "http://user@localhost:3000/",
+            "https://localhost:3000/",
+            "http://localhost:30001/",
+            "http://localhost/",
+            "//evil.example/",
+            "javascript:alert(1)",
+            "not a url",
+        ] {
+            assert!(!redirect_within(bad, site), "{bad}");
+        }
+        assert!(redirect_within("http://app.example/app/x", "http://app.example/app"));
+        assert!(redirect_within("http://app.example/app", "http://app.example/app/"));
+        assert!(!redirect_within("http://app.example/apps", "http://app.example/app"));
+        assert!(!redirect_within("http://app.example/", "http://app.example/app"));
+        assert!(redirect_within("https://app.example:443/", "https://app.example/"));
+        assert!(redirect_within("lockstep://reset", "lockstep://"));
+        assert!(!redirect_within("lockstepx://reset", "lockstep://"));
     }
 }
