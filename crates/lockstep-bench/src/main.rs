@@ -122,7 +122,12 @@ impl Server {
         Ok((field("VmRSS:"), field("VmHWM:")))
     }
 
-    async fn sign_in(&self, http: &reqwest::Client, email: &str, password: &str) -> Result<(u16, Duration)> {
+    async fn sign_in(
+        &self,
+        http: &reqwest::Client,
+        email: &str,
+        password: &str,
+    ) -> Result<(u16, Duration)> {
         let started = Instant::now();
         let reply = http
             .post(format!("{}/auth/v1/token?grant_type=password", self.url))
@@ -156,13 +161,19 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
         bail!("signup answered {}", signup.status());
     }
     let (start_rss, _) = server.memory()?;
-    let mut out = format!("| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms | /health p50 / max ms |\n|---|---|---|---|---|---|\n");
+    let mut out = format!(
+        "| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms | /health p50 / max ms |\n|---|---|---|---|---|---|\n"
+    );
     for round in 1..=args.rounds {
         let burst = futures::future::join_all((0..args.burst).map(|i| {
             let attacker = &attacker;
             async move {
                 server
-                    .sign_in(attacker, &format!("guess{round}-{i}@example.com"), "Wrong password 1")
+                    .sign_in(
+                        attacker,
+                        &format!("guess{round}-{i}@example.com"),
+                        "Wrong password 1",
+                    )
                     .await
                     .map(|(status, _)| status)
                     .unwrap_or(0)
@@ -177,7 +188,10 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
                     bob.borrow_mut().push(took);
                 }
                 let started = Instant::now();
-                if let Ok(reply) = user.get(format!("{}/auth/v1/health", server.url)).send().await
+                if let Ok(reply) = user
+                    .get(format!("{}/auth/v1/health", server.url))
+                    .send()
+                    .await
                     && reply.status().is_success()
                 {
                     health.borrow_mut().push(started.elapsed());
@@ -212,7 +226,9 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
             p50_max(&mut health),
         ));
     }
-    out.push_str(&format!("\nRSS at start (after one signup): {start_rss:.0} MiB\n"));
+    out.push_str(&format!(
+        "\nRSS at start (after one signup): {start_rss:.0} MiB\n"
+    ));
     Ok(out)
 }
 

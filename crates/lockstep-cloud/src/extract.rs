@@ -36,7 +36,11 @@ fn is_open_route(method: &Method, path: &str) -> bool {
 /// size and time (`--max-body-bytes`, `--body-timeout-seconds`): a body that is too large is
 /// 413, one that does not arrive in time 408, for every route alike. Handlers then only see
 /// complete bodies, so a slow client never holds a handler, a lock or a connection.
-pub async fn read_whole_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn read_whole_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let rest = request.uri().path().starts_with("/rest/");
     let refuse = |status: StatusCode, code: ErrorCode, message: String| {
         if rest {
@@ -61,7 +65,10 @@ pub async fn read_whole_body(State(state): State<AppState>, request: Request, ne
             return refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 ErrorCode::RequestTimeout,
-                format!("The request body did not arrive within {} seconds", wait.as_secs()),
+                format!(
+                    "The request body did not arrive within {} seconds",
+                    wait.as_secs()
+                ),
             );
         }
         Ok(Err(error)) => {
@@ -97,7 +104,8 @@ pub async fn read_whole_body(State(state): State<AppState>, request: Request, ne
             "The body contains a NUL character (\\u0000), which no text may hold".to_owned(),
         );
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// How deep a request body may nest. Far below the JSON parser's own limit (128), so that what
@@ -133,8 +141,7 @@ fn json_depth(bytes: &[u8]) -> usize {
 
 /// Whether a path or query holds a NUL, raw or percent-encoded.
 fn has_nul(text: &str) -> bool {
-    text.contains('\0')
-        || percent_encoding_nul(text)
+    text.contains('\0') || percent_encoding_nul(text)
 }
 
 fn percent_encoding_nul(text: &str) -> bool {
@@ -536,7 +543,10 @@ mod tests {
     fn nul_characters_are_found_in_strings_keys_and_percent_escapes() {
         assert!(json_holds_nul(br#"{"key":"a\u0000b"}"#));
         assert!(json_holds_nul(br#"{"a\u0000":1}"#));
-        assert!(!json_holds_nul(br#"{"key":"a\\u0000b"}"#), "an escaped backslash is text");
+        assert!(
+            !json_holds_nul(br#"{"key":"a\\u0000b"}"#),
+            "an escaped backslash is text"
+        );
         assert!(!json_holds_nul(br#"{"key":"ab"}"#));
         assert!(has_nul("/rest/v1/user_settings?key=eq.a%00"));
         assert!(!has_nul("/rest/v1/user_settings?key=eq.a%2500"));
@@ -545,13 +555,20 @@ mod tests {
     #[test]
     fn the_client_ip_is_counted_from_the_right_of_x_forwarded_for() {
         let spoofed = Some("6.6.6.6, 203.0.113.7");
-        assert_eq!(client_ip(spoofed, 0), None, "no proxies: the header is ignored");
+        assert_eq!(
+            client_ip(spoofed, 0),
+            None,
+            "no proxies: the header is ignored"
+        );
         assert_eq!(client_ip(spoofed, 1).as_deref(), Some("203.0.113.7"));
         assert_eq!(
             client_ip(Some("6.6.6.6, 203.0.113.7, 10.0.0.2"), 2).as_deref(),
             Some("203.0.113.7")
         );
-        assert_eq!(client_ip(Some("203.0.113.7"), 2).as_deref(), Some("203.0.113.7"));
+        assert_eq!(
+            client_ip(Some("203.0.113.7"), 2).as_deref(),
+            Some("203.0.113.7")
+        );
         assert_eq!(client_ip(Some("6.6.6.6, not-an-ip"), 1), None);
         assert_eq!(client_ip(None, 1), None);
     }

@@ -38,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = writeln!(std::io::stdout(), "{banner}");
     lockstep_cloud::serve_until(listener, state, shutdown_signal())
-    .await
-    .context("server failed")
+        .await
+        .context("server failed")
 }
 
 /// Ctrl-C, or SIGTERM (what service managers send).

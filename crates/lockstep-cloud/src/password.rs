@@ -42,7 +42,9 @@ pub enum HashError {
 impl From<HashError> for crate::error::ApiError {
     fn from(e: HashError) -> Self {
         match e {
-            HashError::Busy(Busy) => crate::error::ApiError::busy("too many password checks at once", 2),
+            HashError::Busy(Busy) => {
+                crate::error::ApiError::busy("too many password checks at once", 2)
+            }
             HashError::Failed(e) => crate::error::ApiError::Internal(e),
         }
     }
@@ -107,13 +109,19 @@ impl Passwords {
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         match self.run(Work::Hash(password)).await? {
             Done::Hashed(phc) => Ok(phc),
-            Done::Verified(_) => Err(HashError::Failed(anyhow::anyhow!("hasher answered a check"))),
+            Done::Verified(_) => Err(HashError::Failed(anyhow::anyhow!(
+                "hasher answered a check"
+            ))),
         }
     }
 
     /// Checks a password against a stored hash. With `None` (unknown account) it still spends
     /// the same work on a dummy hash, so response time does not reveal which emails exist.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, HashError> {
         match self.run(Work::Verify { password, stored }).await? {
             Done::Verified(ok) => Ok(ok),
             Done::Hashed(_) => Err(HashError::Failed(anyhow::anyhow!("hasher answered a hash"))),
@@ -131,7 +139,9 @@ impl Passwords {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => return Err(HashError::Busy(Busy)),
             Err(mpsc::TrySendError::Disconnected(_)) => {
-                return Err(HashError::Failed(anyhow::anyhow!("password hashers stopped")));
+                return Err(HashError::Failed(anyhow::anyhow!(
+                    "password hashers stopped"
+                )));
             }
         }
         match tokio::time::timeout(self.wait, answer).await {
@@ -172,18 +182,32 @@ fn hash_with(memory: &mut Vec<Block>, password: &str) -> anyhow::Result<String> 
         .decode_b64(&mut salt_bytes)
         .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
     let mut out = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
-    compute(memory, Algorithm::Argon2id, Version::V0x13, params.clone(), password, salt_raw, &mut out)?;
+    compute(
+        memory,
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params.clone(),
+        password,
+        salt_raw,
+        &mut out,
+    )?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
-        params: (&params).try_into().map_err(|e| anyhow::anyhow!("params: {e}"))?,
+        params: (&params)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("params: {e}"))?,
         salt: Some(salt.as_salt()),
         hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("output: {e}"))?),
     };
     Ok(phc.to_string())
 }
 
-fn verify_with(memory: &mut Vec<Block>, password: &str, stored: Option<&str>) -> anyhow::Result<bool> {
+fn verify_with(
+    memory: &mut Vec<Block>,
+    password: &str,
+    stored: Option<&str>,
+) -> anyhow::Result<bool> {
     let known = stored.is_some();
     let stored = match stored {
         Some(stored) => stored.to_owned(),
@@ -206,7 +230,9 @@ fn verify_with(memory: &mut Vec<Block>, password: &str, stored: Option<&str>) ->
         .decode_b64(&mut salt_bytes)
         .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
     let mut out = vec![0u8; expected.len()];
-    compute(memory, algorithm, version, params, password, salt_raw, &mut out)?;
+    compute(
+        memory, algorithm, version, params, password, salt_raw, &mut out,
+    )?;
     let ok: bool = out.as_slice().ct_eq(expected.as_bytes()).into();
     Ok(ok && known)
 }
@@ -256,10 +282,28 @@ mod tests {
     async fn hashes_verify_only_the_right_password() {
         let passwords = pool(1, 4);
         let stored = passwords.hash("Secret pass 1".into()).await.expect("hash");
-        assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
-        assert!(passwords.verify("Secret pass 1".into(), Some(stored.clone())).await.expect("verify"));
-        assert!(!passwords.verify("secret pass 1".into(), Some(stored)).await.expect("verify"));
-        assert!(!passwords.verify("lockstep dummy password".into(), None).await.expect("verify"));
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{stored}"
+        );
+        assert!(
+            passwords
+                .verify("Secret pass 1".into(), Some(stored.clone()))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !passwords
+                .verify("secret pass 1".into(), Some(stored))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !passwords
+                .verify("lockstep dummy password".into(), None)
+                .await
+                .expect("verify")
+        );
     }
 
     #[tokio::test]
@@ -271,11 +315,24 @@ mod tests {
             .hash_password(b"Secret pass 1", &salt)
             .expect("hash")
             .to_string();
-        assert!(passwords.verify("Secret pass 1".into(), Some(theirs)).await.expect("verify"));
+        assert!(
+            passwords
+                .verify("Secret pass 1".into(), Some(theirs))
+                .await
+                .expect("verify")
+        );
         let ours = passwords.hash("Secret pass 2".into()).await.expect("hash");
         let parsed = PasswordHash::new(&ours).expect("parse");
-        assert!(Argon2::default().verify_password(b"Secret pass 2", &parsed).is_ok());
-        assert!(Argon2::default().verify_password(b"Secret pass 3", &parsed).is_err());
+        assert!(
+            Argon2::default()
+                .verify_password(b"Secret pass 2", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"Secret pass 3", &parsed)
+                .is_err()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +353,10 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert!(busy > 0, "12 checks into 1 thread and 2 places must overflow");
+        assert!(
+            busy > 0,
+            "12 checks into 1 thread and 2 places must overflow"
+        );
         assert!(answered >= 1, "the queued ones are answered");
         assert_eq!(busy + answered, 12);
     }

@@ -191,18 +191,32 @@ mod tests {
                 (Bucket::SignInFailuresAccount, Limit::new(2, 60)),
             ]),
         );
-        let keys = |account| [(Bucket::SignInFailuresIp, "ip"), (Bucket::SignInFailuresAccount, account)];
+        let keys = |account| {
+            [
+                (Bucket::SignInFailuresIp, "ip"),
+                (Bucket::SignInFailuresAccount, account),
+            ]
+        };
         limiter.reserve(&keys("ada")).expect("first").keep();
         limiter.reserve(&keys("ada")).expect("second").keep();
-        assert!(limiter.reserve(&keys("ada")).is_err(), "the account is used up");
+        assert!(
+            limiter.reserve(&keys("ada")).is_err(),
+            "the account is used up"
+        );
         // The refused attempt did not count against the IP either: one more account fits.
-        limiter.reserve(&keys("bob")).expect("third for the ip").keep();
+        limiter
+            .reserve(&keys("bob"))
+            .expect("third for the ip")
+            .keep();
         assert!(limiter.reserve(&keys("cy")).is_err(), "the ip is used up");
         clock.advance(Duration::seconds(61));
         let success = limiter.reserve(&keys("ada")).expect("window slid");
         success.refund();
         for _ in 0..2 {
-            limiter.reserve(&keys("ada")).expect("the refund gave the attempt back").keep();
+            limiter
+                .reserve(&keys("ada"))
+                .expect("the refund gave the attempt back")
+                .keep();
         }
         assert!(limiter.reserve(&keys("ada")).is_err());
     }

@@ -65,12 +65,14 @@ pub async fn serve_until(
             continue; // dropping the stream closes it
         };
         let _ = stream.set_nodelay(true);
-        let service = app.clone().map_request(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                request.map(axum::body::Body::new)
-            },
-        );
+        let service =
+            app.clone()
+                .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    request.map(axum::body::Body::new)
+                });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Some(header_timeout))
@@ -87,7 +89,10 @@ pub async fn serve_until(
     drop(listener);
     tracing::info!("shutting down: no new connections; ending streams");
     state.shut_down();
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_seconds = grace.as_secs(),
             "connections still open after the grace period; stopping anyway"

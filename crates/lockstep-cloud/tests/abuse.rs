@@ -25,6 +25,7 @@ backend_tests! {
     a_spoofed_x_forwarded_for_does_not_escape_the_ip_limit,
     what_is_accepted_at_the_nesting_limit_always_reads_back,
     nul_characters_in_keys_ids_filters_and_values_get_a_4xx,
+    email_change_mails_are_limited_like_resends,
 }
 
 /// Counts answers by (status, error_code).
@@ -58,7 +59,9 @@ async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its
         "{counts:?}"
     );
     assert_eq!(
-        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        counts
+            .get(&(429, "over_request_rate_limit".into()))
+            .copied(),
         Some(30),
         "{counts:?}"
     );
@@ -84,7 +87,9 @@ async fn a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_lim
         "{counts:?}"
     );
     assert_eq!(
-        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        counts
+            .get(&(429, "over_request_rate_limit".into()))
+            .copied(),
         Some(30),
         "{counts:?}"
     );
@@ -119,7 +124,9 @@ async fn a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit(backe
         .sum();
     assert_eq!(checked, 5, "{counts:?}");
     assert_eq!(
-        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        counts
+            .get(&(429, "over_request_rate_limit".into()))
+            .copied(),
         Some(35),
         "{counts:?}"
     );
@@ -151,15 +158,24 @@ async fn a_saturated_password_queue_answers_503_with_retry_after_and_others_are_
         .unwrap_or(0);
     assert!(busy > 0, "{counts:?}");
     assert_eq!(
-        busy + counts.get(&(400, "invalid_credentials".into())).copied().unwrap_or(0),
+        busy + counts
+            .get(&(400, "invalid_credentials".into()))
+            .copied()
+            .unwrap_or(0),
         30,
         "only wrong-password or busy answers: {counts:?}"
     );
     for reply in replies.iter().filter(|r| r.status.as_u16() == 503) {
-        let retry: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(retry >= 1);
     }
-    app.get("/auth/v1/health", None).await.expect(StatusCode::OK);
+    app.get("/auth/v1/health", None)
+        .await
+        .expect(StatusCode::OK);
     app.sign_in("ada@example.com", "x").await;
 }
 
@@ -430,14 +446,19 @@ async fn a_recovery_link_never_carries_tokens_to_a_look_alike_host(backend: Back
         )
         .await
         .expect(StatusCode::OK);
-        let landed = app.open_link(&app.latest_link("ada@example.com").await).await;
+        let landed = app
+            .open_link(&app.latest_link("ada@example.com").await)
+            .await;
         let target = reqwest::Url::parse(&landed).unwrap();
         assert_eq!(
             (target.host_str(), target.port(), target.username()),
             (Some("localhost"), Some(3000), ""),
             "{evil} landed on {landed}"
         );
-        assert!(landed.contains("access_token="), "a recovery link signs in: {landed}");
+        assert!(
+            landed.contains("access_token="),
+            "a recovery link signs in: {landed}"
+        );
     }
     app.post(
         "/auth/v1/recover?redirect_to=http%3A%2F%2F127.0.0.1%3A4000%2Freset",
@@ -446,8 +467,13 @@ async fn a_recovery_link_never_carries_tokens_to_a_look_alike_host(backend: Back
     )
     .await
     .expect(StatusCode::OK);
-    let landed = app.open_link(&app.latest_link("ada@example.com").await).await;
-    assert!(landed.starts_with("http://127.0.0.1:4000/reset#"), "{landed}");
+    let landed = app
+        .open_link(&app.latest_link("ada@example.com").await)
+        .await;
+    assert!(
+        landed.starts_with("http://127.0.0.1:4000/reset#"),
+        "{landed}"
+    );
 }
 
 /// Behind one trusted proxy, an attacker who writes their own `X-Forwarded-For` entries is
@@ -498,7 +524,11 @@ async fn what_is_accepted_at_the_nesting_limit_always_reads_back(backend: Backen
     let token = access_token(&session);
     let hlc = common::hlc_at(&app, 0, 0);
     let too_deep = app
-        .push(token, "deep", json!([{ "key": "custom.deep", "value": nested(126), "hlc": hlc }]))
+        .push(
+            token,
+            "deep",
+            json!([{ "key": "custom.deep", "value": nested(126), "hlc": hlc }]),
+        )
         .await;
     too_deep.expect(StatusCode::BAD_REQUEST);
     assert!(too_deep.text.contains("nests"), "{}", too_deep.text);
@@ -509,10 +539,16 @@ async fn what_is_accepted_at_the_nesting_limit_always_reads_back(backend: Backen
 
     // The deepest a value can be inside a push's envelope (changes → [ → { → value).
     let limit = lockstep_cloud::extract::MAX_JSON_DEPTH - 3;
-    app.push(token, "deepest", json!([{ "key": "custom.deep", "value": nested(limit), "hlc": hlc }]))
-        .await
-        .expect(StatusCode::OK);
-    let read = app.get("/rest/v1/user_settings?key=eq.custom.deep", Some(token)).await;
+    app.push(
+        token,
+        "deepest",
+        json!([{ "key": "custom.deep", "value": nested(limit), "hlc": hlc }]),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let read = app
+        .get("/rest/v1/user_settings?key=eq.custom.deep", Some(token))
+        .await;
     read.expect(StatusCode::OK);
     assert_eq!(read.body[0]["value"], nested(limit));
     app.get("/rest/v1/rpc/changes?since=0", Some(token))
@@ -541,11 +577,30 @@ async fn nul_characters_in_keys_ids_filters_and_values_get_a_4xx(backend: Backen
         "/auth/v1/factors/abc%00def",
     ] {
         let reply = app.get(path, Some(token)).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            reply.text
+        );
     }
-    for path in ["/auth/v1/factors/abc%00def/challenge", "/auth/v1/factors/abc%00def/verify"] {
-        let reply = app.post(path, Some(token), json!({ "challenge_id": "x", "code": "1" })).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.text);
+    for path in [
+        "/auth/v1/factors/abc%00def/challenge",
+        "/auth/v1/factors/abc%00def/verify",
+    ] {
+        let reply = app
+            .post(
+                path,
+                Some(token),
+                json!({ "challenge_id": "x", "code": "1" }),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            reply.text
+        );
     }
     let metadata = app
         .request(Method::PUT, "/auth/v1/user", Some(token))
@@ -554,4 +609,40 @@ async fn nul_characters_in_keys_ids_filters_and_values_get_a_4xx(backend: Backen
     app.get("/rest/v1/user_settings", Some(token))
         .await
         .expect(StatusCode::OK);
+}
+
+/// Asking again and again to move the address to a third party's mails them once per
+/// interval, and no more than the per-IP mail limit.
+async fn email_change_mails_are_limited_like_resends(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limits.emails_per_ip = Limit::new(3, 3600);
+        c.rate_limits.email_interval_seconds = 60;
+    })
+    .await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session);
+    let change = |to: &str| {
+        app.send(
+            app.request(Method::PUT, "/auth/v1/user", Some(token))
+                .json(&json!({ "email": to })),
+        )
+    };
+    change("victim@example.com").await.expect(StatusCode::OK);
+    let again = change("victim@example.com").await;
+    again.expect_error(StatusCode::TOO_MANY_REQUESTS, "over_email_send_rate_limit");
+    assert!(again.headers.contains_key("retry-after"));
+    assert_eq!(
+        app.mailbox("victim@example.com").await.len(),
+        1,
+        "one mail per interval"
+    );
+    app.clock.advance(Duration::seconds(61));
+    change("victim@example.com").await.expect(StatusCode::OK);
+    assert_eq!(app.mailbox("victim@example.com").await.len(), 2);
+    // Three requests from this IP within the hour: the fourth is refused whatever the interval.
+    app.clock.advance(Duration::seconds(61));
+    change("victim@example.com")
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_email_send_rate_limit");
+    assert_eq!(app.mailbox("victim@example.com").await.len(), 2);
 }

@@ -75,7 +75,9 @@ async fn health_from(app: &TestApp, ip: Ipv4Addr) -> Result<StatusCode, reqwest:
 async fn a_client_that_never_finishes_its_headers_is_disconnected(backend: Backend) {
     let app = TestApp::start_with(backend, |c| c.header_timeout_seconds = 1).await;
     let mut slow = TcpStream::connect(addr(&app)).await.unwrap();
-    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let answer = read_until_closed(&mut slow).await;
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
@@ -85,7 +87,10 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected(backend: Backe
     let mut silent = TcpStream::connect(addr(&app)).await.unwrap();
     let answer = read_until_closed(&mut silent).await;
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:?}");
-    assert_eq!(health_from(&app, Ipv4Addr::LOCALHOST).await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        health_from(&app, Ipv4Addr::LOCALHOST).await.unwrap(),
+        StatusCode::OK
+    );
 }
 
 async fn an_idle_keep_alive_connection_is_closed(backend: Backend) {
@@ -96,7 +101,10 @@ async fn an_idle_keep_alive_connection_is_closed(backend: Backend) {
         .await
         .unwrap();
     let answer = read_until_closed(&mut client).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "served first: {answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "served first: {answer:?}"
+    );
     assert!(answer.contains("lockstep-cloud"), "{answer:?}");
 }
 
@@ -115,7 +123,10 @@ async fn a_body_that_never_arrives_is_answered_408(backend: Backend) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("an HTTP answer: {answer:?}"));
     assert_eq!(status, 408, "{answer}");
-    assert!(app.raw_rows("SELECT id FROM users").await.is_empty(), "nothing half-done");
+    assert!(
+        app.raw_rows("SELECT id FROM users").await.is_empty(),
+        "nothing half-done"
+    );
 }
 
 async fn one_ip_cannot_hold_more_connections_than_its_cap(backend: Backend) {
@@ -131,11 +142,15 @@ async fn one_ip_cannot_hold_more_connections_than_its_cap(backend: Backend) {
     }
     // The sixth from that IP is closed at once; another IP is served meanwhile.
     let mut sixth = connect_from(attacker, addr(&app)).await.unwrap();
-    let _ = sixth.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _ = sixth
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
     let answer = read_until_closed(&mut sixth).await;
     assert!(answer.is_empty(), "refused without an answer: {answer:?}");
     assert_eq!(
-        health_from(&app, Ipv4Addr::new(127, 0, 0, 4)).await.unwrap(),
+        health_from(&app, Ipv4Addr::new(127, 0, 0, 4))
+            .await
+            .unwrap(),
         StatusCode::OK
     );
     // Once the held connections close, the IP is served again.
@@ -184,7 +199,12 @@ async fn the_real_server_survives_running_out_of_descriptors_and_exits_on_sigter
     let mut server = std::process::Command::new("prlimit")
         .arg("--nofile=96:96")
         .arg(env!("CARGO_BIN_EXE_lockstep-cloud"))
-        .args(["--bind", &bind, "--mailer-autoconfirm", "--header-timeout-seconds=120"])
+        .args([
+            "--bind",
+            &bind,
+            "--mailer-autoconfirm",
+            "--header-timeout-seconds=120",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
@@ -217,14 +237,22 @@ async fn the_real_server_survives_running_out_of_descriptors_and_exits_on_sigter
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu_ticks = || -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     };
     let before = cpu_ticks();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spent = cpu_ticks() - before;
     // A loop retrying accept() at once would burn ~all of two seconds (≈200 ticks).
-    assert!(spent < 100, "the accept loop spins while out of descriptors: {spent} ticks in 2 s");
+    assert!(
+        spent < 100,
+        "the accept loop spins while out of descriptors: {spent} ticks in 2 s"
+    );
     assert!(server.try_wait().unwrap().is_none(), "still running");
     drop(held);
     let mut tries = 0;

@@ -156,6 +156,37 @@ backend_tests! {
     an_unverified_enrollment_expires_and_a_new_one_replaces_it,
     a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows,
     a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_allows,
+    an_aal1_session_cannot_sign_out_the_owners_other_sessions,
+}
+
+async fn an_aal1_session_cannot_sign_out_the_owners_other_sessions(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (aal2, _) = with_mfa(&app, "ada@example.com", "laptop").await;
+    let stolen = app.sign_in("ada@example.com", "attacker").await;
+    for scope in ["others", "global"] {
+        app.send(app.request(
+            Method::POST,
+            &format!("/auth/v1/logout?scope={scope}"),
+            Some(access_token(&stolen)),
+        ))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
+    }
+    app.get("/auth/v1/user", Some(access_token(&aal2)))
+        .await
+        .expect(StatusCode::OK);
+    // Its own session it may always end.
+    app.send(app.request(Method::POST, "/auth/v1/logout", Some(access_token(&stolen))))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    // The verified session may end the others.
+    app.send(app.request(
+        Method::POST,
+        "/auth/v1/logout?scope=others",
+        Some(access_token(&aal2)),
+    ))
+    .await
+    .expect(StatusCode::NO_CONTENT);
 }
 
 /// Counts answers by (status, error_code).
@@ -207,12 +238,16 @@ async fn a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows(back
     let replies = futures::future::join_all(burst).await;
     let counts = tally(&replies);
     assert_eq!(
-        counts.get(&(422, "mfa_verification_failed".into())).copied(),
+        counts
+            .get(&(422, "mfa_verification_failed".into()))
+            .copied(),
         Some(5),
         "{counts:?}"
     );
     assert_eq!(
-        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        counts
+            .get(&(429, "over_request_rate_limit".into()))
+            .copied(),
         Some(75),
         "{counts:?}"
     );
@@ -234,9 +269,13 @@ async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_al
     })
     .await;
     let (aal2, _) = with_mfa(&app, "ada@example.com", "laptop").await;
-    app.post("/auth/v1/factors/recovery-codes", Some(access_token(&aal2)), json!({}))
-        .await
-        .expect(StatusCode::OK);
+    app.post(
+        "/auth/v1/factors/recovery-codes",
+        Some(access_token(&aal2)),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
     let session = app.sign_in("ada@example.com", "tablet").await;
     let token = access_token(&session).to_owned();
     let app = &app;
@@ -253,12 +292,16 @@ async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_al
     });
     let counts = tally(&futures::future::join_all(burst).await);
     assert_eq!(
-        counts.get(&(422, "mfa_verification_failed".into())).copied(),
+        counts
+            .get(&(422, "mfa_verification_failed".into()))
+            .copied(),
         Some(5),
         "{counts:?}"
     );
     assert_eq!(
-        counts.get(&(429, "over_request_rate_limit".into())).copied(),
+        counts
+            .get(&(429, "over_request_rate_limit".into()))
+            .copied(),
         Some(55),
         "{counts:?}"
     );

@@ -503,7 +503,9 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
                 return match reason.as_deref() {
                     Some("token_expired") => StreamEnd::TokenExpired,
                     // The server is restarting: reconnect (with Last-Event-ID), stay signed in.
-                    Some("server_shutdown") => StreamEnd::Offline("the server is restarting".into()),
+                    Some("server_shutdown") => {
+                        StreamEnd::Offline("the server is restarting".into())
+                    }
                     _ => StreamEnd::SessionEnded,
                 };
             }

@@ -156,7 +156,8 @@ pub fn allowed_redirect(state: &AppState, redirect_to: Option<&str>) -> String {
 /// `http://localhost:3000.evil.example/` and `http://localhost:3000@evil.example/` both start
 /// with `http://localhost:3000`, and a recovery link carries tokens to wherever it points.
 pub fn redirect_within(candidate: &str, allowed: &str) -> bool {
-    let (Ok(candidate), Ok(allowed)) = (url::Url::parse(candidate), url::Url::parse(allowed)) else {
+    let (Ok(candidate), Ok(allowed)) = (url::Url::parse(candidate), url::Url::parse(allowed))
+    else {
         return false;
     };
     if candidate.scheme() != allowed.scheme()
@@ -176,7 +177,10 @@ pub fn redirect_within(candidate: &str, allowed: &str) -> bool {
     }
     let base = allowed.path().trim_end_matches('/');
     let path = candidate.path();
-    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+    path == base
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -207,11 +211,26 @@ mod tests {
         ] {
             assert!(!redirect_within(bad, site), "{bad}");
         }
-        assert!(redirect_within("http://app.example/app/x", "http://app.example/app"));
-        assert!(redirect_within("http://app.example/app", "http://app.example/app/"));
-        assert!(!redirect_within("http://app.example/apps", "http://app.example/app"));
-        assert!(!redirect_within("http://app.example/", "http://app.example/app"));
-        assert!(redirect_within("https://app.example:443/", "https://app.example/"));
+        assert!(redirect_within(
+            "http://app.example/app/x",
+            "http://app.example/app"
+        ));
+        assert!(redirect_within(
+            "http://app.example/app",
+            "http://app.example/app/"
+        ));
+        assert!(!redirect_within(
+            "http://app.example/apps",
+            "http://app.example/app"
+        ));
+        assert!(!redirect_within(
+            "http://app.example/",
+            "http://app.example/app"
+        ));
+        assert!(redirect_within(
+            "https://app.example:443/",
+            "https://app.example/"
+        ));
         assert!(redirect_within("lockstep://reset", "lockstep://"));
         assert!(!redirect_within("lockstepx://reset", "lockstep://"));
     }

@@ -588,13 +588,17 @@ pub async fn verify(
     let totp = totp(open_secret(&state, &factor)?, DEFAULT_ISSUER, &user.email)?;
     let now_secs = u64::try_from(state.now_secs()).unwrap_or(0);
     let Some(step) = totp.check(code, now_secs) else {
-        attempt.wrong(&state, &caller, &meta, Some(&factor.id)).await?;
+        attempt
+            .wrong(&state, &caller, &meta, Some(&factor.id))
+            .await?;
         return Err(wrong_code("Invalid TOTP code entered"));
     };
     let mut tx = state.db.pool.begin().await?;
     if !mfa::accept_step(&mut tx, &factor.id, step as i64).await? {
         drop(tx);
-        attempt.wrong(&state, &caller, &meta, Some(&factor.id)).await?;
+        attempt
+            .wrong(&state, &caller, &meta, Some(&factor.id))
+            .await?;
         return Err(wrong_code(
             "This code was already used: wait for the next one",
         ));

@@ -18,9 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::mfa::{
-    raise_session, record_event, require_recent_proof, reserve_code_attempt,
-};
+use super::mfa::{raise_session, record_event, require_recent_proof, reserve_code_attempt};
 use crate::{
     db::mfa::{self, RecoverySetRow},
     error::{ApiError, ApiResult},

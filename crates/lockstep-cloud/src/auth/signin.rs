@@ -88,7 +88,10 @@ async fn password_grant(
     drop(conn);
     let checked = state
         .passwords
-        .verify(body.password, user.as_ref().map(|u| u.password_hash.clone()))
+        .verify(
+            body.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
         .await;
     let ok = match checked {
         Ok(ok) => ok,
@@ -111,8 +114,10 @@ async fn password_grant(
                 audit::NewEntry {
                     user_id: user.as_ref().map(|u| u.id.as_str()),
                     action: AuditAction::LoginFailed,
-                    device_id: Some(&device.0.id),
-                    device_name: Some(&device.0.name),
+                    // Whoever failed chose the device fields: they stay out of the owner's
+                    // security log, which shows only what the server saw (address, time).
+                    device_id: None,
+                    device_name: None,
                     ip_address: &meta.ip,
                     payload: serde_json::json!({ "reason": "invalid_credentials" }),
                     now,
@@ -242,6 +247,11 @@ pub async fn logout(
         return Err(ApiError::validation(format!(
             "scope {scope:?} is not valid: use local, others or global"
         )));
+    }
+    if scope != "local" {
+        // Ending other sessions is an account action: with MFA on, an aal1 session (a stolen
+        // password) must not sign the owner's verified devices out.
+        caller.require_data_access(&state).await?;
     }
     let ends = |s: &sessions::SessionRow| match scope.as_str() {
         "local" => s.id == caller.session_id,

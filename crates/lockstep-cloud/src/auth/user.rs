@@ -23,6 +23,7 @@ use crate::{
     error::{ApiError, ApiResult},
     events::{self, Actor},
     extract::{AuthSession, ClientMeta, JsonBody, query_param},
+    ratelimit::Bucket,
     state::AppState,
 };
 
@@ -74,7 +75,8 @@ pub async fn update_user(
             if state
                 .passwords
                 .verify(password.clone(), Some(user.password_hash.clone()))
-                .await? {
+                .await?
+            {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     ErrorCode::SamePassword,
@@ -145,6 +147,13 @@ pub async fn update_user(
                 "A user with this email address has already been registered",
             ));
         }
+        // The same limits as a resend: per client IP, and one mail per interval per account,
+        // so nobody can make us mail a third party's address over and over.
+        state
+            .limiter
+            .hit(Bucket::EmailIp, &meta.ip)
+            .map_err(|secs| ApiError::rate_limited(ErrorCode::OverEmailSendRateLimit, secs))?;
+        super::verify::check_interval(&state, user.email_change_sent_at)?;
         users::request_email_change(&mut tx, &user.id, &new_email, now).await?;
         mail = Some(
             emails::prepare(

@@ -251,7 +251,7 @@ pub async fn verify(
 }
 
 /// Refuses a second mail to one address within the configured interval.
-fn check_interval(state: &AppState, last_sent: Option<i64>) -> ApiResult<()> {
+pub(super) fn check_interval(state: &AppState, last_sent: Option<i64>) -> ApiResult<()> {
     let interval_ms = state
         .config
         .rate_limits

@@ -158,7 +158,9 @@ impl TestApp {
                 let shutdown = async {
                     let _ = stopped.await;
                 };
-                lockstep_cloud::serve_until(listener, state, shutdown).await.unwrap();
+                lockstep_cloud::serve_until(listener, state, shutdown)
+                    .await
+                    .unwrap();
             }
         });
         TestApp {
