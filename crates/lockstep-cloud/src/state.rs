@@ -44,8 +44,8 @@ pub struct AppInner {
     pub hub: Arc<Hub>,
     /// Set once when the node shuts down: open change streams end.
     shutdown: tokio::sync::watch::Sender<bool>,
-    /// This node's hybrid logical clock, for writes that come without a stamp.
-    hlc: Mutex<Hlc>,
+    /// This node's hybrid logical clocks, one per user, for writes that come without a stamp.
+    hlc: Mutex<HashMap<String, Hlc>>,
     /// Background tasks (feed listener, pruning), stopped with the state.
     tasks: Vec<JoinHandle<()>>,
 }
@@ -120,7 +120,7 @@ impl AppState {
             sealing,
             hub,
             shutdown: tokio::sync::watch::channel(false).0,
-            hlc: Mutex::new(Hlc::ZERO),
+            hlc: Mutex::default(),
             tasks,
         }));
         Ok(state)
@@ -154,24 +154,34 @@ impl AppState {
         self.hub.wake(user_id);
     }
 
-    /// A stamp from this node's hybrid logical clock, later than `observed` (the stamp of the
-    /// value being replaced) and than every stamp this node issued or saw before.
-    pub fn stamp(&self, observed: Option<Hlc>) -> Hlc {
-        let now = u64::try_from(self.now_ms()).unwrap_or(0);
-        let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
-        let base = match observed {
+    /// A stamp from this node's hybrid logical clock for `user_id`, later than `observed` (the
+    /// stamp of the value being replaced) and than every stamp this node issued or saw for that
+    /// user. Each user has a clock of their own: a stamp far ahead from one user's device moves
+    /// only that user's later server stamps, never another user's.
+    pub fn stamp(&self, user_id: &str, observed: Option<Hlc>) -> Hlc {
+        self.with_user_hlc(user_id, |hlc, now| match observed {
             Some(remote) => hlc.observe(remote, now),
             None => hlc.tick(now),
-        };
-        *hlc = base;
-        base
+        })
     }
 
-    /// Lets this node's clock learn of a stamp a client sent.
-    pub fn observe_stamp(&self, remote: Hlc) {
+    /// Takes note of a stamp a client of `user_id` sent.
+    pub fn observe_stamp(&self, user_id: &str, remote: Hlc) {
+        self.with_user_hlc(user_id, |hlc, now| hlc.observe(remote, now));
+    }
+
+    fn with_user_hlc(&self, user_id: &str, next: impl FnOnce(Hlc, u64) -> Hlc) -> Hlc {
+        /// Past this many users, clocks that the wall clock has caught up with are forgotten
+        /// (for them a fresh clock stamps the same).
+        const MAX_CLOCKS: usize = 10_000;
         let now = u64::try_from(self.now_ms()).unwrap_or(0);
-        let mut hlc = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
-        *hlc = hlc.observe(remote, now);
+        let mut clocks = self.hlc.lock().unwrap_or_else(|p| p.into_inner());
+        if clocks.len() >= MAX_CLOCKS && !clocks.contains_key(user_id) {
+            clocks.retain(|_, hlc| hlc.millis >= now);
+        }
+        let clock = clocks.entry(user_id.to_owned()).or_insert(Hlc::ZERO);
+        *clock = next(*clock, now);
+        *clock
     }
 
     /// The `iss` claim of access tokens.

@@ -79,7 +79,7 @@ pub async fn apply(
     crate::db::feed::lock_user(&mut *conn, state.db.backend, &writer.user_id).await?;
     let mut outcome = Outcome::default();
     for change in changes {
-        state.observe_stamp(change.hlc);
+        state.observe_stamp(&writer.user_id, change.hlc);
         let current = match store::get(&mut *conn, &writer.user_id, &change.key).await? {
             Some(stored) => Some(open(state, &stored)?),
             None => None,

@@ -26,6 +26,7 @@ backend_tests! {
     what_is_accepted_at_the_nesting_limit_always_reads_back,
     nul_characters_in_keys_ids_filters_and_values_get_a_4xx,
     email_change_mails_are_limited_like_resends,
+    one_users_clock_ahead_does_not_move_another_users_server_stamps,
 }
 
 /// Counts answers by (status, error_code).
@@ -645,4 +646,55 @@ async fn email_change_mails_are_limited_like_resends(backend: Backend) {
         .await
         .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_email_send_rate_limit");
     assert_eq!(app.mailbox("victim@example.com").await.len(), 2);
+}
+
+/// Ada's device runs 55 s ahead (within the allowed skew); the server's stamps for Bob's
+/// REST writes stay on the server's clock, while Ada's own later writes still order after hers.
+async fn one_users_clock_ahead_does_not_move_another_users_server_stamps(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ada = app.signup("ada@example.com", "laptop").await;
+    let bob = app.signup("bob@example.com", "laptop").await;
+    let ahead = common::hlc_at(&app, 55_000, 0);
+    let app = &app;
+    app.push(
+        access_token(&ada),
+        "ahead",
+        json!([{ "key": "appearance.theme", "value": "dark", "hlc": ahead }]),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let write = |token: &str, value: &str| {
+        app.send(
+            app.request(Method::POST, "/rest/v1/user_settings", Some(token))
+                .header("Prefer", "resolution=merge-duplicates")
+                .json(&json!({ "key": "custom.accent", "value": value })),
+        )
+    };
+    write(access_token(&bob), "red")
+        .await
+        .expect(StatusCode::CREATED);
+    write(access_token(&ada), "blue")
+        .await
+        .expect(StatusCode::CREATED);
+    let millis = |token: &str| {
+        let token = token.to_owned();
+        async move {
+            let rows = app
+                .get("/rest/v1/user_settings?key=eq.custom.accent", Some(&token))
+                .await;
+            let hlc = rows.body[0]["hlc"].as_str().unwrap().to_owned();
+            hlc.split('-').next().unwrap().parse::<i64>().unwrap()
+        }
+    };
+    let now = lockstep_cloud::clock::to_millis(lockstep_cloud::clock::Clock::now(&app.clock));
+    let bob_ms = millis(access_token(&bob)).await;
+    assert!(
+        bob_ms < now + 1_000,
+        "Bob's stamp follows the server clock: {bob_ms} vs {now}"
+    );
+    let ada_ms = millis(access_token(&ada)).await;
+    assert!(
+        ada_ms >= now + 55_000,
+        "Ada's own clock moved on: {ada_ms} vs {now}"
+    );
 }

@@ -157,6 +157,36 @@ backend_tests! {
     a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows,
     a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_allows,
     an_aal1_session_cannot_sign_out_the_owners_other_sessions,
+    concurrent_enrollments_leave_one_pending_factor,
+}
+
+async fn concurrent_enrollments_leave_one_pending_factor(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session).to_owned();
+    let app = &app;
+    let burst = (0..12).map(|_| {
+        let token = &token;
+        async move {
+            app.post(
+                "/auth/v1/factors",
+                Some(token),
+                json!({ "factor_type": "totp", "friendly_name": "Phone" }),
+            )
+            .await
+        }
+    });
+    for reply in futures::future::join_all(burst).await {
+        assert!(
+            reply.status.is_success() || reply.status.is_client_error(),
+            "{}",
+            reply.text
+        );
+    }
+    let rows = app
+        .raw_rows("SELECT id FROM mfa_factors WHERE status = 'unverified'")
+        .await;
+    assert_eq!(rows.len(), 1, "one pending enrollment: {rows:?}");
 }
 
 async fn an_aal1_session_cannot_sign_out_the_owners_other_sessions(backend: Backend) {

@@ -268,6 +268,9 @@ pub async fn enroll(
         ));
     }
     let mut tx = state.db.pool.begin().await?;
+    // Under the user's write lock: concurrent enrollments see each other, so "one pending
+    // enrollment" holds on PostgreSQL too.
+    crate::db::feed::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
     let existing = mfa::factors(&mut tx, &caller.user_id).await?;
     let verified: Vec<&FactorRow> = existing.iter().filter(|f| f.is_verified()).collect();
     if !verified.is_empty() {

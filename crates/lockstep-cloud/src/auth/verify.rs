@@ -251,6 +251,11 @@ pub async fn verify(
 }
 
 /// Refuses a second mail to one address within the configured interval.
+/// Whether the configured interval has passed since the last mail of that kind.
+fn interval_passed(state: &AppState, last_sent: Option<i64>) -> bool {
+    check_interval(state, last_sent).is_ok()
+}
+
 pub(super) fn check_interval(state: &AppState, last_sent: Option<i64>) -> ApiResult<()> {
     let interval_ms = state
         .config
@@ -303,8 +308,12 @@ pub async fn resend(
     let mut mail = None;
     if let Some(user) = users::by_email(&mut tx, &email).await? {
         match what {
-            TokenMail::Confirmation if user.email_confirmed_at.is_none() => {
-                check_interval(&state, user.confirmation_sent_at)?;
+            // Within the interval nothing is sent, and the answer is the same `{}` as for an
+            // unknown address: a 429 here would tell who has an account.
+            TokenMail::Confirmation
+                if user.email_confirmed_at.is_none()
+                    && interval_passed(&state, user.confirmation_sent_at) =>
+            {
                 mail = Some(
                     emails::prepare(
                         &state,
@@ -317,8 +326,10 @@ pub async fn resend(
                     .await?,
                 );
             }
-            TokenMail::EmailChange if user.new_email.is_some() => {
-                check_interval(&state, user.email_change_sent_at)?;
+            TokenMail::EmailChange
+                if user.new_email.is_some()
+                    && interval_passed(&state, user.email_change_sent_at) =>
+            {
                 let to = user.new_email.clone().unwrap_or_default();
                 mail = Some(
                     emails::prepare(&state, &mut tx, &user, what, &to, redirect_to.as_deref())
@@ -351,8 +362,10 @@ pub async fn recover(
     let redirect_to = query_param(query.as_deref(), "redirect_to");
     let mut tx = state.db.pool.begin().await?;
     let mut mail = None;
-    if let Some(user) = users::by_email(&mut tx, &email).await? {
-        check_interval(&state, user.recovery_sent_at)?;
+    // Within the interval nothing is sent and the answer is the same `{}` as for an unknown
+    // address, so the answer never tells who has an account.
+    let known = users::by_email(&mut tx, &email).await?;
+    if let Some(user) = known.filter(|u| interval_passed(&state, u.recovery_sent_at)) {
         mail = Some(
             emails::prepare(
                 &state,

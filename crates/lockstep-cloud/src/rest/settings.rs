@@ -120,7 +120,7 @@ async fn server_stamp(state: &AppState, user_id: &str, key: &str) -> ApiResult<H
     let mut conn = state.db.pool.acquire().await?;
     let current = crate::db::settings::get(&mut conn, user_id, key).await?;
     let observed = current.and_then(|c| c.hlc.parse().ok());
-    Ok(state.stamp(observed))
+    Ok(state.stamp(user_id, observed))
 }
 
 /// Applies writes for the caller in one transaction and answers like PostgREST.
