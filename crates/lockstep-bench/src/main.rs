@@ -161,8 +161,8 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
         bail!("signup answered {}", signup.status());
     }
     let (start_rss, _) = server.memory()?;
-    let mut out = format!(
-        "| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms | /health p50 / max ms |\n|---|---|---|---|---|---|\n"
+    let mut out = String::from(
+        "| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms | /health p50 / max ms |\n|---|---|---|---|---|---|\n",
     );
     for round in 1..=args.rounds {
         let burst = futures::future::join_all((0..args.burst).map(|i| {
