@@ -150,6 +150,7 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
         .build()?;
     let user = reqwest::Client::builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .pool_max_idle_per_host(0)
         .build()?;
     let signup = user
         .post(format!("{}/auth/v1/signup", server.url))
@@ -181,23 +182,31 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
         }));
         let bob = std::cell::RefCell::new(Vec::new());
         let health = std::cell::RefCell::new(Vec::new());
-        // Probes until the burst ends (the select below then drops this future).
+        // Probes until the burst ends (the select below then drops this future): the second
+        // user's sign-ins and `/health`, each on fresh connections, independently.
         let probe = async {
-            loop {
-                if let Ok((200, took)) = server.sign_in(&user, "bob@example.com", PASSWORD).await {
-                    bob.borrow_mut().push(took);
+            let sign_ins = async {
+                loop {
+                    if let Ok((200, took)) =
+                        server.sign_in(&user, "bob@example.com", PASSWORD).await
+                    {
+                        bob.borrow_mut().push(took);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let started = Instant::now();
-                if let Ok(reply) = user
-                    .get(format!("{}/auth/v1/health", server.url))
-                    .send()
-                    .await
-                    && reply.status().is_success()
-                {
-                    health.borrow_mut().push(started.elapsed());
+            };
+            let polls = async {
+                loop {
+                    let started = Instant::now();
+                    if let Ok(reply) = user.get(format!("{}/health", server.url)).send().await
+                        && reply.status().is_success()
+                    {
+                        health.borrow_mut().push(started.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            };
+            futures::future::join(sign_ins, polls).await;
         };
         let mut probe = std::pin::pin!(probe);
         let mut burst = std::pin::pin!(burst);
@@ -219,7 +228,11 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
             "| {round} | {} | {peak:.0} | {rss:.0} | {} | {} |\n",
             answers
                 .iter()
-                .map(|(s, n)| format!("{n}×{s}"))
+                .map(|(s, n)| if *s == 0 {
+                    format!("{n}×closed")
+                } else {
+                    format!("{n}×{s}")
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             p50_max(&mut bob),
