@@ -29,16 +29,6 @@ backend_tests! {
     one_users_clock_ahead_does_not_move_another_users_server_stamps,
 }
 
-/// Counts answers by (status, error_code).
-fn tally(replies: &[common::Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for reply in replies {
-        let code = reply.body["error_code"].as_str().unwrap_or("").to_owned();
-        *counts.entry((reply.status.as_u16(), code)).or_default() += 1;
-    }
-    counts
-}
-
 async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit(
     backend: Backend,
 ) {
@@ -53,7 +43,7 @@ async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its
         app.sign_in_reply("ada@example.com", &format!("Wrong password {i}"), "x")
             .await
     });
-    let counts = tally(&futures::future::join_all(burst).await);
+    let counts = common::tally(&futures::future::join_all(burst).await);
     assert_eq!(
         counts.get(&(400, "invalid_credentials".into())).copied(),
         Some(10),
@@ -81,7 +71,7 @@ async fn a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_lim
         app.sign_in_reply(&format!("guess{i}@example.com"), PASSWORD, "x")
             .await
     });
-    let counts = tally(&futures::future::join_all(burst).await);
+    let counts = common::tally(&futures::future::join_all(burst).await);
     assert_eq!(
         counts.get(&(400, "invalid_credentials".into())).copied(),
         Some(30),
@@ -117,7 +107,7 @@ async fn a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit(backe
         )
         .await
     });
-    let counts = tally(&futures::future::join_all(burst).await);
+    let counts = common::tally(&futures::future::join_all(burst).await);
     let checked: usize = counts
         .iter()
         .filter(|((status, _), _)| *status != 429)
@@ -152,7 +142,7 @@ async fn a_saturated_password_queue_answers_503_with_retry_after_and_others_are_
             .await
     });
     let replies = futures::future::join_all(burst).await;
-    let counts = tally(&replies);
+    let counts = common::tally(&replies);
     let busy = counts
         .get(&(503, "request_timeout".into()))
         .copied()

@@ -219,16 +219,6 @@ async fn an_aal1_session_cannot_sign_out_the_owners_other_sessions(backend: Back
     .expect(StatusCode::NO_CONTENT);
 }
 
-/// Counts answers by (status, error_code).
-fn tally(replies: &[common::Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for reply in replies {
-        let code = reply.body["error_code"].as_str().unwrap_or("").to_owned();
-        *counts.entry((reply.status.as_u16(), code)).or_default() += 1;
-    }
-    counts
-}
-
 /// 80 wrong codes at once, split over two nodes where the backend has several (the lockout
 /// counter lives in the database): at most five are checked, the rest are refused unchecked.
 async fn a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows(backend: Backend) {
@@ -266,7 +256,7 @@ async fn a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows(back
         }
     });
     let replies = futures::future::join_all(burst).await;
-    let counts = tally(&replies);
+    let counts = common::tally(&replies);
     assert_eq!(
         counts
             .get(&(422, "mfa_verification_failed".into()))
@@ -320,7 +310,7 @@ async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_al
             .await
         }
     });
-    let counts = tally(&futures::future::join_all(burst).await);
+    let counts = common::tally(&futures::future::join_all(burst).await);
     assert_eq!(
         counts
             .get(&(422, "mfa_verification_failed".into()))

@@ -519,3 +519,13 @@ pub fn claims(jwt: &str) -> Value {
     )
     .unwrap()
 }
+
+/// Counts answers by (status, error_code): what a burst of concurrent requests got.
+pub fn tally(replies: &[Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for reply in replies {
+        let code = reply.body["error_code"].as_str().unwrap_or("").to_owned();
+        *counts.entry((reply.status.as_u16(), code)).or_default() += 1;
+    }
+    counts
+}
