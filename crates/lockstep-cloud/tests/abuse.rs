@@ -27,6 +27,7 @@ backend_tests! {
     nul_characters_in_keys_ids_filters_and_values_get_a_4xx,
     email_change_mails_are_limited_like_resends,
     one_users_clock_ahead_does_not_move_another_users_server_stamps,
+    pathological_like_filters_are_bounded_and_answered,
 }
 
 async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit(
@@ -687,4 +688,49 @@ async fn one_users_clock_ahead_does_not_move_another_users_server_stamps(backend
         ada_ms >= now + 55_000,
         "Ada's own clock moved on: {ada_ms} vs {now}"
     );
+}
+
+/// `like`/`ilike` over a user's own large values: a pattern past the cap is refused with a
+/// message naming it; one at the cap, built to make a backtracking matcher take text × pattern
+/// steps per row, is answered correctly while the server keeps answering others.
+async fn pathological_like_filters_are_bounded_and_answered(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session);
+    let hlc = common::hlc_at(&app, 0, 0);
+    let long = "a".repeat(15_000);
+    for batch in 0..2 {
+        let changes: Vec<_> = (0..10)
+            .map(|i| json!({ "key": format!("custom.big{batch}x{i}"), "value": long, "hlc": hlc }))
+            .collect();
+        app.push(token, &format!("big{batch}"), json!(changes))
+            .await
+            .expect(StatusCode::OK);
+    }
+    let over = common::urlencoding(&format!("%{}", "a".repeat(256)));
+    app.get(
+        &format!("/rest/v1/user_settings?value=ilike.{over}"),
+        Some(token),
+    )
+    .await
+    .expect_rest_error(StatusCode::BAD_REQUEST, "PGRST100");
+    let at_cap = common::urlencoding(&format!("{}b", "%a".repeat(127)));
+    let filter = |pattern: String| {
+        let path = format!("/rest/v1/user_settings?select=key&value=ilike.{pattern}");
+        let app = &app;
+        async move { app.get(&path, Some(token)).await }
+    };
+    let (first, second, health) = tokio::join!(
+        filter(at_cap.clone()),
+        filter(at_cap),
+        app.get("/health", None)
+    );
+    for reply in [&first, &second] {
+        reply.expect(StatusCode::OK);
+        assert_eq!(reply.body, json!([]), "no value ends in b");
+    }
+    health.expect(StatusCode::OK);
+    let matching = filter(common::urlencoding(&format!("{}a", "%a".repeat(127)))).await;
+    matching.expect(StatusCode::OK);
+    assert_eq!(matching.body.as_array().unwrap().len(), 20);
 }

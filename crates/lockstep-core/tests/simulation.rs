@@ -1164,6 +1164,14 @@ async fn simulate(backend: Backend, schedules: u64, first_seed: u64, steps: usiz
                 trace.join("\n  ")
             );
         }
+        // A long run says how far it got, so one stopped early still tells something.
+        if (n + 1) % 500 == 0 && n + 1 < schedules {
+            eprintln!(
+                "simulation: {} of {schedules} schedules passed ({:.0} s)",
+                n + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -98,6 +98,19 @@ async fn unknown_table(Path(table): Path<String>) -> ApiError {
 
 /// Answers rows as PostgREST does: an array with `Content-Range`, or one object when the client
 /// asked for `application/vnd.pgrst.object+json` (406 unless exactly one row matched).
+/// Filters, orders, pages and serialises `rows` by `query` on the blocking pool: a filter over
+/// large values or an answer of megabytes never holds an async worker, which serves everyone.
+async fn answer_rows(
+    query: RowQuery,
+    rows: Vec<Value>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let headers = headers.clone();
+    tokio::task::spawn_blocking(move || rows_response(query.apply(rows), &headers))
+        .await
+        .map_err(|e| anyhow::anyhow!("answering rows: {e}").into())
+}
+
 fn rows_response(rows: Vec<Value>, headers: &HeaderMap) -> Response {
     let wants_object = headers
         .get(header::ACCEPT)
@@ -166,10 +179,7 @@ async fn list_devices(
     RestSession(caller): RestSession,
 ) -> ApiResult<Response> {
     let query = RowQuery::parse(&query_pairs(raw.as_deref()), "devices", DEVICE_COLUMNS)?;
-    Ok(rows_response(
-        query.apply(device_rows(&state, &caller).await?),
-        &headers,
-    ))
+    answer_rows(query, device_rows(&state, &caller).await?, &headers).await
 }
 
 /// The ids of the caller's devices that a PATCH/DELETE filter selects. A filter is required.
@@ -372,7 +382,7 @@ async fn list_audit(
         .map(|r| serde_json::to_value(r.to_wire()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::from)?;
-    Ok(rows_response(query.apply(rows), &headers))
+    answer_rows(query, rows, &headers).await
 }
 
 const SESSION_COLUMNS: &[&str] = &[
@@ -416,5 +426,5 @@ async fn list_sessions(
             })
         })
         .collect();
-    Ok(rows_response(query.apply(rows), &headers))
+    answer_rows(query, rows, &headers).await
 }

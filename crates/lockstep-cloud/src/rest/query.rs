@@ -4,6 +4,11 @@
 //! Every table served here holds a bounded number of rows per user, so the rows are read by
 //! user id and the query is applied in memory: one evaluator for every table, and no filter
 //! syntax ever reaches SQL.
+//!
+//! A query is bounded in what it can cost: at most [`MAX_FILTERS`] filters, `in` lists of at
+//! most [`MAX_IN_ITEMS`] items, `like` patterns of at most [`MAX_PATTERN_CHARS`] characters,
+//! compiled once into an automaton that matches in time linear in the text (the `regex`
+//! crate), and callers run [`RowQuery::apply`] off the async workers.
 
 use std::cmp::Ordering;
 
@@ -12,6 +17,13 @@ use serde_json::{Map, Value};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::error::ApiError;
+
+/// Most column filters one query may carry.
+pub const MAX_FILTERS: usize = 32;
+/// Most items of one `in.(…)` list.
+pub const MAX_IN_ITEMS: usize = 256;
+/// Longest `like`/`ilike` pattern, in characters.
+pub const MAX_PATTERN_CHARS: usize = 256;
 
 /// Query parameters that are not column filters.
 const RESERVED: &[&str] = &[
@@ -39,6 +51,62 @@ pub struct Filter {
     pub negate: bool,
     pub op: Op,
     pub value: String,
+    /// The compiled pattern of a `like`/`ilike` filter.
+    like: Option<LikePattern>,
+}
+
+/// A SQL `LIKE` pattern compiled once: `%` (or PostgREST's `*`) for any run of characters, `_`
+/// for one, `\` before a character for that character itself; the whole text must match.
+#[derive(Debug, Clone)]
+pub struct LikePattern {
+    source: String,
+    case_insensitive: bool,
+    regex: regex::Regex,
+}
+
+impl PartialEq for LikePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.case_insensitive == other.case_insensitive
+    }
+}
+
+impl LikePattern {
+    /// Compiles `pattern`; `None` past [`MAX_PATTERN_CHARS`] (or, never in practice, when the
+    /// automaton would be too large).
+    pub fn new(pattern: &str, case_insensitive: bool) -> Option<LikePattern> {
+        if pattern.chars().count() > MAX_PATTERN_CHARS {
+            return None;
+        }
+        let mut expression = String::from(r"\A(?:");
+        let mut chars = pattern.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '%' | '*' => expression.push_str(".*"),
+                '_' => expression.push('.'),
+                '\\' => {
+                    // A trailing backslash stands for itself, as in PostgreSQL.
+                    let literal = chars.next().unwrap_or('\\');
+                    expression.push_str(&regex::escape(literal.encode_utf8(&mut [0; 4])));
+                }
+                c => expression.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+            }
+        }
+        expression.push_str(r")\z");
+        let regex = regex::RegexBuilder::new(&expression)
+            .case_insensitive(case_insensitive)
+            .dot_matches_new_line(true)
+            .build()
+            .ok()?;
+        Some(LikePattern {
+            source: pattern.to_owned(),
+            case_insensitive,
+            regex,
+        })
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +196,11 @@ impl RowQuery {
                 column => {
                     if !known(column) {
                         return Err(unknown_column(table, column));
+                    }
+                    if query.filters.len() == MAX_FILTERS {
+                        return Err(bad_filter(format!(
+                            "too many filters: a query may carry at most {MAX_FILTERS}"
+                        )));
                     }
                     query.filters.push(parse_filter(column, value)?);
                 }
@@ -270,11 +343,28 @@ fn parse_filter(column: &str, raw: &str) -> Result<Filter, ApiError> {
             "failed to parse filter ({column}={raw}): in takes a list like in.(a,b)"
         )));
     }
+    if op == Op::In && parse_list(value).len() > MAX_IN_ITEMS {
+        return Err(bad_filter(format!(
+            "failed to parse filter on {column}: an in list may hold at most {MAX_IN_ITEMS} items"
+        )));
+    }
+    let like = match op {
+        Op::Like | Op::Ilike => {
+            Some(LikePattern::new(value, op == Op::Ilike).ok_or_else(|| {
+                bad_filter(format!(
+                    "failed to parse filter on {column}: a like pattern may be at most \
+                 {MAX_PATTERN_CHARS} characters"
+                ))
+            })?)
+        }
+        _ => None,
+    };
     Ok(Filter {
         column: column.to_owned(),
         negate,
         op,
         value: value.to_owned(),
+        like,
     })
 }
 
@@ -293,8 +383,10 @@ impl Filter {
             Op::Gte => compare_text(cell, &self.value).is_some_and(|o| o != Ordering::Less),
             Op::Lt => compare_text(cell, &self.value) == Some(Ordering::Less),
             Op::Lte => compare_text(cell, &self.value).is_some_and(|o| o != Ordering::Greater),
-            Op::Like => like(&as_text(cell), &self.value, false),
-            Op::Ilike => like(&as_text(cell), &self.value, true),
+            Op::Like | Op::Ilike => self
+                .like
+                .as_ref()
+                .is_some_and(|pattern| pattern.matches(&as_text(cell))),
             Op::In => parse_list(&self.value)
                 .iter()
                 .any(|item| compare_text(cell, item) == Some(Ordering::Equal)),
@@ -354,41 +446,6 @@ fn parse_list(raw: &str) -> Vec<String> {
     }
     items.push(current);
     items
-}
-
-/// SQL LIKE with `%` (or PostgREST's `*`) for any run and `_` for one character.
-fn like(text: &str, pattern: &str, case_insensitive: bool) -> bool {
-    let fold = |s: &str| {
-        if case_insensitive {
-            s.to_lowercase()
-        } else {
-            s.to_owned()
-        }
-    };
-    let text: Vec<char> = fold(text).chars().collect();
-    let pattern: Vec<char> = fold(pattern)
-        .chars()
-        .map(|c| if c == '*' { '%' } else { c })
-        .collect();
-    // Classic two-pointer wildcard match with backtracking to the last `%`.
-    let (mut t, mut p) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '_' || pattern[p] == text[t]) {
-            t += 1;
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == '%' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '%')
 }
 
 #[cfg(test)]
@@ -492,13 +549,101 @@ mod tests {
         }
     }
 
+    fn like(text: &str, pattern: &str, case_insensitive: bool) -> bool {
+        LikePattern::new(pattern, case_insensitive)
+            .expect("pattern compiles")
+            .matches(text)
+    }
+
     #[test]
     fn like_handles_wildcards() {
         assert!(like("abc", "a%c", false));
+        assert!(like("abc", "a*c", false));
         assert!(like("abc", "a_c", false));
         assert!(like("abxyzc", "a%c", false));
         assert!(!like("abc", "a%d", false));
         assert!(like("ABC", "a%", true));
         assert!(!like("ABC", "a%", false));
+        assert!(like("a\nb", "a_b", false), "_ matches a newline too");
+        assert!(like("100%", "100\\%", false));
+        assert!(!like("1000", "100\\%", false));
+        assert!(like("a.b", "a.b", false), "regex syntax is literal");
+        assert!(!like("axb", "a.b", false));
+        assert!(like("x(y)+", "x(y)+", false));
+    }
+
+    /// The reference: LIKE by dynamic programming over (text, pattern) prefixes, too slow for
+    /// the server but plainly right.
+    fn like_by_table(text: &str, pattern: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        let pattern: Vec<char> = pattern.chars().collect();
+        // matched[j]: the text read so far matches pattern[..j].
+        let mut matched = vec![false; pattern.len() + 1];
+        matched[0] = true;
+        for j in 0..pattern.len() {
+            matched[j + 1] = matched[j] && pattern[j] == '%';
+        }
+        for &t in &text {
+            let mut next = vec![false; pattern.len() + 1];
+            for j in 0..pattern.len() {
+                next[j + 1] = match pattern[j] {
+                    '%' => next[j] || matched[j + 1],
+                    '_' => matched[j],
+                    p => matched[j] && p == t,
+                };
+            }
+            matched = next;
+        }
+        matched[pattern.len()]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn like_agrees_with_the_reference(
+            text in "[ab%_\\n]{0,12}",
+            pattern in "[ab%_]{0,8}",
+        ) {
+            proptest::prop_assert_eq!(
+                like(&text, &pattern, false),
+                like_by_table(&text, &pattern),
+                "{:?} like {:?}", text, pattern
+            );
+        }
+    }
+
+    #[test]
+    fn a_pathological_pattern_over_a_long_text_is_answered() {
+        // Backtracking matchers take text x pattern steps per row here.
+        let text = "a".repeat(64 * 1024);
+        let pattern = format!("{}b", "%a".repeat(MAX_PATTERN_CHARS / 2 - 1));
+        assert!(!like(&text, &pattern, true));
+        assert!(like(&format!("{text}b"), &pattern, true));
+    }
+
+    #[test]
+    fn queries_are_bounded_in_what_they_cost() {
+        let long = "a".repeat(MAX_PATTERN_CHARS + 1);
+        let many = (0..=MAX_IN_ITEMS)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>();
+        let filters = vec!["n=gt.1"; MAX_FILTERS + 1].join("&");
+        for (query, needle) in [
+            (format!("name=like.{long}"), "at most 256 characters"),
+            (format!("name=ilike.{long}"), "at most 256 characters"),
+            (format!("id=in.({})", many.join(",")), "at most 256 items"),
+            (filters, "at most 32"),
+        ] {
+            match q(&query).expect_err(&query) {
+                ApiError::Rest {
+                    message, status, ..
+                } => {
+                    assert_eq!(status, StatusCode::BAD_REQUEST);
+                    assert!(message.contains(needle), "{message}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let at_cap = "a".repeat(MAX_PATTERN_CHARS);
+        assert!(q(&format!("name=like.{at_cap}")).is_ok());
     }
 }

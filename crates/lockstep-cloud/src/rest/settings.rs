@@ -15,7 +15,7 @@ use lockstep_protocol::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{RestSession, RowQuery, rows_response, wants_representation};
+use super::{RestSession, RowQuery, answer_rows, rows_response, wants_representation};
 use crate::{
     db::feed as log,
     error::{ApiError, ApiResult},
@@ -58,10 +58,7 @@ pub async fn list(
     RestSession(caller): RestSession,
 ) -> ApiResult<Response> {
     let query = RowQuery::parse(&query_pairs(raw.as_deref()), "user_settings", COLUMNS)?;
-    Ok(rows_response(
-        query.apply(all_rows(&state, &caller.user_id).await?),
-        &headers,
-    ))
+    answer_rows(query, all_rows(&state, &caller.user_id).await?, &headers).await
 }
 
 /// A row as a plain Supabase client sends it. `hlc` is optional: without it the server stamps
