@@ -131,6 +131,16 @@ pub struct Config {
     #[arg(long, env = "LOCKSTEP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    /// Change streams one session (one signed-in device) may hold open on this node; opening
+    /// one more closes its oldest (`event: session`, reason `too_many_streams`).
+    #[arg(long, env = "LOCKSTEP_MAX_STREAMS_PER_SESSION", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_streams_per_session: u64,
+
+    /// Change streams one user may hold open on this node, over all sessions; opening one
+    /// more closes the user's oldest. Each costs a feed read per change of that user.
+    #[arg(long, env = "LOCKSTEP_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_streams_per_user: u64,
+
     /// Seconds a shutdown waits for requests in flight (streams are ended at once) before the
     /// process exits anyway.
     #[arg(long, env = "LOCKSTEP_SHUTDOWN_GRACE", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]

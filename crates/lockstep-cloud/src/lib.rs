@@ -27,6 +27,7 @@ pub mod rest;
 pub mod sealing;
 pub mod serve;
 pub mod state;
+pub mod streams;
 pub mod sync;
 pub mod token;
 

@@ -15,7 +15,10 @@
 //!   (`{"reason": "signed_out"}`) or the access token expires (`{"reason": "token_expired"}`:
 //!   reconnect with a fresh token and `Last-Event-ID`; nothing is lost) or the node shuts down
 //!   (`{"reason": "server_shutdown"}`: reconnect with `Last-Event-ID`, to another node or once
-//!   this one is back). Reconnecting with a dead session answers 401.
+//!   this one is back) or newer streams took its place (`{"reason": "too_many_streams"}`: a
+//!   session holds at most `--max-streams-per-session` streams on a node and a user at most
+//!   `--max-streams-per-user`; past either the oldest is closed, see [`crate::streams`]).
+//!   Reconnecting with a dead session answers 401.
 //!
 //! EventSource in browsers cannot send headers, so the access token may also come as
 //! `?access_token=` and the anon key as `?apikey=`.
@@ -33,7 +36,10 @@ use axum::{
     routing::get,
 };
 use futures::Stream;
-use lockstep_protocol::{auth::ErrorCode, sync::ChangeEvent};
+use lockstep_protocol::{
+    auth::ErrorCode,
+    sync::{ChangeEvent, StreamEnd, StreamEndReason},
+};
 use serde_json::json;
 
 use crate::{
@@ -121,6 +127,15 @@ fn change_event(change: &ChangeEvent) -> Event {
         .data(data)
 }
 
+/// The last event of a stream the server ends.
+fn session_end(id: i64, reason: StreamEndReason) -> Event {
+    control_event(
+        "session",
+        id,
+        serde_json::to_value(StreamEnd { reason }).unwrap_or_default(),
+    )
+}
+
 fn control_event(name: &str, id: i64, data: serde_json::Value) -> Event {
     Event::default()
         .event(name)
@@ -136,6 +151,8 @@ fn events(
     async_stream::stream! {
         // Subscribe before the first read: a change committed after the read wakes us.
         let mut wakeups = state.hub.subscribe(&caller.user_id);
+        // Held for the stream's life; a newer stream past the caps closes this one.
+        let mut ticket = state.streams.open(&caller.user_id, &caller.session_id);
         yield Ok(Event::default().retry(RETRY).comment("lockstep change feed"));
 
         let user = caller.user_id.clone();
@@ -188,17 +205,21 @@ fn events(
                 return;
             }
             if session_touched && !session_alive(&state, &caller.session_id).await {
-                yield Ok(control_event("session", last, json!({ "reason": "signed_out" })));
+                yield Ok(session_end(last, StreamEndReason::SignedOut));
                 return;
             }
             tokio::select! {
                 () = wakeups.changed() => {}
                 () = &mut shutdown => {
-                    yield Ok(control_event("session", last, json!({ "reason": "server_shutdown" })));
+                    yield Ok(session_end(last, StreamEndReason::ServerShutdown));
+                    return;
+                }
+                _ = &mut ticket.closed => {
+                    yield Ok(session_end(last, StreamEndReason::TooManyStreams));
                     return;
                 }
                 () = &mut expiry => {
-                    yield Ok(control_event("session", last, json!({ "reason": "token_expired" })));
+                    yield Ok(session_end(last, StreamEndReason::TokenExpired));
                     return;
                 }
             }

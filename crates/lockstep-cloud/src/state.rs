@@ -42,6 +42,8 @@ pub struct AppInner {
     pub sealing: DataKeys,
     /// Wake-ups for this node's open streams.
     pub hub: Arc<Hub>,
+    /// The change streams open on this node, capped per session and per user.
+    pub streams: Arc<crate::streams::Streams>,
     /// Set once when the node shuts down: open change streams end.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// This node's hybrid logical clocks, one per user, for writes that come without a stamp.
@@ -101,6 +103,10 @@ impl AppState {
         let token_key = keys.token_key();
         let sealing = keys.sealing()?;
         let hub = Arc::new(Hub::default());
+        let streams = Arc::new(crate::streams::Streams::new(
+            usize::try_from(config.max_streams_per_session).unwrap_or(usize::MAX),
+            usize::try_from(config.max_streams_per_user).unwrap_or(usize::MAX),
+        ));
         let mut tasks = Vec::new();
         if db.backend == Backend::Postgres {
             tasks.push(tokio::spawn(crate::feed::listen(
@@ -119,6 +125,7 @@ impl AppState {
             passwords,
             sealing,
             hub,
+            streams,
             shutdown: tokio::sync::watch::channel(false).0,
             hlc: Mutex::default(),
             tasks,

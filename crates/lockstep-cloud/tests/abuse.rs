@@ -28,6 +28,7 @@ backend_tests! {
     email_change_mails_are_limited_like_resends,
     one_users_clock_ahead_does_not_move_another_users_server_stamps,
     pathological_like_filters_are_bounded_and_answered,
+    streams_past_the_caps_close_the_oldest_with_a_reason,
 }
 
 async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit(
@@ -733,4 +734,71 @@ async fn pathological_like_filters_are_bounded_and_answered(backend: Backend) {
     let matching = filter(common::urlencoding(&format!("{}a", "%a".repeat(127)))).await;
     matching.expect(StatusCode::OK);
     assert_eq!(matching.body.as_array().unwrap().len(), 20);
+}
+
+/// A flood of streams from one account: each session keeps its newest
+/// `max_streams_per_session`, the account its newest `max_streams_per_user`; the oldest end
+/// with `event: session` `too_many_streams` and the rest still get every change.
+async fn streams_past_the_caps_close_the_oldest_with_a_reason(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.max_streams_per_session = 2;
+        c.max_streams_per_user = 3;
+    })
+    .await;
+    let laptop = app.signup("ada@example.com", "laptop").await;
+    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let bob = app.signup("bob@example.com", "laptop").await;
+    let ended = |reason: &str| {
+        let data: serde_json::Value = serde_json::from_str(reason).unwrap();
+        data["reason"].as_str().unwrap().to_owned()
+    };
+    let mut bobs = app.stream(access_token(&bob), None).await;
+    bobs.ready().await;
+    let mut laptop_streams = Vec::new();
+    for _ in 0..3 {
+        let mut feed = app.stream(access_token(&laptop), None).await;
+        feed.ready().await;
+        laptop_streams.push(feed);
+    }
+    // The laptop's first stream made room for its third.
+    let oldest = laptop_streams.remove(0);
+    let mut oldest = oldest;
+    assert_eq!(
+        ended(&oldest.next_of("session").await.data),
+        "too_many_streams"
+    );
+    assert!(oldest.next().await.is_none(), "the stream ends there");
+    // Two more from the desktop: the account holds four, so its oldest (the laptop's) goes.
+    let mut desktop_streams = Vec::new();
+    for _ in 0..2 {
+        let mut feed = app.stream(access_token(&desktop), None).await;
+        feed.ready().await;
+        desktop_streams.push(feed);
+    }
+    let mut second = laptop_streams.remove(0);
+    assert_eq!(
+        ended(&second.next_of("session").await.data),
+        "too_many_streams"
+    );
+    let hlc = common::hlc_at(&app, 0, 0);
+    app.push(
+        access_token(&desktop),
+        "after-flood",
+        json!([{ "key": "appearance.theme", "value": "dark", "hlc": hlc }]),
+    )
+    .await
+    .expect(StatusCode::OK);
+    for feed in laptop_streams.iter_mut().chain(desktop_streams.iter_mut()) {
+        let change = feed.next_change().await;
+        assert_eq!(change["new"]["key"], "appearance.theme");
+    }
+    // Bob's stream was never counted with Ada's.
+    app.push(
+        access_token(&bob),
+        "bob",
+        json!([{ "key": "appearance.theme", "value": "light", "hlc": hlc }]),
+    )
+    .await
+    .expect(StatusCode::OK);
+    assert_eq!(bobs.next_change().await["new"]["value"], "light");
 }

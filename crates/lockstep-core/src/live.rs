@@ -497,16 +497,23 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
             "must-refetch" => return StreamEnd::MustRefetch,
             "insufficient_aal" => return StreamEnd::StepUp,
             "session" => {
-                let reason = serde_json::from_str::<serde_json::Value>(&event.data)
+                use lockstep_protocol::sync::{StreamEnd as Ended, StreamEndReason as Reason};
+                let reason = serde_json::from_str::<Ended>(&event.data)
                     .ok()
-                    .and_then(|data| data["reason"].as_str().map(str::to_owned));
-                return match reason.as_deref() {
-                    Some("token_expired") => StreamEnd::TokenExpired,
+                    .map(|end| end.reason);
+                return match reason {
+                    Some(Reason::TokenExpired) => StreamEnd::TokenExpired,
                     // The server is restarting: reconnect (with Last-Event-ID), stay signed in.
-                    Some("server_shutdown") => {
+                    Some(Reason::ServerShutdown) => {
                         StreamEnd::Offline("the server is restarting".into())
                     }
-                    _ => StreamEnd::SessionEnded,
+                    // Newer streams of this account took this one's place: retry after the
+                    // back-off, so two copies of the app take turns slowly, never in a loop.
+                    Some(Reason::TooManyStreams) => StreamEnd::Failed(
+                        "newer change streams of this account replaced this one".into(),
+                    ),
+                    // Signed out, or a reason this version does not know: check the session.
+                    Some(Reason::SignedOut) | None => StreamEnd::SessionEnded,
                 };
             }
             other => tracing::debug!(event = other, "unknown stream event ignored"),

@@ -197,6 +197,27 @@ pub struct ChangeEvent {
     pub device_name: Option<String>,
 }
 
+/// Why the server ended a change stream: the data of its last event, `event: session`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEnd {
+    pub reason: StreamEndReason,
+}
+
+/// The reasons a change stream ends (`{"reason": "signed_out"}` etc.).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEndReason {
+    /// The session was signed out or its device revoked: sign in again.
+    SignedOut,
+    /// The access token expired: reconnect with a fresh one and `Last-Event-ID`.
+    TokenExpired,
+    /// The node is shutting down: reconnect with `Last-Event-ID`, to another node or later.
+    ServerShutdown,
+    /// Newer streams of the same session or account took its place (the node caps streams per
+    /// session and per user): reconnect only after a pause, or the streams take turns.
+    TooManyStreams,
+}
+
 /// `GET /rest/v1/rpc/changes` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangesPage {
