@@ -131,6 +131,16 @@ pub struct Config {
     #[arg(long, env = "LOCKSTEP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    /// Authenticated requests of one user that run at once on this node (change streams are
+    /// capped apart); more wait up to 2 s for a free slot, then get 429 with `Retry-After`.
+    #[arg(long, env = "LOCKSTEP_MAX_REQUESTS_PER_USER", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_requests_per_user: u64,
+
+    /// Seconds a request waits for a database connection before it is answered 503 with
+    /// `Retry-After` (the embedded SQLite has one connection, PostgreSQL up to 16 per node).
+    #[arg(long, env = "LOCKSTEP_DATABASE_WAIT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub database_wait_seconds: u64,
+
     /// Change streams one session (one signed-in device) may hold open on this node; opening
     /// one more closes its oldest (`event: session`, reason `too_many_streams`).
     #[arg(long, env = "LOCKSTEP_MAX_STREAMS_PER_SESSION", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]

@@ -134,6 +134,12 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        // A saturated pool is busy wherever the error passed through, never a 500.
+        if e.chain()
+            .any(|cause| matches!(cause.downcast_ref(), Some(sqlx::Error::PoolTimedOut)))
+        {
+            return ApiError::busy("all database connections are in use", 1);
+        }
         ApiError::Internal(e)
     }
 }

@@ -21,6 +21,7 @@ pub mod feed;
 pub mod keys;
 pub mod mail;
 pub mod password;
+pub mod per_user;
 pub mod ratelimit;
 pub mod realtime;
 pub mod rest;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), per_user::take_a_slot))
         .layer(middleware::from_fn_with_state(state.clone(), extract::require_api_key))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), extract::read_whole_body))

@@ -42,6 +42,8 @@ pub struct AppInner {
     pub sealing: DataKeys,
     /// Wake-ups for this node's open streams.
     pub hub: Arc<Hub>,
+    /// Each user's share of the requests running on this node.
+    pub user_slots: Arc<crate::per_user::UserSlots>,
     /// The change streams open on this node, capped per session and per user.
     pub streams: Arc<crate::streams::Streams>,
     /// Set once when the node shuts down: open change streams end.
@@ -74,7 +76,11 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let keys = ServerKeys::load_or_create(&config.data_dir)?;
-        let db = Db::connect(&config.database_url()).await?;
+        let db = Db::connect(
+            &config.database_url(),
+            std::time::Duration::from_secs(config.database_wait_seconds),
+        )
+        .await?;
         let mailer = Mailer::from_config(
             config.smtp_url.as_deref(),
             &config.smtp_from,
@@ -103,6 +109,9 @@ impl AppState {
         let token_key = keys.token_key();
         let sealing = keys.sealing()?;
         let hub = Arc::new(Hub::default());
+        let user_slots = Arc::new(crate::per_user::UserSlots::new(
+            usize::try_from(config.max_requests_per_user).unwrap_or(usize::MAX),
+        ));
         let streams = Arc::new(crate::streams::Streams::new(
             usize::try_from(config.max_streams_per_session).unwrap_or(usize::MAX),
             usize::try_from(config.max_streams_per_user).unwrap_or(usize::MAX),
@@ -126,6 +135,7 @@ impl AppState {
             sealing,
             hub,
             streams,
+            user_slots,
             shutdown: tokio::sync::watch::channel(false).0,
             hlc: Mutex::default(),
             tasks,

@@ -29,6 +29,8 @@ backend_tests! {
     one_users_clock_ahead_does_not_move_another_users_server_stamps,
     pathological_like_filters_are_bounded_and_answered,
     streams_past_the_caps_close_the_oldest_with_a_reason,
+    one_user_runs_at_most_their_share_of_requests_at_once,
+    a_saturated_database_pool_answers_503_with_retry_after,
 }
 
 async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit(
@@ -801,4 +803,78 @@ async fn streams_past_the_caps_close_the_oldest_with_a_reason(backend: Backend) 
     .await
     .expect(StatusCode::OK);
     assert_eq!(bobs.next_change().await["new"]["value"], "light");
+}
+
+/// Holds every database connection of the node, so requests that reach the database wait.
+async fn hold_the_pool(app: &TestApp) -> Vec<sqlx::pool::PoolConnection<sqlx::Any>> {
+    let mut held = Vec::new();
+    for _ in 0..app.state.db.pool.options().get_max_connections() {
+        held.push(app.state.db.pool.acquire().await.unwrap());
+    }
+    held
+}
+
+/// Ada sends more requests at once than her share while the database is slow: her share run,
+/// the rest are answered 429 with `Retry-After` without waiting on the database, and Bob is
+/// served all the while.
+async fn one_user_runs_at_most_their_share_of_requests_at_once(backend: Backend) {
+    use futures::StreamExt;
+    let app = TestApp::start_with(backend, |c| {
+        c.max_requests_per_user = 3;
+        c.database_wait_seconds = 60;
+    })
+    .await;
+    let ada = app.signup("ada@example.com", "laptop").await;
+    let bob = app.signup("bob@example.com", "laptop").await;
+    let held = hold_the_pool(&app).await;
+    let send = |token: &str| {
+        let request = app.request(Method::GET, "/rest/v1/user_settings", Some(token));
+        tokio::spawn(async move { common::Reply::from(request.send().await.unwrap()).await })
+    };
+    let mut adas: futures::stream::FuturesUnordered<_> =
+        (0..5).map(|_| send(access_token(&ada))).collect();
+    let bobs = send(access_token(&bob));
+    // Three of Ada's hold her slots, waiting on the database; two find none free.
+    for _ in 0..2 {
+        let refused = adas.next().await.unwrap().unwrap();
+        refused.expect_rest_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+        assert!(refused.headers.contains_key("retry-after"));
+    }
+    drop(held);
+    let served: Vec<_> = adas.map(|r| r.unwrap()).collect().await;
+    assert_eq!(served.len(), 3);
+    for reply in &served {
+        reply.expect(StatusCode::OK);
+    }
+    bobs.await.unwrap().expect(StatusCode::OK);
+    // The share came back: Ada is served again.
+    app.get("/rest/v1/user_settings", Some(access_token(&ada)))
+        .await
+        .expect(StatusCode::OK);
+}
+
+/// With every database connection in use, a request is answered 503 with `Retry-After` once
+/// `--database-wait-seconds` passed, never 500.
+async fn a_saturated_database_pool_answers_503_with_retry_after(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.database_wait_seconds = 1).await;
+    let ada = app.signup("ada@example.com", "laptop").await;
+    let held = hold_the_pool(&app).await;
+    for path in [
+        "/rest/v1/user_settings",
+        "/auth/v1/user",
+        "/rest/v1/rpc/changes?since=0",
+    ] {
+        let reply = app.get(path, Some(access_token(&ada))).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            reply.text
+        );
+        assert!(reply.headers.contains_key("retry-after"), "{path}");
+    }
+    drop(held);
+    app.get("/rest/v1/user_settings", Some(access_token(&ada)))
+        .await
+        .expect(StatusCode::OK);
 }

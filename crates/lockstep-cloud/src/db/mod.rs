@@ -58,11 +58,12 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects and applies the backend's migrations.
-    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+    /// Connects and applies the backend's migrations. A request that waits longer than `wait`
+    /// for a connection fails with `PoolTimedOut` (answered 503 with `Retry-After`).
+    pub async fn connect(url: &str, wait: Duration) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let options = AnyPoolOptions::new().acquire_timeout(wait);
         // SQLite allows one writer at a time, and a transaction that upgrades from reading to
         // writing fails at once (SQLITE_BUSY) instead of waiting. One connection serialises
         // every transaction, which is simple and fast enough for the embedded default.
