@@ -163,7 +163,7 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
     }
     let (start_rss, _) = server.memory()?;
     let mut out = String::from(
-        "| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms | /health p50 / max ms |\n|---|---|---|---|---|---|\n",
+        "| round | answers | peak RSS MiB | RSS after MiB | bob sign-in p50 / max ms (not signed in) | /health p50 / max ms |\n|---|---|---|---|---|---|\n",
     );
     for round in 1..=args.rounds {
         let burst = futures::future::join_all((0..args.burst).map(|i| {
@@ -181,22 +181,28 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
             }
         }));
         let bob = std::cell::RefCell::new(Vec::new());
+        let bob_refused = std::cell::RefCell::new(BTreeMap::<u16, usize>::new());
         let health = std::cell::RefCell::new(Vec::new());
-        // Probes until the burst ends (the select below then drops this future): the second
-        // user's sign-ins and `/health`, each on fresh connections, independently.
+        let done = std::cell::Cell::new(false);
+        // Probes while the burst runs, each on fresh connections, independently: the second
+        // user's sign-ins and `/health`. Each probe's first request starts with the burst, and
+        // a probe finishes the request it is in when the burst ends, so every round has at
+        // least one sample of each, taken during the burst.
         let probe = async {
             let sign_ins = async {
-                loop {
-                    if let Ok((200, took)) =
-                        server.sign_in(&user, "bob@example.com", PASSWORD).await
-                    {
-                        bob.borrow_mut().push(took);
+                while !done.get() {
+                    match server.sign_in(&user, "bob@example.com", PASSWORD).await {
+                        Ok((200, took)) => bob.borrow_mut().push(took),
+                        Ok((status, _)) => {
+                            *bob_refused.borrow_mut().entry(status).or_default() += 1
+                        }
+                        Err(_) => *bob_refused.borrow_mut().entry(0).or_default() += 1,
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
             let polls = async {
-                loop {
+                while !done.get() {
                     let started = Instant::now();
                     if let Ok(reply) = user.get(format!("{}/health", server.url)).send().await
                         && reply.status().is_success()
@@ -208,15 +214,14 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
             };
             futures::future::join(sign_ins, polls).await;
         };
-        let mut probe = std::pin::pin!(probe);
-        let mut burst = std::pin::pin!(burst);
-        let statuses = loop {
-            tokio::select! {
-                statuses = &mut burst => break statuses,
-                () = &mut probe => {}
-            }
+        let burst = async {
+            let statuses = burst.await;
+            done.set(true);
+            statuses
         };
+        let (statuses, ()) = futures::future::join(burst, probe).await;
         let mut bob = std::mem::take(&mut *bob.borrow_mut());
+        let bob_refused = std::mem::take(&mut *bob_refused.borrow_mut());
         let mut health = std::mem::take(&mut *health.borrow_mut());
         let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
         for status in statuses {
@@ -235,7 +240,7 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
                 })
                 .collect::<Vec<_>>()
                 .join(" "),
-            p50_max(&mut bob),
+            with_refusals(p50_max(&mut bob), &bob_refused),
             p50_max(&mut health),
         ));
     }
@@ -243,6 +248,24 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
         "\nRSS at start (after one signup): {start_rss:.0} MiB\n"
     ));
     Ok(out)
+}
+
+/// The second user's figures, and how many of their sign-ins were refused, by status.
+fn with_refusals(figures: String, refused: &BTreeMap<u16, usize>) -> String {
+    if refused.is_empty() {
+        return figures;
+    }
+    let refused: Vec<String> = refused
+        .iter()
+        .map(|(status, n)| {
+            if *status == 0 {
+                format!("{n}×closed")
+            } else {
+                format!("{n}×{status}")
+            }
+        })
+        .collect();
+    format!("{figures} ({})", refused.join(" "))
 }
 
 fn p50_max(samples: &mut [Duration]) -> String {

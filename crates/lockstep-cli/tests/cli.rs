@@ -119,6 +119,35 @@ impl Cloud {
         })
     }
 
+    /// Opens the newest link mailed to `email` (the dev mailbox), as its owner would.
+    fn confirm_email(&self, email: &str) {
+        block_on(async {
+            let mail: Value = reqwest::Client::new()
+                .get(format!("{}/dev/mailbox?to={email}", self.url))
+                .header("apikey", &self.anon_key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let link = mail
+                .as_array()
+                .and_then(|m| m.iter().find_map(|m| m["links"][0].as_str()))
+                .unwrap_or_else(|| panic!("no link mailed to {email}"))
+                .to_owned();
+            let opened = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+                .get(link)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(opened.status(), 303, "the link redirects");
+        });
+    }
+
     /// One integer cell from the server's database, read beside the server (WAL mode).
     fn scalar(&self, sql: &str) -> i64 {
         let url = format!(
@@ -757,6 +786,8 @@ fn mfa_enroll_then_login_needs_a_code_and_offline_code_check() {
     let (a, b) = (unique("a"), unique("b"));
     let email = "ada@example.com";
     signup(&cli, &a, email);
+    // Two-factor authentication needs a confirmed address.
+    cloud.confirm_email(email);
 
     let qr = cli.home.path().join("qr.svg");
     let mut enroll = cli.spawn_with_stdin(

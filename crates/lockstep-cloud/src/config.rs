@@ -165,6 +165,12 @@ pub struct Config {
     #[arg(long, env = "LOCKSTEP_PASSWORD_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub password_queue: u64,
 
+    /// Of those, how many one client IP may hold; past it, that client gets 429 with
+    /// `Retry-After` at once. The hashers serve waiting clients in turn, so anyone else waits
+    /// for at most one check per other waiting client.
+    #[arg(long, env = "LOCKSTEP_PASSWORD_QUEUE_PER_IP", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub password_queue_per_ip: u64,
+
     /// Seconds a password check may wait for a hasher before it is answered 503.
     #[arg(long, env = "LOCKSTEP_PASSWORD_WAIT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub password_wait_seconds: u64,
@@ -281,6 +287,7 @@ impl Config {
                 .password_hash_threads
                 .map_or(cores, |n| usize::try_from(n).unwrap_or(cores)),
             queue: usize::try_from(self.password_queue).unwrap_or(64),
+            per_client: usize::try_from(self.password_queue_per_ip).unwrap_or(8),
             wait: Duration::from_secs(self.password_wait_seconds),
         }
     }

@@ -250,6 +250,17 @@ pub async fn listen(hub: Arc<Hub>, database_url: String) {
     }
 }
 
+/// How often the change feed is pruned, across all nodes on one database.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Prunes the change feed if no other node has within the last [`PRUNE_EVERY`] (minus a
+/// margin, so nodes whose timers drift still prune once per period): `None` when another node
+/// holds the lease.
+pub async fn prune_if_due(state: &AppState) -> ApiResult<Option<u64>> {
+    const MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+    crate::nodes::run_leased(state, "prune_feed", PRUNE_EVERY - MARGIN, prune(state)).await
+}
+
 /// Drops log entries older than the retention, so the log does not grow without bound. A stream
 /// or poll asking for a pruned range is told to refetch.
 pub async fn prune(state: &AppState) -> ApiResult<u64> {

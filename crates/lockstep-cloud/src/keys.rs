@@ -103,6 +103,17 @@ impl ServerKeys {
         DataKeys::parse(&self.data_keys).map_err(anyhow::Error::msg)
     }
 
+    /// One-way fingerprints of the keys every node on one database must share: `jwt`, and
+    /// `data:<id>` for each data key (see [`fingerprint`]).
+    pub fn fingerprints(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut all = vec![(
+            "jwt".to_owned(),
+            fingerprint(self.jwt_secret.as_bytes(), "jwt"),
+        )];
+        all.extend(self.sealing()?.fingerprints());
+        Ok(all)
+    }
+
     /// Which role an `apikey` value grants, compared in constant time.
     pub fn role_of(&self, presented: &str) -> Option<ApiKeyRole> {
         let eq = |a: &str| bool::from(a.as_bytes().ct_eq(presented.as_bytes()));
@@ -124,6 +135,16 @@ impl ServerKeys {
         let _ = hk.expand(b"token hmac v1", &mut key);
         key
     }
+}
+
+/// A one-way fingerprint of a secret: 128 bits of HKDF-SHA256 under a label of its own, so two
+/// secrets can be told apart by it and neither can be read from it.
+pub fn fingerprint(secret: &[u8], name: &str) -> String {
+    let hk = Hkdf::<Sha256>::new(Some(b"lockstep-cloud key fingerprint v1"), secret);
+    let mut out = [0u8; 16];
+    // 16 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
+    let _ = hk.expand(name.as_bytes(), &mut out);
+    URL_SAFE_NO_PAD.encode(out)
 }
 
 /// `n` random bytes, base64url without padding.

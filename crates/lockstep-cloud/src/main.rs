@@ -65,13 +65,15 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Keeps the change feed within its retention.
+/// Keeps the change feed within its retention: once an hour across all nodes on the database
+/// (the node that takes the lease prunes; the others skip that hour).
 async fn prune_feed_hourly(state: AppState) {
-    let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
+    let mut every_hour = tokio::time::interval(lockstep_cloud::feed::PRUNE_EVERY);
     loop {
         every_hour.tick().await;
-        match lockstep_cloud::feed::prune(&state).await {
-            Ok(pruned) => tracing::info!(pruned, "pruned the change feed"),
+        match lockstep_cloud::feed::prune_if_due(&state).await {
+            Ok(Some(pruned)) => tracing::info!(pruned, "pruned the change feed"),
+            Ok(None) => tracing::debug!("another node pruned the change feed this hour"),
             Err(error) => tracing::warn!(?error, "pruning the change feed failed"),
         }
     }

@@ -81,6 +81,18 @@ impl DataKeys {
         format!("{id}:{}", URL_SAFE_NO_PAD.encode(key))
     }
 
+    /// `("data:<id>", fingerprint)` for each master key (see [`crate::keys::fingerprint`]).
+    pub fn fingerprints(&self) -> Vec<(String, String)> {
+        self.keys
+            .iter()
+            .map(|(id, key)| {
+                let name = format!("data:{id}");
+                let fingerprint = crate::keys::fingerprint(key, &name);
+                (name, fingerprint)
+            })
+            .collect()
+    }
+
     fn cipher(&self, key_id: &str, context: &[u8]) -> Result<Aes256Gcm, SealError> {
         let master = self
             .keys

@@ -10,7 +10,7 @@
 //!   briefly and goes on: it never spins, and it serves again as soon as sockets free up.
 //! - On shutdown it stops accepting, tells open change streams to end (`event: session`,
 //!   `{"reason":"server_shutdown"}`; clients reconnect with `Last-Event-ID`), lets requests
-//!   in flight finish, and returns after at most `shutdown_grace`. Every write is one database
+//!   in flight and the work they handed off ([`crate::deferred`]) finish, and returns after at most `shutdown_grace`. Every write is one database
 //!   transaction, so a request cut at the deadline is committed or not at all.
 
 use std::{
@@ -89,13 +89,14 @@ pub async fn serve_until(
     drop(listener);
     tracing::info!("shutting down: no new connections; ending streams");
     state.shut_down();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        state.deferred.settled().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             grace_seconds = grace.as_secs(),
-            "connections still open after the grace period; stopping anyway"
+            "connections or deferred mail still pending after the grace period; stopping anyway"
         );
     }
     Ok(())

@@ -28,6 +28,8 @@ pub struct AppState(Arc<AppInner>);
 
 #[derive(Debug)]
 pub struct AppInner {
+    /// This node's name among the nodes on one database (for leases; random at each start).
+    pub node_id: String,
     pub config: Config,
     pub db: Db,
     pub keys: ServerKeys,
@@ -46,6 +48,8 @@ pub struct AppInner {
     pub user_slots: Arc<crate::per_user::UserSlots>,
     /// The change streams open on this node, capped per session and per user.
     pub streams: Arc<crate::streams::Streams>,
+    /// Work handed off after the answer (what recover and resend do for a known address).
+    pub deferred: Arc<crate::deferred::Deferred>,
     /// Set once when the node shuts down: open change streams end.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// This node's hybrid logical clocks, one per user, for writes that come without a stamp.
@@ -81,6 +85,7 @@ impl AppState {
             std::time::Duration::from_secs(config.database_wait_seconds),
         )
         .await?;
+        crate::nodes::check_keys(&db, &keys, to_millis(clock.now())).await?;
         let mailer = Mailer::from_config(
             config.smtp_url.as_deref(),
             &config.smtp_from,
@@ -124,6 +129,7 @@ impl AppState {
             )));
         }
         let state = AppState(Arc::new(AppInner {
+            node_id: uuid::Uuid::new_v4().to_string(),
             config,
             db,
             keys,
@@ -135,6 +141,7 @@ impl AppState {
             sealing,
             hub,
             streams,
+            deferred: Arc::default(),
             user_slots,
             shutdown: tokio::sync::watch::channel(false).0,
             hlc: Mutex::default(),

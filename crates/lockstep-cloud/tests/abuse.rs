@@ -21,6 +21,7 @@ backend_tests! {
     a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_limit,
     a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit,
     a_saturated_password_queue_answers_503_with_retry_after_and_others_are_served,
+    one_ip_flooding_the_password_hashers_does_not_starve_another,
     a_recovery_link_never_carries_tokens_to_a_look_alike_host,
     a_spoofed_x_forwarded_for_does_not_escape_the_ip_limit,
     what_is_accepted_at_the_nesting_limit_always_reads_back,
@@ -39,6 +40,7 @@ async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its
     let app = TestApp::start_with(backend, |c| {
         c.rate_limits.sign_in_failures_per_account = Limit::new(10, 900);
         c.rate_limits.sign_in_failures_per_ip = Limit::new(10_000, 300);
+        c.password_queue_per_ip = 100; // the limit alone decides what is checked
     })
     .await;
     app.signup("ada@example.com", "laptop").await;
@@ -67,6 +69,7 @@ async fn a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_lim
 ) {
     let app = TestApp::start_with(backend, |c| {
         c.rate_limits.sign_in_failures_per_ip = Limit::new(30, 300);
+        c.password_queue_per_ip = 100; // the limit alone decides what is checked
     })
     .await;
     app.signup("ada@example.com", "laptop").await;
@@ -172,6 +175,93 @@ async fn a_saturated_password_queue_answers_503_with_retry_after_and_others_are_
         .await
         .expect(StatusCode::OK);
     app.sign_in("ada@example.com", "x").await;
+}
+
+/// One IP keeps the hashers flooded with wrong sign-ins (its limits raised, so each one is
+/// hashed) while another IP signs in. The other IP's check waits for at most a few of the
+/// flood's (the hashers take waiting IPs in turn), not for the whole queue in front of it, and
+/// the flood past its share of the queue is told to wait (429 with `Retry-After`). Counted in
+/// checks, not in seconds: how many of the flood's passwords were checked while Bob waited.
+async fn one_ip_flooding_the_password_hashers_does_not_starve_another(backend: Backend) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let app = TestApp::start_with(backend, |c| {
+        c.password_hash_threads = Some(1);
+        c.password_queue = 250;
+        c.password_wait_seconds = 30;
+        c.rate_limits.sign_in_failures_per_ip = Limit::new(1_000_000, 300);
+        c.rate_limits.sign_in_failures_per_account = Limit::new(1_000_000, 300);
+    })
+    .await;
+    app.signup("bob@example.com", "laptop").await;
+    let app = &app;
+    let (checked, told_to_wait, stop) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicBool::new(false),
+    );
+    let (checked, told_to_wait, stop) = (&checked, &told_to_wait, &stop);
+    let flood = futures::future::join_all((0..150).map(|i| async move {
+        while !stop.load(Ordering::SeqCst) {
+            let reply = app
+                .sign_in_reply(&format!("guess{i}@example.com"), "Wrong password 1", "x")
+                .await;
+            match reply.status.as_u16() {
+                400 => {
+                    checked.fetch_add(1, Ordering::SeqCst);
+                }
+                429 => {
+                    assert!(reply.headers.contains_key("retry-after"));
+                    told_to_wait.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => panic!("the flood got {other}: {}", reply.text),
+            }
+        }
+    }));
+    let bob = async {
+        // Wait until the flood keeps the hasher busy.
+        while checked.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let other_ip = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .unwrap();
+        // Connected before counting (keep-alive), so the count is about the queue.
+        other_ip
+            .get(format!("{}/health", app.url))
+            .send()
+            .await
+            .unwrap();
+        let before = checked.load(Ordering::SeqCst);
+        let reply = other_ip
+            .post(format!("{}/auth/v1/token?grant_type=password", app.url))
+            .header("apikey", &app.anon_key)
+            .json(&json!({ "email": "bob@example.com", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        let waited_for = checked.load(Ordering::SeqCst) - before;
+        stop.store(true, Ordering::SeqCst);
+        (reply.status(), waited_for)
+    };
+    let (_, (bob_status, waited_for)) = tokio::join!(flood, bob);
+    assert_eq!(
+        bob_status,
+        StatusCode::OK,
+        "the other IP's sign-in is served"
+    );
+    // First come, first served, Bob would wait for every one of the ~150 the flood keeps
+    // queued; in turn, for about one (plus what is checked while his request reaches the
+    // queue: connecting, the account lookup).
+    assert!(
+        waited_for < 40,
+        "Bob waited while {waited_for} of the flood's passwords were checked"
+    );
+    assert!(
+        told_to_wait.load(Ordering::SeqCst) > 0,
+        "past its share the flood is refused"
+    );
 }
 
 async fn failed_sign_ins_lock_the_account_for_a_while(backend: Backend) {

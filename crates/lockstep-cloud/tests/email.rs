@@ -19,6 +19,7 @@ backend_tests! {
     recovery_link_signs_in_to_set_a_new_password,
     email_change_takes_effect_when_the_new_address_confirms,
     unknown_addresses_are_not_revealed,
+    recover_answers_before_any_work_for_the_address_even_with_a_hung_mail_server,
     mailbox_is_only_served_in_dev_mode,
 }
 
@@ -449,6 +450,49 @@ async fn unknown_addresses_are_not_revealed(backend: Backend) {
             unknown.headers.contains_key("retry-after")
         );
     }
+}
+
+/// A mail server that accepts connections and never says a word: a known address's recovery
+/// mail hangs on it. The answer to `recover` must not wait for that (nor for the token write
+/// before it), or its timing tells a known address from an unknown one.
+async fn recover_answers_before_any_work_for_the_address_even_with_a_hung_mail_server(
+    backend: Backend,
+) {
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smtp = format!("smtp://{}", tarpit.local_addr().unwrap());
+    let (connected, mut connections) = tokio::sync::mpsc::unbounded_channel();
+    let _tarpit = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = tarpit.accept().await {
+            held.push(socket);
+            let _ = connected.send(());
+        }
+    });
+    let app = TestApp::start_with(backend, |c| {
+        c.smtp_url = Some(smtp);
+        c.mailer_autoconfirm = true; // so signing up sends nothing
+    })
+    .await;
+    app.signup("ada@example.com", "laptop").await;
+    for email in ["ada@example.com", "nobody@example.com"] {
+        let answered = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            app.post("/auth/v1/recover", None, json!({ "email": email })),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("recover for {email} waited for the hung mail server"));
+        answered.expect(StatusCode::OK);
+        assert_eq!(answered.body, json!({}));
+    }
+    // The mail for the known address is still attempted, after the answer.
+    tokio::time::timeout(std::time::Duration::from_secs(20), connections.recv())
+        .await
+        .expect("the recovery mail went to the mail server")
+        .unwrap();
+    let requested = app
+        .raw_rows("SELECT COUNT(*) FROM one_time_tokens WHERE kind = 'recovery'")
+        .await;
+    assert_eq!(requested[0][0].as_deref(), Some("1"), "one token, for Ada");
 }
 
 async fn mailbox_is_only_served_in_dev_mode(backend: Backend) {

@@ -121,7 +121,7 @@ async fn verify(app: &TestApp, token: &str, factor: &str, code: &str) -> common:
 
 /// Signs up, enrolls and verifies a factor: the aal2 session and the factor.
 async fn with_mfa(app: &TestApp, email: &str, device: &str) -> (Value, Enrolled) {
-    let session = app.signup(email, device).await;
+    let session = app.signup_confirmed(email, device).await;
     let factor = enroll(app, access_token(&session)).await;
     let reply = verify(
         app,
@@ -158,11 +158,14 @@ backend_tests! {
     a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_allows,
     an_aal1_session_cannot_sign_out_the_owners_other_sessions,
     concurrent_enrollments_leave_one_pending_factor,
+    a_factor_cannot_be_enrolled_before_the_address_is_confirmed,
+    a_password_reset_by_email_takes_the_account_back_from_a_squatter,
+    a_recovery_keeps_the_owners_factor_after_an_email_change_and_ends_every_session,
 }
 
 async fn concurrent_enrollments_leave_one_pending_factor(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let session = app.signup("ada@example.com", "laptop").await;
+    let session = app.signup_confirmed("ada@example.com", "laptop").await;
     let token = access_token(&session).to_owned();
     let app = &app;
     let burst = (0..12).map(|_| {
@@ -329,7 +332,7 @@ async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_al
 
 async fn an_unverified_enrollment_expires_and_a_new_one_replaces_it(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let session = app.signup("ada@example.com", "laptop").await;
+    let session = app.signup_confirmed("ada@example.com", "laptop").await;
     let token = access_token(&session);
     let first = enroll(&app, token).await;
     let second = enroll(&app, token).await;
@@ -372,7 +375,7 @@ async fn an_unverified_enrollment_expires_and_a_new_one_replaces_it(backend: Bac
 
 async fn enroll_challenge_verify_reaches_aal2_and_sign_in_steps_up_again(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let session = app.signup("ada@example.com", "laptop").await;
+    let session = app.signup_confirmed("ada@example.com", "laptop").await;
     let token = access_token(&session);
     let factor = enroll(&app, token).await;
     assert_eq!(factor.body["type"], "totp");
@@ -444,7 +447,7 @@ async fn enroll_challenge_verify_reaches_aal2_and_sign_in_steps_up_again(backend
 
 async fn the_qr_code_decodes_to_the_uri(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let session = app.signup("ada@example.com", "laptop").await;
+    let session = app.signup_confirmed("ada@example.com", "laptop").await;
     let factor = enroll(&app, access_token(&session)).await;
     let svg = factor.body["totp"]["qr_code"].as_str().unwrap();
     assert!(
@@ -475,7 +478,7 @@ async fn the_qr_code_decodes_to_the_uri(backend: Backend) {
 
 async fn an_accepted_code_is_never_accepted_again(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let session = app.signup("ada@example.com", "laptop").await;
+    let session = app.signup_confirmed("ada@example.com", "laptop").await;
     let factor = enroll(&app, access_token(&session)).await;
     let code = code_now(&app, &factor.secret);
     verify(&app, access_token(&session), &factor.factor_id, &code)
@@ -568,7 +571,7 @@ async fn wrong_codes_lock_the_factor_for_five_minutes(backend: Backend) {
 
 async fn recovery_codes_work_once_each(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let plain = app.signup("bob@example.com", "laptop").await;
+    let plain = app.signup_confirmed("bob@example.com", "laptop").await;
     app.post(
         "/auth/v1/factors/recovery-codes",
         Some(access_token(&plain)),
@@ -670,7 +673,7 @@ async fn recovery_codes_work_once_each(backend: Backend) {
 
 async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
+    let laptop = app.signup_confirmed("ada@example.com", "laptop").await;
     let desktop = app.sign_in("ada@example.com", "desktop").await;
     let mut desktop_feed = app.stream(access_token(&desktop), None).await;
     desktop_feed.ready().await;
@@ -937,7 +940,7 @@ async fn no_secret_or_recovery_code_is_stored_in_plaintext(backend: Backend) {
 
 async fn malformed_mfa_requests_get_clear_errors(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let session = app.signup("ada@example.com", "laptop").await;
+    let session = app.signup_confirmed("ada@example.com", "laptop").await;
     let token = access_token(&session);
     app.post(
         "/auth/v1/factors",
@@ -993,7 +996,7 @@ async fn malformed_mfa_requests_get_clear_errors(backend: Backend) {
     .await
     .expect_error(StatusCode::NOT_FOUND, "mfa_factor_not_found");
     // Another user's factor is simply not found.
-    let bob = app.signup("bob@example.com", "bobs").await;
+    let bob = app.signup_confirmed("bob@example.com", "bobs").await;
     app.post(
         &format!("/auth/v1/factors/{}/challenge", factor.factor_id),
         Some(access_token(&bob)),
@@ -1001,4 +1004,140 @@ async fn malformed_mfa_requests_get_clear_errors(backend: Backend) {
     )
     .await
     .expect_error(StatusCode::NOT_FOUND, "mfa_factor_not_found");
+}
+
+/// Mallory signs up with Ada's address: she cannot add a factor before the address is
+/// confirmed. Once Ada confirms it, enrolling works.
+async fn a_factor_cannot_be_enrolled_before_the_address_is_confirmed(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let session = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&session);
+    app.post(
+        "/auth/v1/factors",
+        Some(token),
+        json!({ "factor_type": "totp", "friendly_name": "Phone" }),
+    )
+    .await
+    .expect_error(StatusCode::FORBIDDEN, "email_not_confirmed");
+    let user = app.get("/auth/v1/user", Some(token)).await;
+    assert_eq!(user.body["factors"], json!([]), "nothing was stored");
+    let link = app.latest_link("ada@example.com").await;
+    app.open_link(&link).await;
+    let factor = enroll(&app, token).await;
+    verify(
+        &app,
+        token,
+        &factor.factor_id,
+        &code_now(&app, &factor.secret),
+    )
+    .await
+    .expect(StatusCode::OK);
+}
+
+/// A squatter's account as a server before the fix left it: a verified factor and an aal2
+/// session on an address that was never confirmed. The owner resets the password by email:
+/// every earlier session ends, the squatter's factor goes, and the owner can set a password.
+async fn a_password_reset_by_email_takes_the_account_back_from_a_squatter(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let squatter = app.signup("ada@example.com", "mallory-pc").await;
+    // Enrolling needs a confirmed address now; the squatter's state is made by hand.
+    app.raw_rows("UPDATE users SET email_confirmed_at = 1")
+        .await;
+    let factor = enroll(&app, access_token(&squatter)).await;
+    let aal2 = verify(
+        &app,
+        access_token(&squatter),
+        &factor.factor_id,
+        &code_now(&app, &factor.secret),
+    )
+    .await;
+    aal2.expect(StatusCode::OK);
+    let squatter_token = access_token(&aal2.body).to_owned();
+    app.raw_rows("UPDATE users SET email_confirmed_at = NULL")
+        .await;
+
+    app.post(
+        "/auth/v1/recover",
+        None,
+        json!({ "email": "ada@example.com" }),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let link = app.latest_link("ada@example.com").await;
+    let location = app.open_link(&link).await;
+    let fragment: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(location.split_once('#').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    let owner = fragment["access_token"].as_str();
+
+    let gone = app.get("/auth/v1/user", Some(&squatter_token)).await;
+    assert!(
+        gone.status == StatusCode::FORBIDDEN || gone.status == StatusCode::UNAUTHORIZED,
+        "the squatter's session ended: {}",
+        gone.text
+    );
+    let user = app.get("/auth/v1/user", Some(owner)).await;
+    user.expect(StatusCode::OK);
+    assert_eq!(user.body["factors"], json!([]), "{}", user.text);
+    assert!(user.body["email_confirmed_at"].is_string());
+    app.send(
+        app.request(Method::PUT, "/auth/v1/user", Some(owner))
+            .json(&json!({ "password": "the owner's own password" })),
+    )
+    .await
+    .expect(StatusCode::OK);
+    app.sign_in_reply("ada@example.com", common::PASSWORD, "mallory-pc")
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    app.get("/rest/v1/user_settings", Some(owner))
+        .await
+        .expect(StatusCode::OK);
+}
+
+/// The owner's own factor survives a recovery, also after an email change (which moves
+/// `email_confirmed_at` on); the sessions from before it end all the same.
+async fn a_recovery_keeps_the_owners_factor_after_an_email_change_and_ends_every_session(
+    backend: Backend,
+) {
+    let app = TestApp::start(backend).await;
+    let (session, _) = with_mfa(&app, "ada@example.com", "laptop").await;
+    app.send(
+        app.request(Method::PUT, "/auth/v1/user", Some(access_token(&session)))
+            .json(&json!({ "email": "ada@new.example" })),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let link = app.latest_link("ada@new.example").await;
+    app.open_link(&link).await;
+
+    app.post(
+        "/auth/v1/recover",
+        None,
+        json!({ "email": "ada@new.example" }),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let link = app.latest_link("ada@new.example").await;
+    let location = app.open_link(&link).await;
+    let fragment: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(location.split_once('#').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    let gone = app.get("/auth/v1/user", Some(access_token(&session))).await;
+    assert!(
+        gone.status == StatusCode::FORBIDDEN || gone.status == StatusCode::UNAUTHORIZED,
+        "the session from before the recovery ended: {}",
+        gone.text
+    );
+    let user = app
+        .get("/auth/v1/user", Some(fragment["access_token"].as_str()))
+        .await;
+    user.expect(StatusCode::OK);
+    assert_eq!(
+        user.body["factors"].as_array().map(Vec::len),
+        Some(1),
+        "the owner's factor stays: {}",
+        user.text
+    );
 }

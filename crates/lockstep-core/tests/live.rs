@@ -403,6 +403,8 @@ async fn mfa_turned_on_elsewhere_asks_this_device_for_a_code() {
     let mut devices =
         live_devices(&cloud, base.path(), &["mfa-a", "mfa-b"], "ada@example.com").await;
 
+    // Two-factor authentication needs a confirmed address.
+    cloud.confirm_email("ada@example.com").await;
     let enrollment = devices[0].engine.enroll_totp("Phone").await.unwrap();
     let now = || u64::try_from(lockstep_core::clock_ms() / 1000).unwrap();
     let code = totp::code_at(&enrollment.secret, now()).unwrap();

@@ -1046,15 +1046,24 @@ async fn check(world: &World) -> Result<(), Violation> {
 enum Backend {
     /// A fresh SQLite file for each schedule.
     Sqlite,
-    /// One PostgreSQL database shared by every schedule (each has an account of its own).
-    Postgres(String),
+    /// One PostgreSQL database shared by every schedule (each has an account of its own), and
+    /// the server keys every schedule's node is given: a node with other keys than the ones the
+    /// database was initialised with refuses to start.
+    Postgres { url: String, secrets: String },
 }
 
 impl Backend {
     fn database_url(&self) -> Option<String> {
         match self {
             Backend::Sqlite => None,
-            Backend::Postgres(url) => Some(url.clone()),
+            Backend::Postgres { url, .. } => Some(url.clone()),
+        }
+    }
+
+    /// Prepares a node's data dir: on PostgreSQL, the keys shared by every schedule.
+    fn prepare(&self, cloud_dir: &Path) {
+        if let Backend::Postgres { secrets, .. } = self {
+            std::fs::write(cloud_dir.join("secrets.json"), secrets).unwrap();
         }
     }
 }
@@ -1067,6 +1076,7 @@ async fn run_schedule(
     ops: &[Op],
 ) -> (Vec<String>, Result<(), Violation>, Vec<&'static str>) {
     let cloud_dir = tempfile::tempdir().unwrap();
+    backend.prepare(cloud_dir.path());
     let mut world = World::new(cloud_dir.path(), backend, seed, devices).await;
     let mut faults = Vec::new();
     for op in ops {
@@ -1179,7 +1189,7 @@ async fn simulate(backend: Backend, schedules: u64, first_seed: u64, steps: usiz
          {secs:.1} s ({:.2} schedules/s); steps run:",
         match backend {
             Backend::Sqlite => "SQLite",
-            Backend::Postgres(_) => "PostgreSQL",
+            Backend::Postgres { .. } => "PostgreSQL",
         },
         schedules as f64 / secs
     );
@@ -1229,7 +1239,10 @@ async fn simulated_devices_converge_on_postgres_too() {
     url.set_path(&name);
     let schedules = env_number("LOCKSTEP_SIM_SCHEDULES", 200).div_ceil(10);
     simulate(
-        Backend::Postgres(url.to_string()),
+        Backend::Postgres {
+            url: url.to_string(),
+            secrets: serde_json::to_string(&lockstep_cloud::keys::ServerKeys::generate()).unwrap(),
+        },
         schedules,
         env_number("LOCKSTEP_SIM_SEED", DEFAULT_SEED),
         env_number("LOCKSTEP_SIM_STEPS", 24) as usize,

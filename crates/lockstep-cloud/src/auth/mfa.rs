@@ -230,6 +230,66 @@ pub async fn record_event(
     .await
 }
 
+/// After a recovery by email proved the address of an account whose address was never
+/// confirmed: its factors are removed (whoever signed up with another person's address must not
+/// keep a second factor on the owner's account; since enrollment needs a confirmed address, such
+/// factors predate that rule), and with them the recovery codes and every session's aal2.
+/// `user` is the account as it was before this proof. Returns how many factors went.
+///
+/// Only a never-confirmed account qualifies: comparing factor times with `email_confirmed_at`
+/// would also remove an owner's factors after an email change, which moves that time on.
+pub async fn remove_factors_from_before_confirmation(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    user: &users::UserRow,
+    ip: &str,
+) -> ApiResult<usize> {
+    if user.email_confirmed_at.is_some() {
+        return Ok(0);
+    }
+    let before_confirmation: Vec<FactorRow> = mfa::factors(&mut *conn, &user.id).await?;
+    for factor in &before_confirmation {
+        sessions::drop_factor(&mut *conn, &factor.id).await?;
+        mfa::delete_factor(&mut *conn, &factor.id).await?;
+        audit::insert(
+            &mut *conn,
+            audit::NewEntry {
+                user_id: Some(&user.id),
+                action: AuditAction::MfaUnenrolled,
+                device_id: None,
+                device_name: None,
+                ip_address: ip,
+                payload: json!({
+                    "factor_id": factor.id,
+                    "reason": "enrolled_before_email_confirmation",
+                }),
+                now: state.now_ms(),
+            },
+        )
+        .await?;
+        feed::append(
+            state,
+            &mut *conn,
+            &user.id,
+            Entry {
+                table: "mfa_factors",
+                event_type: EventType::Delete,
+                new: serde_json::Value::Null,
+                old: factor_json(factor),
+                device_id: None,
+                device_name: None,
+                sensitive: false,
+            },
+        )
+        .await?;
+    }
+    if !before_confirmation.is_empty() {
+        mfa::delete_recovery_set(&mut *conn, &user.id).await?;
+        sessions::drop_all_to_aal1(&mut *conn, &user.id).await?;
+    }
+    Ok(before_confirmation.len())
+}
+
 fn factor_json(f: &FactorRow) -> serde_json::Value {
     json!({ "id": f.id, "friendly_name": f.friendly_name, "factor_type": f.factor_type, "status": f.status })
 }
@@ -293,6 +353,15 @@ pub async fn enroll(
     let user = users::by_id(&mut tx, &caller.user_id)
         .await?
         .ok_or_else(not_found)?;
+    if user.email_confirmed_at.is_none() {
+        // Whoever signed up with someone else's address must not lock its owner out with a
+        // factor of their own before the owner ever confirms it.
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::EmailNotConfirmed,
+            "Confirm your email address before you turn on two-factor authentication",
+        ));
+    }
     let secret = Secret::generate();
     let bytes = secret.as_bytes().to_vec();
     let totp = totp(bytes.clone(), &issuer, &user.email)?;

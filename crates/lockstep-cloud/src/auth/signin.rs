@@ -89,6 +89,7 @@ async fn password_grant(
     let checked = state
         .passwords
         .verify(
+            &meta.ip,
             body.password,
             user.as_ref().map(|u| u.password_hash.clone()),
         )

@@ -61,7 +61,7 @@ pub async fn signup(
         .hit(Bucket::SignupIp, &meta.ip)
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverRequestRateLimit, secs))?;
 
-    let password_hash = state.passwords.hash(body.password).await?;
+    let password_hash = state.passwords.hash(&meta.ip, body.password).await?;
     let now = state.now_ms();
     let autoconfirm = state.config.mailer_autoconfirm;
     let user = UserRow {

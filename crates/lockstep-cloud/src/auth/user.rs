@@ -74,7 +74,7 @@ pub async fn update_user(
         Some(password) => {
             if state
                 .passwords
-                .verify(password.clone(), Some(user.password_hash.clone()))
+                .verify(&meta.ip, password.clone(), Some(user.password_hash.clone()))
                 .await?
             {
                 return Err(ApiError::new(
@@ -83,7 +83,7 @@ pub async fn update_user(
                     "New password should be different from the old password.",
                 ));
             }
-            Some(state.passwords.hash(password).await?)
+            Some(state.passwords.hash(&meta.ip, password).await?)
         }
         None => None,
     };

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     db::{
-        audit, is_unique_violation,
+        audit, is_unique_violation, sessions,
         tokens::{self, OneTimeTokenRow},
         users::{self, UserRow},
     },
@@ -93,7 +93,30 @@ async fn redeem(
                 serde_json::json!({ "old_email": user.email, "new_email": token.email }),
             )
         }
-        // Opening a recovery link also proves the address.
+        // A recovery link or code proves the address too, and is how its owner takes the
+        // account back: every session so far ends (the recovery session is issued after), and
+        // on an account whose address was never confirmed its factors go.
+        VerificationType::Recovery => {
+            users::confirm_email(&mut *conn, &user.id, now).await?;
+            let removed =
+                super::mfa::remove_factors_from_before_confirmation(state, conn, &user, &meta.ip)
+                    .await?;
+            let ended = sessions::list(&mut *conn, &user.id).await?;
+            for session in &ended {
+                sessions::delete(&mut *conn, &session.id).await?;
+            }
+            events::sessions_ended(state, conn, &ended, "password_recovery", &Actor::default())
+                .await?;
+            (
+                AuditAction::EmailVerified,
+                serde_json::json!({
+                    "email": token.email,
+                    "via": kind.as_str(),
+                    "sessions_ended": ended.len(),
+                    "factors_removed": removed,
+                }),
+            )
+        }
         _ => {
             users::confirm_email(&mut *conn, &user.id, now).await?;
             (
@@ -304,12 +327,27 @@ pub async fn resend(
         .hit(Bucket::EmailIp, &meta.ip)
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverEmailSendRateLimit, secs))?;
     let redirect_to = query_param(query.as_deref(), "redirect_to");
+    // As for recover: the same `{}` at once, the rest after the answer.
+    state.deferred.spawn(
+        "resent mail",
+        send_again(state.clone(), email, what, redirect_to),
+    );
+    Ok(Json(serde_json::json!({})))
+}
+
+/// What `resend` does for an address, after answering: a new mail when there is something to
+/// confirm and the resend interval has passed; otherwise nothing (a 429 would tell who has an
+/// account).
+async fn send_again(
+    state: AppState,
+    email: String,
+    what: TokenMail,
+    redirect_to: Option<String>,
+) -> ApiResult<()> {
     let mut tx = state.db.pool.begin().await?;
     let mut mail = None;
     if let Some(user) = users::by_email(&mut tx, &email).await? {
         match what {
-            // Within the interval nothing is sent, and the answer is the same `{}` as for an
-            // unknown address: a 429 here would tell who has an account.
             TokenMail::Confirmation
                 if user.email_confirmed_at.is_none()
                     && interval_passed(&state, user.confirmation_sent_at) =>
@@ -343,7 +381,7 @@ pub async fn resend(
     if let Some(mail) = mail {
         emails::deliver(&state, mail).await;
     }
-    Ok(Json(serde_json::json!({})))
+    Ok(())
 }
 
 /// `POST /auth/v1/recover` `{email}`: mails a password-reset link. Answers `{}` whether or not
@@ -360,10 +398,25 @@ pub async fn recover(
         .hit(Bucket::EmailIp, &meta.ip)
         .map_err(|secs| ApiError::rate_limited(ErrorCode::OverEmailSendRateLimit, secs))?;
     let redirect_to = query_param(query.as_deref(), "redirect_to");
+    // The same `{}` at once for any address: the lookup and what follows happen after the
+    // answer, so neither the answer nor its timing tells who has an account.
+    state.deferred.spawn(
+        "recovery mail",
+        send_recovery(state.clone(), email, redirect_to, meta.ip),
+    );
+    Ok(Json(serde_json::json!({})))
+}
+
+/// What `recover` does for an address, after answering: for an account outside the resend
+/// interval, a recovery token, a security-log entry and the mail; otherwise nothing.
+async fn send_recovery(
+    state: AppState,
+    email: String,
+    redirect_to: Option<String>,
+    ip: String,
+) -> ApiResult<()> {
     let mut tx = state.db.pool.begin().await?;
     let mut mail = None;
-    // Within the interval nothing is sent and the answer is the same `{}` as for an unknown
-    // address, so the answer never tells who has an account.
     let known = users::by_email(&mut tx, &email).await?;
     if let Some(user) = known.filter(|u| interval_passed(&state, u.recovery_sent_at)) {
         mail = Some(
@@ -384,7 +437,7 @@ pub async fn recover(
                 action: AuditAction::PasswordRecoveryRequested,
                 device_id: None,
                 device_name: None,
-                ip_address: &meta.ip,
+                ip_address: &ip,
                 payload: serde_json::json!({}),
                 now: state.now_ms(),
             },
@@ -395,5 +448,5 @@ pub async fn recover(
     if let Some(mail) = mail {
         emails::deliver(&state, mail).await;
     }
-    Ok(Json(serde_json::json!({})))
+    Ok(())
 }

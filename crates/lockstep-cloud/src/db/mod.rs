@@ -11,6 +11,7 @@ pub mod audit;
 pub mod devices;
 pub mod feed;
 pub mod mfa;
+pub mod nodes;
 pub mod sessions;
 pub mod settings;
 pub mod tokens;

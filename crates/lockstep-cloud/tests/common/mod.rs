@@ -236,6 +236,14 @@ impl TestApp {
         reply.body
     }
 
+    /// Signs up and confirms the address by opening the emailed link; returns the session.
+    pub async fn signup_confirmed(&self, email: &str, device: &str) -> Value {
+        let session = self.signup(email, device).await;
+        let link = self.latest_link(email).await;
+        self.open_link(&link).await;
+        session
+    }
+
     /// Signs in with the password on the named device and returns the session.
     pub async fn sign_in(&self, email: &str, device: &str) -> Value {
         let reply = self.sign_in_reply(email, PASSWORD, device).await;
