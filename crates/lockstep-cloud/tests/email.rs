@@ -3,7 +3,7 @@
 
 pub mod common;
 
-use common::{Backend, PASSWORD, TestApp, access_token, claims};
+use common::{Backend, PASSWORD, TestApp, access_token, claims, fragment};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use time::Duration;
@@ -21,14 +21,6 @@ backend_tests! {
     unknown_addresses_are_not_revealed,
     recover_answers_before_any_work_for_the_address_even_with_a_hung_mail_server,
     mailbox_is_only_served_in_dev_mode,
-}
-
-/// The parameters in a redirect's fragment.
-fn fragment(location: &str) -> std::collections::HashMap<String, String> {
-    let (_, fragment) = location.split_once('#').expect("a fragment");
-    url::form_urlencoded::parse(fragment.as_bytes())
-        .into_owned()
-        .collect()
 }
 
 async fn confirmation_link_verifies_the_email_once(backend: Backend) {

@@ -1056,27 +1056,8 @@ async fn a_password_reset_by_email_takes_the_account_back_from_a_squatter(backen
     app.raw_rows("UPDATE users SET email_confirmed_at = NULL")
         .await;
 
-    app.post(
-        "/auth/v1/recover",
-        None,
-        json!({ "email": "ada@example.com" }),
-    )
-    .await
-    .expect(StatusCode::OK);
-    let link = app.latest_link("ada@example.com").await;
-    let location = app.open_link(&link).await;
-    let fragment: std::collections::HashMap<String, String> =
-        url::form_urlencoded::parse(location.split_once('#').unwrap().1.as_bytes())
-            .into_owned()
-            .collect();
-    let owner = fragment["access_token"].as_str();
-
-    let gone = app.get("/auth/v1/user", Some(&squatter_token)).await;
-    assert!(
-        gone.status == StatusCode::FORBIDDEN || gone.status == StatusCode::UNAUTHORIZED,
-        "the squatter's session ended: {}",
-        gone.text
-    );
+    let owner = &app.recover("ada@example.com").await;
+    assert_signed_out(&app, &squatter_token).await;
     let user = app.get("/auth/v1/user", Some(owner)).await;
     user.expect(StatusCode::OK);
     assert_eq!(user.body["factors"], json!([]), "{}", user.text);
@@ -1111,33 +1092,25 @@ async fn a_recovery_keeps_the_owners_factor_after_an_email_change_and_ends_every
     let link = app.latest_link("ada@new.example").await;
     app.open_link(&link).await;
 
-    app.post(
-        "/auth/v1/recover",
-        None,
-        json!({ "email": "ada@new.example" }),
-    )
-    .await
-    .expect(StatusCode::OK);
-    let link = app.latest_link("ada@new.example").await;
-    let location = app.open_link(&link).await;
-    let fragment: std::collections::HashMap<String, String> =
-        url::form_urlencoded::parse(location.split_once('#').unwrap().1.as_bytes())
-            .into_owned()
-            .collect();
-    let gone = app.get("/auth/v1/user", Some(access_token(&session))).await;
-    assert!(
-        gone.status == StatusCode::FORBIDDEN || gone.status == StatusCode::UNAUTHORIZED,
-        "the session from before the recovery ended: {}",
-        gone.text
-    );
-    let user = app
-        .get("/auth/v1/user", Some(fragment["access_token"].as_str()))
-        .await;
+    let owner = app.recover("ada@new.example").await;
+    assert_signed_out(&app, access_token(&session)).await;
+    let user = app.get("/auth/v1/user", Some(&owner)).await;
     user.expect(StatusCode::OK);
     assert_eq!(
         user.body["factors"].as_array().map(Vec::len),
         Some(1),
         "the owner's factor stays: {}",
         user.text
+    );
+}
+
+/// The session of `token` has ended: the server no longer answers it.
+async fn assert_signed_out(app: &TestApp, token: &str) {
+    let gone = app.get("/auth/v1/user", Some(token)).await;
+    assert!(
+        gone.status == StatusCode::FORBIDDEN || gone.status == StatusCode::UNAUTHORIZED,
+        "the session ended: {} {}",
+        gone.status,
+        gone.text
     );
 }

@@ -244,6 +244,16 @@ impl TestApp {
         session
     }
 
+    /// Asks for a password-recovery mail for `email` and opens its link, as the address's owner
+    /// would; returns the recovery session's access token.
+    pub async fn recover(&self, email: &str) -> String {
+        self.post("/auth/v1/recover", None, json!({ "email": email }))
+            .await
+            .expect(StatusCode::OK);
+        let link = self.latest_link(email).await;
+        fragment(&self.open_link(&link).await)["access_token"].clone()
+    }
+
     /// Signs in with the password on the named device and returns the session.
     pub async fn sign_in(&self, email: &str, device: &str) -> Value {
         let reply = self.sign_in_reply(email, PASSWORD, device).await;
@@ -529,6 +539,14 @@ pub fn claims(jwt: &str) -> Value {
 }
 
 /// Counts answers by (status, error_code): what a burst of concurrent requests got.
+/// The parameters in a redirect's fragment.
+pub fn fragment(location: &str) -> std::collections::HashMap<String, String> {
+    let (_, fragment) = location.split_once('#').expect("a fragment");
+    url::form_urlencoded::parse(fragment.as_bytes())
+        .into_owned()
+        .collect()
+}
+
 pub fn tally(replies: &[Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
     let mut counts = std::collections::BTreeMap::new();
     for reply in replies {
