@@ -20,7 +20,9 @@ async fn mailbox(
 ) -> ApiResult<Json<Vec<OutgoingMail>>> {
     let to = query_param(query.as_deref(), "to");
     // Mail that recover and resend hand off is in the mailbox before it is read, so a person or
-    // a test following a link never races it.
-    state.deferred.settled().await;
+    // a test following a link never races it (within a bound: a hung SMTP server must not hang
+    // the mailbox too).
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(10), state.deferred.settled()).await;
     Ok(Json(state.mailer.mailbox(to.as_deref()).await?))
 }
