@@ -67,29 +67,49 @@ struct Proxy {
     down: Arc<AtomicBool>,
     lose_next_answer: Arc<AtomicBool>,
     cuts: watch::Sender<u64>,
+    /// The accept loop, which ends (closing the listener) when the last clone of the proxy is
+    /// dropped. Without it every schedule left its proxies listening, and a long run ran out of
+    /// file descriptors after about 4,500 schedules.
+    _accepting: Arc<AbortOnDrop>,
+}
+
+/// A task aborted when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Proxy {
     async fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (cuts, _) = watch::channel(0u64);
-        let proxy = Proxy {
-            addr: listener.local_addr().unwrap(),
-            down: Arc::new(AtomicBool::new(false)),
-            lose_next_answer: Arc::new(AtomicBool::new(false)),
-            cuts,
-        };
-        let me = proxy.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if me.down.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
+        let down = Arc::new(AtomicBool::new(false));
+        let lose_next_answer = Arc::new(AtomicBool::new(false));
+        // The loop holds the link's parts, not the proxy, so that dropping the proxy ends it.
+        let accepting = tokio::spawn({
+            let (down, lose, cuts) = (down.clone(), lose_next_answer.clone(), cuts.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    tokio::spawn(relay(client, upstream, lose.clone(), cuts.subscribe()));
                 }
-                tokio::spawn(me.clone().relay(client, upstream));
             }
         });
-        proxy
+        Proxy {
+            addr,
+            down,
+            lose_next_answer,
+            cuts,
+            _accepting: Arc::new(AbortOnDrop(accepting)),
+        }
     }
 
     fn url(&self) -> String {
@@ -107,49 +127,55 @@ impl Proxy {
     fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);
     }
+}
 
-    async fn relay(self, client: TcpStream, upstream: SocketAddr) {
-        let mut cut = self.cuts.subscribe();
-        let Ok(server) = TcpStream::connect(upstream).await else {
-            return;
-        };
-        let (mut client_read, mut client_write) = client.into_split();
-        let (mut server_read, mut server_write) = server.into_split();
-        let up = async {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match client_read.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if server_write.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
+/// Relays one connection until either side closes it or the proxy cuts it; when `lose` is set,
+/// the next answer from the server is dropped (and the connection with it).
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    lose: Arc<AtomicBool>,
+    mut cut: watch::Receiver<u64>,
+) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        return;
                     }
                 }
             }
-        };
-        let down = async {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match server_read.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        // The server has answered, so it has done the work: drop the answer.
-                        if self.lose_next_answer.swap(false, Ordering::SeqCst) {
-                            return;
-                        }
-                        if client_write.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            () = up => {}
-            () = down => {}
-            _ = cut.changed() => {}
         }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    // The server has answered, so it has done the work: drop the answer.
+                    if lose.swap(false, Ordering::SeqCst) {
+                        return;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+        _ = cut.changed() => {}
     }
 }
 
@@ -1151,7 +1177,18 @@ async fn simulate(backend: Backend, schedules: u64, first_seed: u64, steps: usiz
     for n in 0..schedules {
         let seed = first_seed.wrapping_add(n);
         let (devices, ops) = schedule(seed, steps);
-        let (trace, outcome, faults) = run_schedule(&backend, seed, devices, &ops).await;
+        // A panic in the harness (not a broken promise) still says which schedule it was.
+        let ran = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run_schedule(
+            &backend, seed, devices, &ops,
+        )))
+        .await;
+        let (trace, outcome, faults) = ran.unwrap_or_else(|panic| {
+            eprintln!(
+                "schedule {seed} ({devices} devices) panicked; replay: cargo xtask sim \
+                 --schedules 1 --seed {seed}"
+            );
+            std::panic::resume_unwind(panic)
+        });
         for f in faults {
             *counts.entry(f).or_default() += 1;
         }
