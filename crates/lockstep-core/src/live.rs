@@ -79,6 +79,7 @@ pub struct LiveHandle {
     control: watch::Sender<Control>,
     kick: Arc<Notify>,
     task: Option<JoinHandle<()>>,
+    engine: Arc<Engine>,
 }
 
 impl LiveHandle {
@@ -106,6 +107,7 @@ impl LiveHandle {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        not_running(&self.engine);
     }
 }
 
@@ -113,7 +115,21 @@ impl Drop for LiveHandle {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            not_running(&self.engine);
         }
+    }
+}
+
+/// The status of an engine whose live loop is not running: a connection state the loop set
+/// (live, polling, offline, paused) is no longer true, while "signed out" and "code needed" are
+/// facts about the session and stay.
+fn not_running(engine: &Engine) {
+    let stale = !matches!(
+        engine.status().borrow().connection,
+        Connection::SignedOut | Connection::StepUpRequired
+    );
+    if stale {
+        engine.set_connection(Connection::Connecting);
     }
 }
 
@@ -121,11 +137,14 @@ impl Drop for LiveHandle {
 pub fn start(engine: Arc<Engine>, options: LiveOptions) -> LiveHandle {
     let (control, rx) = watch::channel(Control::Run);
     let kick = engine.kick.clone();
-    let task = tokio::spawn(run(engine, options, rx));
+    // Until the new stream says "ready", no earlier "Live" holds.
+    not_running(&engine);
+    let task = tokio::spawn(run(engine.clone(), options, rx));
     LiveHandle {
         control,
         kick,
         task: Some(task),
+        engine,
     }
 }
 

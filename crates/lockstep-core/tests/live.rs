@@ -550,3 +550,27 @@ async fn a_polling_device_returns_to_live_when_the_stream_works_again() {
     .await;
     assert_eq!(b.engine.status().borrow().connection, Connection::Live);
 }
+
+/// A stopped live loop must not leave the status saying "Live": the tray would claim a
+/// connection that is gone, and a caller waiting for "Live" after starting the loop again would
+/// go on before the catch-up (the simulation found this: an edit made "once live" raced the
+/// catch-up pull).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_live_loop_no_longer_reports_live() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let mut devices = live_devices(&cloud, base.path(), &["stop-a"], "stop@example.com").await;
+    let device = &mut devices[0];
+    device.live.take().unwrap().stop().await;
+    let after_stop = device.engine.status().borrow().connection.clone();
+    assert_eq!(after_stop, Connection::Connecting, "after stop");
+
+    // Started again, it reports "Live" only once the new stream is ready.
+    device.go_live(fast_options());
+    device.wait_connection(20, Connection::Live).await;
+    device.live.take().unwrap().stop().await;
+    assert_eq!(
+        device.engine.status().borrow().connection,
+        Connection::Connecting
+    );
+}

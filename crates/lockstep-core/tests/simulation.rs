@@ -521,8 +521,12 @@ impl World {
                 ));
             }
         }
-        // Only the keys this step edited: a live loop may pull other keys meanwhile.
+        // Only the keys this step edited: a live loop may pull other keys meanwhile. A
+        // device-only edit leaves the synced row alone (a pull may still change it).
         for key in keys.iter().map(|&k| KEYS[k]) {
+            if engine.is_device_only(key) {
+                continue;
+            }
             let after = engine.row(key);
             if after.as_ref().map(|r| r.hlc) != before[key].as_ref().map(|r| r.hlc) {
                 let row = after.unwrap();
