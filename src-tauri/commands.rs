@@ -145,6 +145,10 @@ pub async fn settings(shell: State<'_, Shell>) -> Answer<Vec<SettingDto>> {
         .map(|(key, value)| {
             let row = engine.row(&key);
             SettingDto {
+                label: settings::label(&key),
+                description: settings::spec(&key)
+                    .map(|spec| spec.description.to_owned())
+                    .unwrap_or_default(),
                 device_only: engine.is_device_only(&key),
                 sensitive: settings::is_sensitive(&key),
                 changed_by: row.as_ref().map(|r| changed_by(&engine, r)),

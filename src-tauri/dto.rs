@@ -8,6 +8,7 @@ use lockstep_core::{
     feed::SecurityEvent,
     profile::ProfileError,
 };
+use lockstep_protocol::settings;
 use serde::Serialize;
 use serde_json::Value;
 use ts_rs::TS;
@@ -96,10 +97,42 @@ impl From<ProfileError> for ErrorDto {
 }
 
 dto! {
+    /// The connection state, for the UI to act on (its display text is [`StatusDto::label`]).
+    /// Mirrors the engine's [`Connection`]: a state added or renamed there fails to compile
+    /// here, and one renamed here fails the UI's type check.
+    #[serde(rename_all = "snake_case")]
+    pub enum ConnectionDto {
+        Connecting,
+        Live,
+        Polling,
+        Offline,
+        Paused,
+        StepUpRequired,
+        SignedOut,
+    }
+}
+
+impl From<&Connection> for ConnectionDto {
+    fn from(connection: &Connection) -> ConnectionDto {
+        match connection {
+            Connection::Connecting => ConnectionDto::Connecting,
+            Connection::Live => ConnectionDto::Live,
+            Connection::Polling => ConnectionDto::Polling,
+            Connection::Offline => ConnectionDto::Offline,
+            Connection::Paused => ConnectionDto::Paused,
+            Connection::StepUpRequired => ConnectionDto::StepUpRequired,
+            Connection::SignedOut => ConnectionDto::SignedOut,
+        }
+    }
+}
+
+dto! {
     /// The status line: connection, pending edits, last sync.
     pub struct StatusDto {
-        /// `Connecting`, `Live`, `Polling`, `Offline`, `Paused`, `Code needed`, `Signed out`.
-        pub connection: String,
+        pub connection: ConnectionDto,
+        /// The connection as people read it: `Live`, `Offline`, `Code needed`, … (the engine's
+        /// [`Connection::label`]).
+        pub label: String,
         pub live: bool,
         pub pending: u32,
         /// Edits the server refused for good, kept aside (listed by `set_aside`).
@@ -113,7 +146,8 @@ dto! {
 impl From<&SyncStatus> for StatusDto {
     fn from(status: &SyncStatus) -> StatusDto {
         StatusDto {
-            connection: status.connection.label().to_owned(),
+            connection: (&status.connection).into(),
+            label: status.connection.label().to_owned(),
             live: status.connection == Connection::Live,
             pending: u32::try_from(status.pending).unwrap_or(u32::MAX),
             set_aside: u32::try_from(status.set_aside).unwrap_or(u32::MAX),
@@ -153,6 +187,9 @@ dto! {
     /// One setting with where its value comes from.
     pub struct SettingDto {
         pub key: String,
+        /// Its name as people read it, and one line about it (from the settings schema).
+        pub label: String,
+        pub description: String,
         pub value: Option<Value>,
         /// Kept on this device only.
         pub device_only: bool,
@@ -200,6 +237,7 @@ dto! {
     /// An edit the server refused for good.
     pub struct SetAsideDto {
         pub key: String,
+        pub label: String,
         /// As shown (sensitive values redacted); `null` for a reset.
         pub value: Option<Value>,
         pub reason: String,
@@ -213,6 +251,7 @@ impl From<&lockstep_core::engine::SetAsideEdit> for SetAsideDto {
     fn from(edit: &lockstep_core::engine::SetAsideEdit) -> SetAsideDto {
         SetAsideDto {
             key: edit.key.clone(),
+            label: settings::label(&edit.key),
             value: edit.value.clone(),
             reason: edit.reason.clone(),
             refused_at_ms: edit.refused_at_ms,
@@ -237,19 +276,21 @@ dto! {
     pub enum EventDto {
         RemoteChange {
             key: String,
+            label: String,
             old: Option<Value>,
             new: Option<Value>,
             device_name: Option<String>,
         },
         Superseded {
             key: String,
+            label: String,
             lost: Value,
             winner: Value,
             winner_device: Option<String>,
         },
         Status(StatusDto),
         /// The server refused an edit for good; it is kept aside and the rest syncs.
-        SetAside { key: String, reason: String },
+        SetAside { key: String, label: String, reason: String },
         Security { event: String, device_name: Option<String>, detail: Option<String> },
         Problem { message: String },
     }
@@ -265,12 +306,14 @@ impl From<&EngineEvent> for EventDto {
                 device_name,
             } => EventDto::RemoteChange {
                 key: key.clone(),
+                label: settings::label(key),
                 old: old.clone(),
                 new: new.clone(),
                 device_name: device_name.clone(),
             },
             EngineEvent::Superseded { key, lost, winner } => EventDto::Superseded {
                 key: key.clone(),
+                label: settings::label(key),
                 lost: lost.clone(),
                 winner: winner.value.clone(),
                 winner_device: winner
@@ -281,6 +324,7 @@ impl From<&EngineEvent> for EventDto {
             EngineEvent::Status(status) => EventDto::Status(status.into()),
             EngineEvent::SetAside { key, reason } => EventDto::SetAside {
                 key: key.clone(),
+                label: settings::label(key),
                 reason: reason.clone(),
             },
             EngineEvent::Security(security) => {

@@ -73,7 +73,7 @@ fn sink<R: Runtime>(app: tauri::AppHandle<R>) -> shell::Sink {
         if let EventDto::Status(status) = &dto {
             tray::show_status(&app, status);
         }
-        let prefs = notify::Preferences::from_settings(|key| engine.get(key));
+        let prefs = notify::Preferences::read(|key| engine.value(key));
         if let Some(note) = notify::notification_for(event, prefs) {
             notify::show(note);
         }

@@ -2,7 +2,12 @@
 //! ([`notification_for`]), tested on its own; showing one goes through `notify-rust` on a
 //! blocking thread, and a failure (no notification server on the bus) is logged, never fatal.
 
-use lockstep_core::{engine::EngineEvent, feed::SecurityEvent};
+use lockstep_core::{
+    engine::EngineEvent,
+    feed::SecurityEvent,
+    typed::{Key, keys},
+};
+use lockstep_protocol::settings::label;
 use serde_json::Value;
 
 /// The user's notification settings (`notifications.*`).
@@ -14,13 +19,15 @@ pub struct Preferences {
 }
 
 impl Preferences {
-    /// Reads them from the effective settings (defaults: all on).
-    pub fn from_settings(get: impl Fn(&str) -> Option<Value>) -> Preferences {
-        let on = |key: &str| get(key).and_then(|v| v.as_bool()).unwrap_or(true);
+    /// Reads them through `value` (the engine's [`Engine::value`]: the schema's default, on,
+    /// where never set).
+    ///
+    /// [`Engine::value`]: lockstep_core::engine::Engine::value
+    pub fn read(value: impl Fn(Key<bool>) -> bool) -> Preferences {
         Preferences {
-            desktop: on("notifications.desktop"),
-            remote_changes: on("notifications.remote_changes"),
-            security_events: on("notifications.security_events"),
+            desktop: value(keys::DESKTOP_NOTIFICATIONS),
+            remote_changes: value(keys::NOTIFY_REMOTE_CHANGES),
+            security_events: value(keys::NOTIFY_SECURITY_EVENTS),
         }
     }
 }
@@ -30,23 +37,6 @@ impl Preferences {
 pub struct Note {
     pub summary: String,
     pub body: String,
-}
-
-/// A setting's name as people say it.
-pub fn label(key: &str) -> String {
-    match key {
-        "appearance.theme" => "Theme".into(),
-        "notifications.desktop" => "Desktop notifications".into(),
-        "notifications.remote_changes" => "Notifications of changes".into(),
-        "notifications.security_events" => "Security notifications".into(),
-        "security.lock_after_minutes" => "Lock after".into(),
-        "security.require_code_on_unlock" => "Code on unlock".into(),
-        "dashboard.layout" => "Dashboard layout".into(),
-        other => match other.strip_prefix("integrations.") {
-            Some(name) => format!("API key for {name}"),
-            None => other.to_owned(),
-        },
-    }
 }
 
 /// A value as people say it: `Dark`, `on`, `15 minutes`.
@@ -206,7 +196,7 @@ mod tests {
         };
         assert_eq!(
             notification_for(&lock, ALL_ON).unwrap().body,
-            "Lock after set to never"
+            "Lock after inactivity set to never"
         );
     }
 
@@ -251,9 +241,8 @@ mod tests {
     }
 
     #[test]
-    fn preferences_default_to_on() {
-        let prefs =
-            Preferences::from_settings(|k| (k == "notifications.desktop").then_some(json!(false)));
+    fn preferences_are_read_from_their_keys() {
+        let prefs = Preferences::read(|key| key.name != keys::DESKTOP_NOTIFICATIONS.name);
         assert_eq!(
             prefs,
             Preferences {

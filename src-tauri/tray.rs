@@ -24,9 +24,9 @@ pub fn tooltip(status: &StatusDto) -> String {
         notes.push(format!("{} not synced: refused", status.set_aside));
     }
     if notes.is_empty() {
-        format!("Lockstep: {}", status.connection)
+        format!("Lockstep: {}", status.label)
     } else {
-        format!("Lockstep: {} ({})", status.connection, notes.join(", "))
+        format!("Lockstep: {} ({})", status.label, notes.join(", "))
     }
 }
 
@@ -128,15 +128,21 @@ mod tests {
 
     #[test]
     fn the_tooltip_says_the_state_and_what_is_pending() {
-        let mut status = StatusDto {
-            connection: "Live".into(),
-            live: true,
-            pending: 0,
-            set_aside: 0,
-            last_synced_ms: None,
+        use lockstep_core::engine::{Connection, SyncStatus};
+        let status = |connection, pending, set_aside| {
+            StatusDto::from(&SyncStatus {
+                connection,
+                pending,
+                set_aside,
+                last_synced_ms: None,
+            })
         };
-        assert_eq!(tooltip(&status), "Lockstep: Live");
-        status.connection = "Offline".into();
+        assert_eq!(tooltip(&status(Connection::Live, 0, 0)), "Lockstep: Live");
+        assert_eq!(
+            tooltip(&status(Connection::StepUpRequired, 0, 0)),
+            "Lockstep: Code needed"
+        );
+        let mut status = status(Connection::Offline, 0, 0);
         status.pending = 3;
         assert_eq!(tooltip(&status), "Lockstep: Offline (3 pending)");
         status.set_aside = 1;

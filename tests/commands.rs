@@ -172,10 +172,10 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
     );
     assert_eq!(account["device_name"], "Work laptop");
     a.wait_event("A live", |e| {
-        e["kind"] == "status" && e["connection"] == "Live"
+        e["kind"] == "status" && e["connection"] == "live"
     });
     b.wait_event("B live", |e| {
-        e["kind"] == "status" && e["connection"] == "Live"
+        e["kind"] == "status" && e["connection"] == "live"
     });
 
     // A change of theme on A reaches B, with the device's name.
@@ -255,13 +255,13 @@ fn two_theme_changes_while_offline_reach_the_other_instance_once_online() {
     b.ok("sign_in", credentials);
     for instance in [&a, &b] {
         instance.wait_event("live", |e| {
-            e["kind"] == "status" && e["connection"] == "Live"
+            e["kind"] == "status" && e["connection"] == "live"
         });
     }
 
     cloud.server.kill();
     a.wait_event("offline", |e| {
-        e["kind"] == "status" && e["connection"] != "Live"
+        e["kind"] == "status" && e["connection"] != "live"
     });
     for theme in ["dark", "light"] {
         a.ok(

@@ -3,7 +3,7 @@
 // engine's, reached through `api`.
 
 import { api, isError, onEvent, uiState, type AccountDto, type EventDto, type SetAsideDto, type SettingDto, type StatusDto } from "./api.js";
-import { ago, describe, effectiveTheme, label, mask, move, toggle, type Widget } from "./format.js";
+import { ago, describe, effectiveTheme, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
 type Attrs = Record<string, string | boolean | ((e: Event) => void)>;
@@ -158,8 +158,8 @@ async function refresh(): Promise<void> {
     state.account = account;
     state.settings = settings;
     // The engine's state wins over whatever view was asked for.
-    if (status.connection === "Code needed") return codeScreen();
-    if (status.connection === "Signed out") return authScreen();
+    if (status.connection === "step_up_required") return codeScreen();
+    if (status.connection === "signed_out") return authScreen();
   } catch (e) {
     if (isError(e) && e.code === "signed_out") return authScreen();
     if (isError(e) && e.code === "code_needed") return codeScreen();
@@ -181,10 +181,10 @@ async function enterMain(): Promise<void> {
 
 function header(): HTMLElement {
   const s = state.status;
-  const paused = s?.connection === "Paused";
+  const paused = s?.connection === "paused";
   return h("header", {},
     h("strong", { class: "brand" }, "Lockstep"),
-    h("span", { class: `pill ${s?.live ? "live" : ""}`, id: "connection", "aria-live": "polite" }, s?.connection ?? "…"),
+    h("span", { class: `pill ${s?.live ? "live" : ""}`, id: "connection", "aria-live": "polite" }, s?.label ?? "…"),
     h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"),
     h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`),
     h("button", { onclick: () => void api.syncNow() }, "Sync now"),
@@ -203,7 +203,7 @@ function refusedBanner(): HTMLElement | null {
   const n = state.setAside.length;
   return h("div", { class: "banner", id: "set-aside", role: "alert" },
     h("strong", {}, n === 1 ? "1 change could not be synced" : `${n} changes could not be synced`),
-    h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${label(e.key)}: ${e.reason}`))),
+    h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${e.label}: ${e.reason}`))),
     h("button", { id: "set-aside-retry", onclick: async () => { await guard(api.retrySetAside(null)); } }, "Try again"),
     h("button", { id: "set-aside-drop", onclick: async () => { await guard(api.dropSetAside(null)); } }, "Discard"),
   );
@@ -257,7 +257,7 @@ function settingRow(s: SettingDto): HTMLElement {
   } else {
     control = h("code", { id }, JSON.stringify(s.value));
   }
-  return h("div", { class: "setting" }, h("label", { for: id }, label(s.key)), control, deviceOnlyToggle(s), provenance(s));
+  return h("div", { class: "setting" }, h("label", { for: id, title: s.description }, s.label), control, deviceOnlyToggle(s), provenance(s));
 }
 
 function layoutEditor(s: SettingDto): HTMLElement {
@@ -369,8 +369,8 @@ function onEngineEvent(event: EventDto): void {
   if (event.kind === "status") {
     state.status = event;
     if (!state.locked) document.querySelector("header")?.replaceWith(header());
-    if (event.connection === "Signed out") authScreen();
-    if (event.connection === "Code needed") codeScreen();
+    if (event.connection === "signed_out") authScreen();
+    if (event.connection === "step_up_required") codeScreen();
     return;
   }
   const text = describe(event as unknown as { kind: string } & Record<string, unknown>);

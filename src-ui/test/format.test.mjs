@@ -1,13 +1,7 @@
 // Unit tests of the window's view logic (compiled by `npm test` first).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ago, describe, effectiveTheme, label, mask, move, toggle } from "../dist/js/format.js";
-
-test("settings have human labels", () => {
-  assert.equal(label("appearance.theme"), "Theme");
-  assert.equal(label("integrations.github"), "API key: github");
-  assert.equal(label("custom.x"), "custom.x");
-});
+import { ago, describe, effectiveTheme, mask, move, toggle } from "../dist/js/format.js";
 
 test("times read as people say them", () => {
   const now = 1_000_000_000;
@@ -44,7 +38,7 @@ test("the theme follows the choice, or the system", () => {
 
 test("events are described with the device", () => {
   assert.equal(
-    describe({ kind: "remote_change", key: "appearance.theme", device_name: "Work laptop" }),
+    describe({ kind: "remote_change", key: "appearance.theme", label: "Theme", device_name: "Work laptop" }),
     "Theme changed on Work laptop",
   );
   assert.equal(
@@ -58,7 +52,7 @@ test("events are described with the device", () => {
 });
 
 test("a refused edit says what was refused, why, and that the rest syncs", () => {
-  const text = describe({ kind: "set_aside", key: "appearance.theme", reason: "hlc is too far ahead" });
+  const text = describe({ kind: "set_aside", key: "appearance.theme", label: "Theme", reason: "hlc is too far ahead" });
   assert.match(text, /Theme/);
   assert.match(text, /too far ahead/);
   assert.match(text, /rest keeps syncing/);

@@ -441,14 +441,22 @@ fn get(engine: &Engine, out: Out, key: Option<&str>, reveal: bool) -> anyhow::Re
         } else {
             " (default)".to_owned()
         };
+        let label = settings::label(&key);
+        // The schema's name for the key, when it says more than the key itself.
+        let named = if label == key {
+            String::new()
+        } else {
+            format!("  # {label}")
+        };
         let human = match &value {
-            Some(value) => format!("{key} = {value}{origin}"),
-            None => format!("{key} is not set"),
+            Some(value) => format!("{key} = {value}{origin}{named}"),
+            None => format!("{key} is not set{named}"),
         };
         out.emit(
             human,
             json!({
                 "key": key,
+                "label": label,
                 "value": value,
                 "device_id": device_id,
                 "updated_at": updated_at,

@@ -163,7 +163,8 @@ mod tests {
     fn server(status: u16, code: &str) -> ApiError {
         ApiError::Server {
             status,
-            code: code.into(),
+            code: lockstep_protocol::errors::Code::parse(code),
+            session_ended: false,
             message: "session ended".into(),
             retry_after_secs: None,
         }
@@ -188,7 +189,16 @@ mod tests {
             OFFLINE
         );
         assert_eq!(code(server(403, "insufficient_aal").into()), CODE_NEEDED);
-        assert_eq!(code(server(401, "PGRST301").into()), SIGNED_OUT);
+        let mut ended = server(401, "PGRST301");
+        if let ApiError::Server { session_ended, .. } = &mut ended {
+            *session_ended = true;
+        }
+        assert_eq!(code(ended.into()), SIGNED_OUT);
+        assert_eq!(
+            code(server(401, "PGRST301").into()),
+            REFUSED,
+            "an expired token"
+        );
         assert_eq!(code(server(400, "invalid_credentials").into()), REFUSED);
         assert_eq!(
             code(KeychainError::Unavailable("no bus".into()).into()),

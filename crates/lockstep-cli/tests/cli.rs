@@ -520,6 +520,12 @@ fn signup_set_on_one_profile_watch_on_another() {
     let got = cli.ok(&b, &["get", "appearance.theme", "--json"]);
     let line = got.last_json();
     assert_eq!(line["key"], json!("appearance.theme"), "{got}");
+    // The schema's label, the one the window and the notifications use.
+    assert_eq!(
+        line["label"],
+        json!(lockstep_protocol::settings::label("appearance.theme")),
+        "{got}"
+    );
     assert_eq!(line["value"], json!("dark"), "{got}");
     assert_eq!(line["device_id"], json!(device_id(&cli, &a)), "{got}");
     assert!(line["updated_at"].is_string(), "{got}");

@@ -11,7 +11,10 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use lockstep_protocol::auth::{API_VERSION_2024, API_VERSION_HEADER, ErrorCode};
+use lockstep_protocol::{
+    auth::{API_VERSION_2024, API_VERSION_HEADER},
+    errors::{Code, ErrorCode},
+};
 use serde_json::json;
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -36,7 +39,7 @@ pub enum ApiError {
     /// A PostgREST-style error.
     Rest {
         status: StatusCode,
-        code: &'static str,
+        code: Code,
         message: Cow<'static, str>,
         details: Option<String>,
     },
@@ -95,12 +98,12 @@ impl ApiError {
 
     pub fn rest(
         status: StatusCode,
-        code: &'static str,
+        code: impl Into<Code>,
         message: impl Into<Cow<'static, str>>,
     ) -> Self {
         ApiError::Rest {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
             details: None,
         }
@@ -193,7 +196,7 @@ impl IntoResponse for ApiError {
                 details,
             } => (
                 status,
-                Json(json!({ "code": code, "message": message, "details": details, "hint": null })),
+                Json(json!({ "code": code.as_str(), "message": message, "details": details, "hint": null })),
             )
                 .into_response(),
             ApiError::Internal(err) => {

@@ -1,6 +1,7 @@
 //! Request extractors and the API-key gate: everything a handler needs from a request, with
 //! every rejection turned into an [`ApiError`] that names the problem.
 
+use lockstep_protocol::errors::RestCode;
 use std::net::SocketAddr;
 
 use axum::{
@@ -22,7 +23,6 @@ use serde::de::DeserializeOwned;
 use crate::{
     db::{devices, sessions},
     error::ApiError,
-    keys::ApiKeyRole,
     state::AppState,
     token::{JwtError, verify_access_token},
 };
@@ -44,7 +44,7 @@ pub async fn read_whole_body(
     let rest = request.uri().path().starts_with("/rest/");
     let refuse = |status: StatusCode, code: ErrorCode, message: String| {
         if rest {
-            ApiError::rest(status, "PGRST102", message).into_response()
+            ApiError::rest(status, RestCode::InvalidBody, message).into_response()
         } else {
             ApiError::new(status, code, message).into_response()
         }
@@ -175,7 +175,7 @@ fn json_holds_nul(bytes: &[u8]) -> bool {
 /// `apikey` query parameter (as Supabase's gateway accepts).
 pub async fn require_api_key(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     if is_open_route(request.method(), request.uri().path()) {
@@ -196,10 +196,7 @@ pub async fn require_api_key(
         .into_response();
     };
     match state.keys.role_of(&presented) {
-        Some(role) => {
-            request.extensions_mut().insert(role);
-            next.run(request).await
-        }
+        Some(_) => next.run(request).await,
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidApiKey,
@@ -504,25 +501,6 @@ impl AuthSession {
             device_id: self.device_id.clone(),
             device_name: self.device_name.clone(),
         }
-    }
-}
-
-/// Which API key the request carried (set by [`require_api_key`]).
-impl<S: Send + Sync> FromRequestParts<S> for ApiKeyRole {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<ApiKeyRole>()
-            .copied()
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::NoApiKey,
-                    "No API key found in request",
-                )
-            })
     }
 }
 

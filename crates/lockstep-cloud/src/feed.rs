@@ -69,11 +69,6 @@ impl Hub {
             sender.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
-
-    /// Users with at least one open stream here.
-    pub fn users_with_streams(&self) -> usize {
-        self.users.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// One stream's wake-up receiver; dropping the last one for a user frees the user's channel.

@@ -137,7 +137,7 @@ fn too_many_at_once(rest: bool) -> Response {
     let mut response = if rest {
         ApiError::rest(
             StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::OverRequestRateLimit.as_str(),
+            ErrorCode::OverRequestRateLimit,
             message,
         )
         .into_response()

@@ -38,7 +38,7 @@ use axum::{
 use futures::Stream;
 use lockstep_protocol::{
     auth::ErrorCode,
-    sync::{ChangeEvent, StreamEnd, StreamEndReason},
+    sync::{ChangeEvent, StreamEnd, StreamEndReason, StreamEventKind},
 };
 use serde_json::json;
 
@@ -122,7 +122,7 @@ async fn stream(
 fn change_event(change: &ChangeEvent) -> Event {
     let data = serde_json::to_string(change).unwrap_or_default();
     Event::default()
-        .event("change")
+        .event(StreamEventKind::Change.as_str())
         .id(change.seq.to_string())
         .data(data)
 }
@@ -130,15 +130,15 @@ fn change_event(change: &ChangeEvent) -> Event {
 /// The last event of a stream the server ends.
 fn session_end(id: i64, reason: StreamEndReason) -> Event {
     control_event(
-        "session",
+        StreamEventKind::Session,
         id,
         serde_json::to_value(StreamEnd { reason }).unwrap_or_default(),
     )
 }
 
-fn control_event(name: &str, id: i64, data: serde_json::Value) -> Event {
+fn control_event(kind: StreamEventKind, id: i64, data: serde_json::Value) -> Event {
     Event::default()
-        .event(name)
+        .event(kind.as_str())
         .id(id.to_string())
         .data(data.to_string())
 }
@@ -163,7 +163,7 @@ fn events(
         let mut last = match since {
             Some(since) if since >= pruned_through && since <= head => since,
             Some(_) => {
-                yield Ok(control_event("must-refetch", head, json!({ "head": head })));
+                yield Ok(control_event(StreamEventKind::MustRefetch, head, json!({ "head": head })));
                 head
             }
             None => head,
@@ -197,11 +197,11 @@ fn events(
             }
             if replaying {
                 replaying = false;
-                yield Ok(control_event("ready", last, json!({ "head": last })));
+                yield Ok(control_event(StreamEventKind::Ready, last, json!({ "head": last })));
             }
             if mfa_touched && caller.require_data_access(&state).await.is_err() {
                 // MFA was turned on elsewhere: this aal1 session must step up with a code.
-                yield Ok(control_event("insufficient_aal", last, json!({ "reason": "mfa_enabled" })));
+                yield Ok(control_event(StreamEventKind::InsufficientAal, last, json!({ "reason": "mfa_enabled" })));
                 return;
             }
             if session_touched && !session_alive(&state, &caller.session_id).await {

@@ -3,6 +3,7 @@
 //! and recorded in the user's change feed, all in the caller's transaction.
 
 use axum::http::StatusCode;
+use lockstep_protocol::errors::RestCode;
 use lockstep_protocol::{
     hlc::Hlc,
     settings,
@@ -37,7 +38,7 @@ pub struct Outcome {
 }
 
 fn invalid(message: String) -> ApiError {
-    ApiError::rest(StatusCode::BAD_REQUEST, "22023", message)
+    ApiError::rest(StatusCode::BAD_REQUEST, RestCode::InvalidParameter, message)
 }
 
 /// Checks one write against the schema and the clock, without touching storage.

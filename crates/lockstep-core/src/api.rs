@@ -13,6 +13,7 @@ use lockstep_protocol::{
         User,
     },
     devices::{Device, DeviceInfo},
+    errors::{Code, ErrorCode, RestCode, RestError},
     sync::{ChangesPage, PushRequest, PushResponse, SettingRow},
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -29,7 +30,10 @@ pub enum ApiError {
     #[error("{message} ({code}, HTTP {status})")]
     Server {
         status: u16,
-        code: String,
+        code: Code,
+        /// For an ended session under `/rest/v1`: the server said it ended (signed out or
+        /// revoked), not merely that the token expired ([`RestError::session_ended`]).
+        session_ended: bool,
         message: String,
         /// The `Retry-After` header in seconds, when the server sent one.
         retry_after_secs: Option<u64>,
@@ -41,7 +45,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// The server's error code (`invalid_credentials`, `insufficient_aal`, `PGRST301`, …).
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<&Code> {
         match self {
             ApiError::Server { code, .. } => Some(code),
             _ => None,
@@ -65,25 +69,37 @@ impl ApiError {
 
     /// The session is gone (signed out, revoked, refresh token reused): sign in again.
     pub fn is_session_gone(&self) -> bool {
-        match self.code() {
-            Some(
-                "session_not_found" | "refresh_token_not_found" | "refresh_token_already_used",
-            ) => true,
-            // PostgREST's JWT code covers an ended session too; lockstep-cloud's message says which.
-            Some("PGRST301") => self.message().contains("session"),
+        match self {
+            ApiError::Server {
+                code: Code::Auth(code),
+                ..
+            } => matches!(
+                code,
+                ErrorCode::SessionNotFound
+                    | ErrorCode::RefreshTokenNotFound
+                    | ErrorCode::RefreshTokenAlreadyUsed
+            ),
+            ApiError::Server {
+                code: Code::Rest(RestCode::InvalidJwt),
+                session_ended,
+                ..
+            } => *session_ended,
             _ => false,
         }
     }
 
     /// The access token expired or is invalid: refresh and retry.
     pub fn is_token_expired(&self) -> bool {
-        self.code() == Some("bad_jwt")
-            || (self.code() == Some("PGRST301") && !self.is_session_gone())
+        match self.code() {
+            Some(Code::Auth(ErrorCode::BadJwt)) => true,
+            Some(Code::Rest(RestCode::InvalidJwt)) => !self.is_session_gone(),
+            _ => false,
+        }
     }
 
     /// The account has two-factor authentication on and this session must step up.
     pub fn needs_second_factor(&self) -> bool {
-        self.code() == Some("insufficient_aal")
+        self.code() == Some(&Code::Auth(ErrorCode::InsufficientAal))
     }
 
     /// Worth retrying unchanged later: network trouble, a server fault (5xx), a timeout (408)
@@ -416,7 +432,12 @@ fn server_error(status: StatusCode, body: &[u8], retry_after_secs: Option<u64>) 
     let code = text("error_code")
         .or_else(|| text("code"))
         .or_else(|| text("error"))
-        .unwrap_or_else(|| format!("http_{}", status.as_u16()));
+        .map_or_else(
+            || Code::Other(format!("http_{}", status.as_u16())),
+            |code| Code::parse(&code),
+        );
+    let session_ended =
+        serde_json::from_value::<RestError>(value.clone()).is_ok_and(|rest| rest.session_ended());
     let message = text("msg")
         .or_else(|| text("message"))
         .or_else(|| text("error_description"))
@@ -424,6 +445,7 @@ fn server_error(status: StatusCode, body: &[u8], retry_after_secs: Option<u64>) 
     ApiError::Server {
         status: status.as_u16(),
         code,
+        session_ended,
         message,
         retry_after_secs,
     }
@@ -445,7 +467,10 @@ mod tests {
             br#"{"code":400,"error_code":"invalid_credentials","msg":"Invalid login credentials"}"#,
             None,
         );
-        assert_eq!(legacy.code(), Some("invalid_credentials"));
+        assert_eq!(
+            legacy.code(),
+            Some(&Code::Auth(ErrorCode::InvalidCredentials))
+        );
         assert_eq!(
             legacy.to_string(),
             "Invalid login credentials (invalid_credentials, HTTP 400)"
@@ -457,7 +482,7 @@ mod tests {
         );
         assert!(rest.needs_second_factor());
         let empty = server_error(StatusCode::BAD_GATEWAY, b"", None);
-        assert_eq!(empty.code(), Some("http_502"));
+        assert_eq!(empty.code(), Some(&Code::Other("http_502".into())));
         assert!(empty.is_transient());
     }
 
@@ -484,6 +509,31 @@ mod tests {
         let limited = server_error(StatusCode::TOO_MANY_REQUESTS, b"", Some(7));
         assert!(limited.is_transient());
         assert_eq!(limited.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn an_ended_session_is_told_from_an_expired_token_by_its_details_not_its_wording() {
+        let body = |message: &str, details: Option<&str>| {
+            serde_json::to_vec(&RestError {
+                code: RestCode::InvalidJwt.as_str().into(),
+                message: message.into(),
+                details: details.map(str::to_owned),
+                hint: None,
+            })
+            .unwrap()
+        };
+        let ended = server_error(
+            StatusCode::UNAUTHORIZED,
+            &body("JWT expired", Some(RestError::SESSION_ENDED.as_str())),
+            None,
+        );
+        assert!(ended.is_session_gone() && !ended.is_token_expired());
+        let expired = server_error(
+            StatusCode::UNAUTHORIZED,
+            &body("the session of this JWT ended", None),
+            None,
+        );
+        assert!(!expired.is_session_gone() && expired.is_token_expired());
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::{
 
 use lockstep_protocol::{
     devices::DeviceInfo,
+    errors::Code,
     hlc::Hlc,
     settings::{self, SettingError},
     sync::{ChangeEvent, PushResponse, SettingRow},
@@ -721,7 +722,7 @@ impl Engine {
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let (reason, code) = match error {
-            EngineError::Api(api) => (api.message().to_owned(), api.code().map(str::to_owned)),
+            EngineError::Api(api) => (api.message().to_owned(), api.code().map(Code::to_string)),
             other => (other.to_string(), None),
         };
         let refusal = Refusal {

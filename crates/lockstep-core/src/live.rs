@@ -23,7 +23,10 @@ use std::{sync::Arc, time::Duration};
 
 use eventsource_client::{self as es, Client as _, SSE};
 use futures::StreamExt as _;
-use lockstep_protocol::{devices, sync::ChangeEvent};
+use lockstep_protocol::{
+    devices,
+    sync::{ChangeEvent, StreamEventKind},
+};
 use rand::Rng as _;
 use tokio::{
     sync::{Notify, watch},
@@ -493,8 +496,12 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
             Ok(Some(Ok(SSE::Event(event)))) => event,
             Ok(Some(Ok(SSE::Comment(_) | SSE::Connected(_)))) => continue,
         };
-        match event.event_type.as_str() {
-            "change" => match serde_json::from_str::<ChangeEvent>(&event.data) {
+        let Some(kind) = StreamEventKind::parse(&event.event_type) else {
+            tracing::debug!(event = event.event_type, "unknown stream event ignored");
+            continue;
+        };
+        match kind {
+            StreamEventKind::Change => match serde_json::from_str::<ChangeEvent>(&event.data) {
                 Ok(change) => {
                     engine.apply_change(change);
                     engine.save_cache();
@@ -507,15 +514,15 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
                     return StreamEnd::Failed(format!("unreadable change event: {error}"));
                 }
             },
-            "ready" => {
+            StreamEventKind::Ready => {
                 backoff.failures = 0;
                 engine.set_connection(Connection::Live);
                 let now = engine.now_ms();
                 engine.update_status(|s| s.last_synced_ms = Some(now));
             }
-            "must-refetch" => return StreamEnd::MustRefetch,
-            "insufficient_aal" => return StreamEnd::StepUp,
-            "session" => {
+            StreamEventKind::MustRefetch => return StreamEnd::MustRefetch,
+            StreamEventKind::InsufficientAal => return StreamEnd::StepUp,
+            StreamEventKind::Session => {
                 use lockstep_protocol::sync::{StreamEnd as Ended, StreamEndReason as Reason};
                 let reason = serde_json::from_str::<Ended>(&event.data)
                     .ok()
@@ -535,7 +542,6 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
                     Some(Reason::SignedOut) | None => StreamEnd::SessionEnded,
                 };
             }
-            other => tracing::debug!(event = other, "unknown stream event ignored"),
         }
     }
 }

@@ -2,12 +2,13 @@
 //! offline. The server stays the authority for sign-in and step-up; this check only unlocks the
 //! local window.
 //!
-//! Same parameters as the server and authenticator apps: 30-second steps, 6 digits, HMAC-SHA1,
-//! ±1 step. A step once accepted here is not accepted again by this checker (replay
+//! Same parameters as the server and authenticator apps ([`totp`]: 30-second steps, 6 digits,
+//! HMAC-SHA1, ±1 step). A step once accepted here is not accepted again by this checker (replay
 //! protection for the lock screen), and the comparison is constant-time (`totp-rs`).
 
 use std::sync::Mutex;
 
+use lockstep_protocol::auth::totp;
 use totp_rs::{Algorithm, Secret, Totp};
 
 /// Why a code could not be checked.
@@ -26,11 +27,12 @@ pub struct CodeChecker {
 
 fn totp(secret_base32: &str) -> Result<Totp, TotpError> {
     let secret = Secret::try_from_base32(secret_base32.trim()).map_err(|_| TotpError::BadSecret)?;
+    let algorithm: Algorithm = totp::ALGORITHM.parse().map_err(|_| TotpError::BadSecret)?;
     totp_rs::Builder::new()
-        .with_algorithm(Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
+        .with_algorithm(algorithm)
+        .with_digits(totp::DIGITS)
+        .with_skew(totp::SKEW_STEPS)
+        .with_step_duration(totp::STEP_SECONDS)
         .with_secret(secret)
         .build()
         .map_err(|_| TotpError::BadSecret)

@@ -9,7 +9,10 @@ use std::sync::{
 };
 
 use common::{Cloud, PASSWORD};
-use lockstep_protocol::devices::DeviceInfo;
+use lockstep_protocol::{
+    devices::DeviceInfo,
+    errors::{Code, ErrorCode},
+};
 
 fn device(id: &str) -> DeviceInfo {
     DeviceInfo {
@@ -48,7 +51,10 @@ async fn server_errors_are_typed() {
         .sign_in("ada@example.com", "Wrong password 1")
         .await
         .unwrap_err();
-    assert_eq!(wrong.code(), Some("invalid_credentials"));
+    assert_eq!(
+        wrong.code(),
+        Some(&Code::Auth(ErrorCode::InvalidCredentials))
+    );
     assert_eq!(wrong.status(), Some(400));
     assert!(!wrong.is_transient());
     let offline = Client::new("http://127.0.0.1:9", &cloud.anon_key, device("x")).unwrap();

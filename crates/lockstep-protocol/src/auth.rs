@@ -5,6 +5,20 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::devices::DeviceInfo;
+pub use crate::errors::{AuthError, ErrorCode, LegacyAuthError, RestError};
+
+/// The parameters of every TOTP factor (RFC 6238 as authenticator apps use it), defined once
+/// for the server that verifies codes and the device that checks them offline (app lock).
+pub mod totp {
+    /// Seconds per step: a code changes every 30 s.
+    pub const STEP_SECONDS: u64 = 30;
+    /// Digits of a code.
+    pub const DIGITS: u8 = 6;
+    /// Steps accepted either side of now (clock drift of the phone).
+    pub const SKEW_STEPS: u16 = 1;
+    /// The HMAC, as named in `otpauth://` URIs.
+    pub const ALGORITHM: &str = "SHA1";
+}
 
 /// Lifetime of an access token unless the server is configured otherwise.
 pub const DEFAULT_ACCESS_TOKEN_SECONDS: i64 = 3600;
@@ -260,120 +274,6 @@ pub struct ServerSettings {
     pub anonymous_users: bool,
     /// Lockstep extension: whether a user may sign in before confirming their email.
     pub allow_unverified_email_sign_ins: bool,
-}
-
-/// Machine-readable auth error codes (GoTrue's `error_code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    ValidationFailed,
-    BadJson,
-    EmailAddressInvalid,
-    EmailExists,
-    UserAlreadyExists,
-    WeakPassword,
-    SamePassword,
-    InvalidCredentials,
-    EmailNotConfirmed,
-    SignupDisabled,
-    BadJwt,
-    NoAuthorization,
-    NoApiKey,
-    InvalidApiKey,
-    OtpExpired,
-    SessionNotFound,
-    SessionExpired,
-    RefreshTokenNotFound,
-    RefreshTokenAlreadyUsed,
-    UserNotFound,
-    InsufficientAal,
-    /// A step needs a TOTP verification in this session within the last few minutes.
-    ReauthenticationNeeded,
-    MfaVerificationFailed,
-    MfaChallengeExpired,
-    MfaFactorNotFound,
-    MfaFactorNameConflict,
-    TooManyEnrolledMfaFactors,
-    MfaRecoveryCodesSoleFactor,
-    MfaVerifiedFactorExists,
-    OverRequestRateLimit,
-    OverEmailSendRateLimit,
-    RequestTooLarge,
-    NotFound,
-    MethodNotAllowed,
-    UnsupportedMediaType,
-    /// The server is saturated (password hashing queue, database pool): retry after the
-    /// `Retry-After` seconds.
-    RequestTimeout,
-    UnexpectedFailure,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::ValidationFailed => "validation_failed",
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::EmailAddressInvalid => "email_address_invalid",
-            ErrorCode::EmailExists => "email_exists",
-            ErrorCode::UserAlreadyExists => "user_already_exists",
-            ErrorCode::WeakPassword => "weak_password",
-            ErrorCode::SamePassword => "same_password",
-            ErrorCode::InvalidCredentials => "invalid_credentials",
-            ErrorCode::EmailNotConfirmed => "email_not_confirmed",
-            ErrorCode::SignupDisabled => "signup_disabled",
-            ErrorCode::BadJwt => "bad_jwt",
-            ErrorCode::NoAuthorization => "no_authorization",
-            ErrorCode::NoApiKey => "no_api_key",
-            ErrorCode::InvalidApiKey => "invalid_api_key",
-            ErrorCode::OtpExpired => "otp_expired",
-            ErrorCode::SessionNotFound => "session_not_found",
-            ErrorCode::SessionExpired => "session_expired",
-            ErrorCode::RefreshTokenNotFound => "refresh_token_not_found",
-            ErrorCode::RefreshTokenAlreadyUsed => "refresh_token_already_used",
-            ErrorCode::UserNotFound => "user_not_found",
-            ErrorCode::InsufficientAal => "insufficient_aal",
-            ErrorCode::ReauthenticationNeeded => "reauthentication_needed",
-            ErrorCode::MfaVerificationFailed => "mfa_verification_failed",
-            ErrorCode::MfaChallengeExpired => "mfa_challenge_expired",
-            ErrorCode::MfaFactorNotFound => "mfa_factor_not_found",
-            ErrorCode::MfaFactorNameConflict => "mfa_factor_name_conflict",
-            ErrorCode::TooManyEnrolledMfaFactors => "too_many_enrolled_mfa_factors",
-            ErrorCode::MfaRecoveryCodesSoleFactor => "mfa_recovery_codes_sole_factor",
-            ErrorCode::MfaVerifiedFactorExists => "mfa_verified_factor_exists",
-            ErrorCode::OverRequestRateLimit => "over_request_rate_limit",
-            ErrorCode::OverEmailSendRateLimit => "over_email_send_rate_limit",
-            ErrorCode::RequestTooLarge => "request_too_large",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::UnexpectedFailure => "unexpected_failure",
-        }
-    }
-}
-
-/// The legacy auth error body (no `X-Supabase-Api-Version` header).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LegacyAuthError {
-    pub code: u16,
-    pub error_code: String,
-    pub msg: String,
-}
-
-/// The auth error body for `X-Supabase-Api-Version: 2024-01-01`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuthError {
-    pub code: String,
-    pub message: String,
-}
-
-/// PostgREST's error body for `/rest/v1`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RestError {
-    pub code: String,
-    pub message: String,
-    pub details: Option<String>,
-    pub hint: Option<String>,
 }
 
 /// `POST /auth/v1/factors`.

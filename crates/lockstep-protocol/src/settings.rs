@@ -93,6 +93,9 @@ pub struct SettingSpec {
     pub sensitive: bool,
     /// The value a client uses when the key was never set (`None` for the families).
     pub default: Option<Value>,
+    /// The setting's name as people read it (`Theme`), for every front end: the CLI, the
+    /// notifications and the window. A family's name is per key: see [`label`].
+    pub label: &'static str,
     /// One line for humans.
     pub description: &'static str,
 }
@@ -174,6 +177,7 @@ pub fn spec(key: &str) -> Result<SettingSpec, SettingError> {
             },
             sensitive: true,
             default: None,
+            label: "API key",
             description: "API key of an integration (kept encrypted, never logged)",
         });
     }
@@ -194,6 +198,7 @@ pub fn spec(key: &str) -> Result<SettingSpec, SettingError> {
             kind: SettingKind::AnyJson,
             sensitive: false,
             default: None,
+            label: "Custom setting",
             description: "free-form client setting",
         });
     }
@@ -203,46 +208,68 @@ pub fn spec(key: &str) -> Result<SettingSpec, SettingError> {
     ))
 }
 
+/// A key's name as people read it: the schema's [`SettingSpec::label`], with the integration's
+/// name for an API key (`API key for github`) and the key itself for a custom or unknown key.
+pub fn label(key: &str) -> String {
+    if let Some(spec) = exact_spec(key) {
+        return spec.label.to_owned();
+    }
+    match key.strip_prefix(INTEGRATIONS_PREFIX) {
+        Some(name) => format!("API key for {name}"),
+        None => key.to_owned(),
+    }
+}
+
 /// The spec of one of the exact keys.
 fn exact_spec(key: &str) -> Option<SettingSpec> {
-    let plain = |kind, default, description| SettingSpec {
+    let plain = |kind, default, label, description| SettingSpec {
         kind,
         sensitive: false,
         default: Some(default),
+        label,
         description,
     };
     let spec = match key {
         "appearance.theme" => plain(
             SettingKind::Choice(THEMES),
             json!("system"),
+            "Theme",
             "colour theme: light, dark, or follow the system",
         ),
-        "notifications.desktop" => {
-            plain(SettingKind::Bool, json!(true), "show desktop notifications")
-        }
+        "notifications.desktop" => plain(
+            SettingKind::Bool,
+            json!(true),
+            "Desktop notifications",
+            "show desktop notifications",
+        ),
         "notifications.remote_changes" => plain(
             SettingKind::Bool,
             json!(true),
+            "Notify me of changes made elsewhere",
             "notify when another device changes a setting",
         ),
         "notifications.security_events" => plain(
             SettingKind::Bool,
             json!(true),
+            "Notify me of security events",
             "notify about sign-ins, new devices and other security events",
         ),
         "security.lock_after_minutes" => plain(
             SettingKind::Integer { min: 0, max: 1440 },
             json!(15),
+            "Lock after inactivity",
             "lock the app after this many idle minutes (0 = never)",
         ),
         "security.require_code_on_unlock" => plain(
             SettingKind::Bool,
             json!(false),
+            "Ask for a code when unlocking",
             "ask for a second-factor code when unlocking",
         ),
         "dashboard.layout" => plain(
             SettingKind::DashboardLayout,
             default_layout(),
+            "Dashboard layout",
             "which dashboard widgets to show, in order",
         ),
         _ => return None,
@@ -633,6 +660,20 @@ mod tests {
             assert!(spec.default.is_some());
             assert!(!spec.description.is_empty());
         }
+    }
+
+    #[test]
+    fn every_key_has_one_label_for_every_front_end() {
+        let labels: std::collections::BTreeSet<String> =
+            known_keys().iter().map(|k| label(k)).collect();
+        assert_eq!(labels.len(), known_keys().len(), "two keys share a label");
+        for key in known_keys() {
+            assert_eq!(label(key), spec(key).unwrap().label);
+            assert!(label(key).chars().next().unwrap().is_uppercase(), "{key}");
+        }
+        assert_eq!(label("appearance.theme"), "Theme");
+        assert_eq!(label("integrations.github"), "API key for github");
+        assert_eq!(label("custom.x"), "custom.x");
     }
 
     #[test]

@@ -197,6 +197,23 @@ pub struct ChangeEvent {
     pub device_name: Option<String>,
 }
 
+codes! {
+    /// The `event:` names of the change stream (`GET /realtime/v1/sse`).
+    pub enum StreamEventKind {
+        /// One change-feed record ([`ChangeEvent`]); its `id:` is the record's `seq`.
+        Change = "change",
+        /// The backlog since `Last-Event-ID` is sent: from here on changes arrive live.
+        Ready = "ready",
+        /// The backlog since `Last-Event-ID` was pruned: pull everything, then reconnect.
+        MustRefetch = "must-refetch",
+        /// The account turned two-factor authentication on and this session is aal1: verify a
+        /// code, then reconnect.
+        InsufficientAal = "insufficient_aal",
+        /// The last event of a stream the server ends ([`StreamEnd`]).
+        Session = "session",
+    }
+}
+
 /// Why the server ended a change stream: the data of its last event, `event: session`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamEnd {

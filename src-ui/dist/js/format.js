@@ -1,21 +1,4 @@
 // View logic with no DOM and no IPC, so it is unit-tested with `node --test`.
-/** A setting's name as people say it. */
-export function label(key) {
-    const known = {
-        "appearance.theme": "Theme",
-        "notifications.desktop": "Desktop notifications",
-        "notifications.remote_changes": "Notify me of changes made elsewhere",
-        "notifications.security_events": "Notify me of security events",
-        "security.lock_after_minutes": "Lock after inactivity (minutes, 0 = never)",
-        "security.require_code_on_unlock": "Ask for a code when the app starts",
-        "dashboard.layout": "Dashboard layout",
-    };
-    if (key in known)
-        return known[key];
-    if (key.startsWith("integrations."))
-        return `API key: ${key.slice("integrations.".length)}`;
-    return key;
-}
 /** "3 min ago", "just now", "2 h ago", or a date. */
 export function ago(thenMs, nowMs) {
     if (thenMs === null)
@@ -58,18 +41,19 @@ export function effectiveTheme(choice, systemDark) {
         return choice;
     return systemDark ? "dark" : "light";
 }
-/** A one-line description of an engine event for the in-app log. */
+/** A one-line description of an engine event for the in-app log (settings named by their
+ * schema `label`, which the shell sends with the key). */
 export function describe(event) {
     const on = (d) => (typeof d === "string" && d ? ` on ${d}` : "");
     switch (event.kind) {
         case "remote_change":
-            return `${label(String(event.key))} changed${on(event.device_name)}`;
+            return `${String(event.label)} changed${on(event.device_name)}`;
         case "superseded":
-            return `Your change to ${label(String(event.key))} was replaced by a newer one${on(event.winner_device)}`;
+            return `Your change to ${String(event.label)} was replaced by a newer one${on(event.winner_device)}`;
         case "security":
             return securityText(String(event.event), event.device_name, event.detail);
         case "set_aside":
-            return `The server refused your change to ${label(String(event.key))}: ${String(event.reason)}. It is kept aside; the rest keeps syncing`;
+            return `The server refused your change to ${String(event.label)}: ${String(event.reason)}. It is kept aside; the rest keeps syncing`;
         case "problem":
             return String(event.message);
         default:

@@ -2,7 +2,7 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 import { api, isError, onEvent, uiState } from "./api.js";
-import { ago, describe, effectiveTheme, label, mask, move, toggle } from "./format.js";
+import { ago, describe, effectiveTheme, mask, move, toggle } from "./format.js";
 function h(tag, attrs = {}, ...children) {
     const el = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {
@@ -130,9 +130,9 @@ async function refresh() {
         state.account = account;
         state.settings = settings;
         // The engine's state wins over whatever view was asked for.
-        if (status.connection === "Code needed")
+        if (status.connection === "step_up_required")
             return codeScreen();
-        if (status.connection === "Signed out")
+        if (status.connection === "signed_out")
             return authScreen();
     }
     catch (e) {
@@ -159,8 +159,8 @@ async function enterMain() {
 }
 function header() {
     const s = state.status;
-    const paused = s?.connection === "Paused";
-    return h("header", {}, h("strong", { class: "brand" }, "Lockstep"), h("span", { class: `pill ${s?.live ? "live" : ""}`, id: "connection", "aria-live": "polite" }, s?.connection ?? "…"), h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"), h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`), h("button", { onclick: () => void api.syncNow() }, "Sync now"), h("button", { onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"));
+    const paused = s?.connection === "paused";
+    return h("header", {}, h("strong", { class: "brand" }, "Lockstep"), h("span", { class: `pill ${s?.live ? "live" : ""}`, id: "connection", "aria-live": "polite" }, s?.label ?? "…"), h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"), h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`), h("button", { onclick: () => void api.syncNow() }, "Sync now"), h("button", { onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"));
 }
 function banner() {
     if (!state.account || state.account.email_verified)
@@ -172,7 +172,7 @@ function refusedBanner() {
     if (state.setAside.length === 0)
         return null;
     const n = state.setAside.length;
-    return h("div", { class: "banner", id: "set-aside", role: "alert" }, h("strong", {}, n === 1 ? "1 change could not be synced" : `${n} changes could not be synced`), h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${label(e.key)}: ${e.reason}`))), h("button", { id: "set-aside-retry", onclick: async () => { await guard(api.retrySetAside(null)); } }, "Try again"), h("button", { id: "set-aside-drop", onclick: async () => { await guard(api.dropSetAside(null)); } }, "Discard"));
+    return h("div", { class: "banner", id: "set-aside", role: "alert" }, h("strong", {}, n === 1 ? "1 change could not be synced" : `${n} changes could not be synced`), h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${e.label}: ${e.reason}`))), h("button", { id: "set-aside-retry", onclick: async () => { await guard(api.retrySetAside(null)); } }, "Try again"), h("button", { id: "set-aside-drop", onclick: async () => { await guard(api.dropSetAside(null)); } }, "Discard"));
 }
 function nav() {
     const tab = (view, text) => h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; void uiState.set("view", view).catch(() => undefined); render(); } }, text);
@@ -220,7 +220,7 @@ function settingRow(s) {
     else {
         control = h("code", { id }, JSON.stringify(s.value));
     }
-    return h("div", { class: "setting" }, h("label", { for: id }, label(s.key)), control, deviceOnlyToggle(s), provenance(s));
+    return h("div", { class: "setting" }, h("label", { for: id, title: s.description }, s.label), control, deviceOnlyToggle(s), provenance(s));
 }
 function layoutEditor(s) {
     const layout = s.value ?? [];
@@ -305,9 +305,9 @@ function onEngineEvent(event) {
         state.status = event;
         if (!state.locked)
             document.querySelector("header")?.replaceWith(header());
-        if (event.connection === "Signed out")
+        if (event.connection === "signed_out")
             authScreen();
-        if (event.connection === "Code needed")
+        if (event.connection === "step_up_required")
             codeScreen();
         return;
     }

@@ -5,4 +5,4 @@ import type { JsonValue } from "./serde_json/JsonValue";
 /**
  * An engine event, as the UI receives it on `lockstep://event`.
  */
-export type EventDto = { "kind": "remote_change", key: string, old: JsonValue | null, new: JsonValue | null, device_name: string | null, } | { "kind": "superseded", key: string, lost: JsonValue, winner: JsonValue, winner_device: string | null, } | { "kind": "status" } & StatusDto | { "kind": "set_aside", key: string, reason: string, } | { "kind": "security", event: string, device_name: string | null, detail: string | null, } | { "kind": "problem", message: string, };
+export type EventDto = { "kind": "remote_change", key: string, label: string, old: JsonValue | null, new: JsonValue | null, device_name: string | null, } | { "kind": "superseded", key: string, label: string, lost: JsonValue, winner: JsonValue, winner_device: string | null, } | { "kind": "status" } & StatusDto | { "kind": "set_aside", key: string, label: string, reason: string, } | { "kind": "security", event: string, device_name: string | null, detail: string | null, } | { "kind": "problem", message: string, };

@@ -4,7 +4,7 @@ import type { JsonValue } from "./serde_json/JsonValue";
 /**
  * An edit the server refused for good.
  */
-export type SetAsideDto = { key: string, 
+export type SetAsideDto = { key: string, label: string, 
 /**
  * As shown (sensitive values redacted); `null` for a reset.
  */

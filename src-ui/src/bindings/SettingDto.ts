@@ -4,7 +4,11 @@ import type { JsonValue } from "./serde_json/JsonValue";
 /**
  * One setting with where its value comes from.
  */
-export type SettingDto = { key: string, value: JsonValue | null, 
+export type SettingDto = { key: string, 
+/**
+ * Its name as people read it, and one line about it (from the settings schema).
+ */
+label: string, description: string, value: JsonValue | null, 
 /**
  * Kept on this device only.
  */

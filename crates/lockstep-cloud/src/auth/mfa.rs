@@ -13,7 +13,7 @@ use lockstep_protocol::{
     audit::AuditAction,
     auth::{
         Aal, AmrEntry, ChallengeResponse, EnrollRequest, EnrollResponse, ErrorCode, Factor,
-        FactorSecret, MfaVerifyRequest, TotpEnrollment,
+        FactorSecret, MfaVerifyRequest, TotpEnrollment, totp,
     },
 };
 use serde_json::json;
@@ -131,11 +131,14 @@ pub fn require_recent_proof(state: &AppState, caller: &AuthSession, what: &str) 
 }
 
 fn totp(secret: Vec<u8>, issuer: &str, account: &str) -> ApiResult<Totp> {
+    let algorithm: Algorithm = totp::ALGORITHM
+        .parse()
+        .map_err(|e| anyhow::anyhow!("TOTP algorithm: {e}"))?;
     totp_rs::Builder::new()
-        .with_algorithm(Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
+        .with_algorithm(algorithm)
+        .with_digits(totp::DIGITS)
+        .with_skew(totp::SKEW_STEPS)
+        .with_step_duration(totp::STEP_SECONDS)
         .with_secret(Secret::from(secret))
         .with_issuer(Some(issuer))
         .with_account_name(account)

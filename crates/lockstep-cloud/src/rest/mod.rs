@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use lockstep_protocol::errors::{RestCode, RestError};
 use lockstep_protocol::{audit::AuditAction, auth::ErrorCode, devices::validate_device_name};
 use serde_json::Value;
 
@@ -60,16 +61,18 @@ impl FromRequestParts<AppState> for RestSession {
         let caller = AuthSession::from_request_parts(parts, state).await.map_err(|e| match e {
             ApiError::Auth { code: ErrorCode::NoAuthorization, .. } => ApiError::rest(
                 StatusCode::UNAUTHORIZED,
-                "PGRST302",
+                RestCode::AnonymousAccess,
                 "Anonymous access is not allowed: send Authorization: Bearer <access token>",
             ),
-            ApiError::Auth { code: ErrorCode::SessionNotFound, .. } => ApiError::rest(
-                StatusCode::UNAUTHORIZED,
-                "PGRST301",
-                "The session of this JWT has ended (signed out or device revoked): sign in again",
-            ),
+            ApiError::Auth { code: ErrorCode::SessionNotFound, .. } => ApiError::Rest {
+                status: StatusCode::UNAUTHORIZED,
+                code: RestCode::InvalidJwt.into(),
+                message: "The session of this JWT has ended (signed out or device revoked): sign in again"
+                    .into(),
+                details: Some(RestError::SESSION_ENDED.as_str().to_owned()),
+            },
             ApiError::Auth { message, status: StatusCode::UNAUTHORIZED, .. } => {
-                ApiError::rest(StatusCode::UNAUTHORIZED, "PGRST301", message)
+                ApiError::rest(StatusCode::UNAUTHORIZED, RestCode::InvalidJwt, message)
             }
             other => other,
         })?;
@@ -81,7 +84,7 @@ impl FromRequestParts<AppState> for RestSession {
                     code: ErrorCode::InsufficientAal,
                     message,
                     ..
-                } => ApiError::rest(StatusCode::FORBIDDEN, "insufficient_aal", message),
+                } => ApiError::rest(StatusCode::FORBIDDEN, ErrorCode::InsufficientAal, message),
                 other => other,
             })?;
         Ok(RestSession(caller))
@@ -91,7 +94,7 @@ impl FromRequestParts<AppState> for RestSession {
 async fn unknown_table(Path(table): Path<String>) -> ApiError {
     ApiError::rest(
         StatusCode::NOT_FOUND,
-        "PGRST205",
+        RestCode::UnknownTable,
         format!("Could not find the table 'public.{table}' in the schema cache"),
     )
 }
@@ -125,7 +128,7 @@ fn rows_response(rows: Vec<Value>, headers: &HeaderMap) -> Response {
         if rows.len() != 1 {
             return ApiError::Rest {
                 status: StatusCode::NOT_ACCEPTABLE,
-                code: "PGRST116",
+                code: RestCode::NotSingular.into(),
                 message: "JSON object requested, multiple (or no) rows returned".into(),
                 details: Some(format!("The result contains {} rows", rows.len())),
             }
@@ -192,7 +195,7 @@ async fn targeted_devices(
     if query.filters.is_empty() {
         return Err(ApiError::rest(
             StatusCode::BAD_REQUEST,
-            "21000",
+            RestCode::CardinalityViolation,
             "this request needs a filter naming the devices, e.g. ?id=eq.<device id>",
         ));
     }
@@ -216,14 +219,14 @@ async fn rename_devices(
     let patch: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::rest(
             StatusCode::BAD_REQUEST,
-            "PGRST102",
+            RestCode::InvalidBody,
             format!("Empty or invalid json: {e}"),
         )
     })?;
     if let Some(other) = patch.keys().find(|k| *k != "name") {
         return Err(ApiError::rest(
             StatusCode::BAD_REQUEST,
-            "PGRST204",
+            RestCode::UnknownColumn,
             format!("Column '{other}' of devices cannot be changed: only name can"),
         ));
     }
@@ -232,12 +235,13 @@ async fn rename_devices(
         _ => {
             return Err(ApiError::rest(
                 StatusCode::BAD_REQUEST,
-                "22023",
+                RestCode::InvalidParameter,
                 "name must be a string",
             ));
         }
     };
-    validate_device_name(&name).map_err(|m| ApiError::rest(StatusCode::BAD_REQUEST, "22023", m))?;
+    validate_device_name(&name)
+        .map_err(|m| ApiError::rest(StatusCode::BAD_REQUEST, RestCode::InvalidParameter, m))?;
     let (_, targets) = targeted_devices(&state, &caller, raw.as_deref()).await?;
     let now = state.now_ms();
     let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
@@ -300,7 +304,7 @@ async fn revoke_devices(
     {
         return Err(ApiError::rest(
             StatusCode::BAD_REQUEST,
-            "22023",
+            RestCode::InvalidParameter,
             "a device cannot revoke itself: sign out with POST /auth/v1/logout instead",
         ));
     }

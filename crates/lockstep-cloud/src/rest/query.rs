@@ -10,6 +10,7 @@
 //! compiled once into an automaton that matches in time linear in the text (the `regex`
 //! crate), and callers run [`RowQuery::apply`] off the async workers.
 
+use lockstep_protocol::errors::RestCode;
 use std::cmp::Ordering;
 
 use axum::http::StatusCode;
@@ -131,13 +132,13 @@ pub struct OrderTerm {
 }
 
 fn bad_filter(message: String) -> ApiError {
-    ApiError::rest(StatusCode::BAD_REQUEST, "PGRST100", message)
+    ApiError::rest(StatusCode::BAD_REQUEST, RestCode::QueryParse, message)
 }
 
 fn unknown_column(table: &str, column: &str) -> ApiError {
     ApiError::rest(
         StatusCode::BAD_REQUEST,
-        "42703",
+        RestCode::UndefinedColumn,
         format!("column {table}.{column} does not exist"),
     )
 }

@@ -8,6 +8,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
+use lockstep_protocol::errors::RestCode;
 use lockstep_protocol::{
     hlc::Hlc,
     sync::{ChangesPage, PushRequest, PushResponse, SettingChange, validate_push},
@@ -37,7 +38,7 @@ const COLUMNS: &[&str] = &[
 ];
 
 fn bad_json(message: String) -> ApiError {
-    ApiError::rest(StatusCode::BAD_REQUEST, "PGRST102", message)
+    ApiError::rest(StatusCode::BAD_REQUEST, RestCode::InvalidBody, message)
 }
 
 async fn all_rows(state: &AppState, user_id: &str) -> ApiResult<Vec<Value>> {
@@ -104,7 +105,7 @@ fn parse_rows(body: &[u8]) -> ApiResult<Vec<RowWrite>> {
             serde_json::from_value(item).map_err(|e| {
                 ApiError::rest(
                     StatusCode::BAD_REQUEST,
-                    "PGRST204",
+                    RestCode::UnknownColumn,
                     format!("invalid row: {e}"),
                 )
             })
@@ -191,7 +192,7 @@ pub async fn upsert(
     {
         return Err(ApiError::rest(
             StatusCode::BAD_REQUEST,
-            "42P10",
+            RestCode::NoConflictTarget,
             format!(
                 "on_conflict={on_conflict} does not match the table's key: use on_conflict=key"
             ),
@@ -204,7 +205,7 @@ pub async fn upsert(
         if row.user_id.as_deref().is_some_and(|u| u != caller.user_id) {
             return Err(ApiError::rest(
                 StatusCode::FORBIDDEN,
-                "42501",
+                RestCode::InsufficientPrivilege,
                 "new row violates row-level security policy for table \"user_settings\"",
             ));
         }
@@ -214,7 +215,7 @@ pub async fn upsert(
             if existing.is_some_and(|e| e.deleted == 0) {
                 return Err(ApiError::rest(
                     StatusCode::CONFLICT,
-                    "23505",
+                    RestCode::UniqueViolation,
                     format!(
                         "duplicate key value violates unique constraint \"user_settings_pkey\": {} already has a value (send Prefer: resolution=merge-duplicates to update it)",
                         row.key
@@ -246,7 +247,7 @@ async fn targeted_keys(
     if query.filters.is_empty() {
         return Err(ApiError::rest(
             StatusCode::BAD_REQUEST,
-            "21000",
+            RestCode::CardinalityViolation,
             "this request needs a filter naming the settings, e.g. ?key=eq.appearance.theme",
         ));
     }
@@ -324,8 +325,13 @@ pub async fn push(
 ) -> ApiResult<Json<PushResponse>> {
     let push: PushRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_json(format!("Empty or invalid json: {e}")))?;
-    validate_push(&push)
-        .map_err(|e| ApiError::rest(StatusCode::BAD_REQUEST, "22023", e.to_string()))?;
+    validate_push(&push).map_err(|e| {
+        ApiError::rest(
+            StatusCode::BAD_REQUEST,
+            RestCode::InvalidParameter,
+            e.to_string(),
+        )
+    })?;
     let mut tx = state.db.pool.begin().await?;
     // Under the user's lock, so a retry racing its original sees the original's receipt.
     log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
@@ -338,7 +344,7 @@ pub async fn push(
         if stored_hash != request_hash {
             return Err(ApiError::rest(
                 StatusCode::CONFLICT,
-                "23505",
+                RestCode::UniqueViolation,
                 format!(
                     "mutation_id {} was already used for different changes: use a new id for each push",
                     push.mutation_id
@@ -411,7 +417,7 @@ pub async fn changes(
         Some(s) => s.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
             ApiError::rest(
                 StatusCode::BAD_REQUEST,
-                "PGRST100",
+                RestCode::QueryParse,
                 format!("since must be a change sequence number (0 or more), not {s:?}"),
             )
         })?,
@@ -425,7 +431,7 @@ pub async fn changes(
             .ok_or_else(|| {
                 ApiError::rest(
                     StatusCode::BAD_REQUEST,
-                    "PGRST100",
+                    RestCode::QueryParse,
                     format!("limit must be from 1 to 1000, not {s:?}"),
                 )
             })?,
