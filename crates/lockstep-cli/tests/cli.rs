@@ -39,6 +39,17 @@ fn keychain_or_skip() -> bool {
     }
 }
 
+/// The cloud and a CLI home for one test; `None` (the test should return) as
+/// `keychain_or_skip` says.
+fn start_or_skip() -> Option<(Cloud, Cli)> {
+    if !keychain_or_skip() {
+        return None;
+    }
+    let cloud = Cloud::start();
+    let cli = Cli::new(&cloud);
+    Some((cloud, cli))
+}
+
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -454,6 +465,24 @@ fn login(cli: &Cli, profile: &str, email: &str) {
     );
 }
 
+/// Two fresh profiles on one account, named after `names`: the first signs up as `email`, the
+/// second signs in.
+fn two_profiles(cli: &Cli, names: [&str; 2], email: &str) -> (String, String) {
+    let (a, b) = (unique(names[0]), unique(names[1]));
+    signup(cli, &a, email);
+    login(cli, &b, email);
+    (a, b)
+}
+
+/// `lockstep watch --json` on `profile`, once it reports the connection live.
+fn watch_live(cli: &Cli, profile: &str) -> Proc {
+    let mut watch = cli.spawn(profile, &["watch", "--json"]);
+    watch.wait_json(30, "Live status", |v| {
+        v["event"] == "status" && v["connection"] == "Live"
+    });
+    watch
+}
+
 fn device_name(profile: &str) -> String {
     format!("Device {profile}")
 }
@@ -477,21 +506,13 @@ fn user_of(email: &str) -> String {
 
 #[test]
 fn signup_set_on_one_profile_watch_on_another() {
-    if !keychain_or_skip() {
+    let Some((_cloud, cli)) = start_or_skip() else {
         return;
-    }
-    let cloud = Cloud::start();
-    let cli = Cli::new(&cloud);
-    let (a, b) = (unique("a"), unique("b"));
-    let email = "ada@example.com";
-    signup(&cli, &a, email);
-    login(&cli, &b, email);
+    };
+    let (a, b) = two_profiles(&cli, ["a", "b"], "ada@example.com");
 
-    let mut watch = cli.spawn(&b, &["watch", "--json"]);
     let started = Instant::now();
-    watch.wait_json(30, "Live status", |v| {
-        v["event"] == "status" && v["connection"] == "Live"
-    });
+    let mut watch = watch_live(&cli, &b);
     println!("watch went live in {:?}", started.elapsed());
 
     let edited = Instant::now();
@@ -541,15 +562,10 @@ fn signup_set_on_one_profile_watch_on_another() {
 /// every later `sync` fail with "this key appears more than once in the push", for good.
 #[test]
 fn the_same_setting_edited_twice_offline_syncs_and_later_edits_keep_syncing() {
-    if !keychain_or_skip() {
+    let Some((mut cloud, cli)) = start_or_skip() else {
         return;
-    }
-    let mut cloud = Cloud::start();
-    let cli = Cli::new(&cloud);
-    let (laptop, desktop) = (unique("laptop"), unique("desktop"));
-    let email = "twice@example.com";
-    signup(&cli, &laptop, email);
-    login(&cli, &desktop, email);
+    };
+    let (laptop, desktop) = two_profiles(&cli, ["laptop", "desktop"], "twice@example.com");
 
     cloud.kill();
     for theme in ["dark", "light"] {
@@ -578,11 +594,9 @@ fn the_same_setting_edited_twice_offline_syncs_and_later_edits_keep_syncing() {
 
 #[test]
 fn kill_9_in_the_middle_of_a_push_loses_no_acknowledged_edit() {
-    if !keychain_or_skip() {
+    let Some((cloud, cli)) = start_or_skip() else {
         return;
-    }
-    let cloud = Cloud::start();
-    let cli = Cli::new(&cloud);
+    };
     const N: usize = 300;
 
     // Each attempt has an account of its own, so every attempt's counts can be checked exactly.
@@ -711,25 +725,17 @@ fn kill_9_in_the_middle_of_a_push_loses_no_acknowledged_edit() {
 
 #[test]
 fn revoke_from_one_profile_signs_the_other_out_and_wipes_it() {
-    if !keychain_or_skip() {
+    let Some((_cloud, cli)) = start_or_skip() else {
         return;
-    }
-    let cloud = Cloud::start();
-    let cli = Cli::new(&cloud);
-    let (a, b) = (unique("a"), unique("b"));
-    let email = "ada@example.com";
-    signup(&cli, &a, email);
-    login(&cli, &b, email);
+    };
+    let (a, b) = two_profiles(&cli, ["a", "b"], "ada@example.com");
     assert!(
         refresh_token_of(&b).is_some(),
         "B's refresh token is in the keychain"
     );
     assert!(cli.profile_dir(&b).join("cache.json").exists());
 
-    let mut watch = cli.spawn(&b, &["watch", "--json"]);
-    watch.wait_json(30, "Live status", |v| {
-        v["event"] == "status" && v["connection"] == "Live"
-    });
+    let mut watch = watch_live(&cli, &b);
 
     let listed = cli.ok(&a, &["devices", "--json"]);
     let devices = listed.json_lines();
@@ -784,11 +790,9 @@ fn revoke_from_one_profile_signs_the_other_out_and_wipes_it() {
 
 #[test]
 fn mfa_enroll_then_login_needs_a_code_and_offline_code_check() {
-    if !keychain_or_skip() {
+    let Some((mut cloud, cli)) = start_or_skip() else {
         return;
-    }
-    let mut cloud = Cloud::start();
-    let cli = Cli::new(&cloud);
+    };
     let (a, b) = (unique("a"), unique("b"));
     let email = "ada@example.com";
     signup(&cli, &a, email);

@@ -2,7 +2,7 @@
 //! recorded by [`crate::sync`]). Each function appends inside the caller's transaction; the
 //! caller publishes after commit.
 
-use serde_json::{Value, json};
+use lockstep_protocol::feed::{Change, DeviceRecord, FeedRecord, SessionRecord};
 use sqlx::AnyConnection;
 
 use crate::{
@@ -29,26 +29,13 @@ impl Actor {
     }
 }
 
-fn entry(
-    table: &'static str,
-    event_type: EventType,
-    new: Value,
-    old: Value,
-    actor: &Actor,
-) -> Entry {
+fn entry(record: FeedRecord, actor: &Actor) -> Entry {
     Entry {
-        table,
-        event_type,
-        new,
-        old,
+        record,
         device_id: actor.device_id.clone(),
         device_name: actor.device_name.clone(),
         sensitive: false,
     }
-}
-
-fn user_json(user: &UserRow) -> Value {
-    serde_json::to_value(user.to_wire()).unwrap_or(Value::Null)
 }
 
 /// The user record changed (email confirmed or changed, metadata, password).
@@ -60,22 +47,19 @@ pub async fn user_updated(
     actor: &Actor,
 ) -> ApiResult<()> {
     let entry = entry(
-        "users",
-        EventType::Update,
-        user_json(after),
-        user_json(before),
+        FeedRecord::User(Change {
+            event_type: EventType::Update,
+            new: Some(Box::new(after.to_wire())),
+            old: Some(Box::new(before.to_wire())),
+        }),
         actor,
     );
     feed::append(state, conn, &after.id, entry).await?;
     Ok(())
 }
 
-fn device_json(device: &DeviceRow) -> Value {
-    let mut value = serde_json::to_value(device.to_wire("")).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.remove("current");
-    }
-    value
+fn device_record(device: &DeviceRow) -> DeviceRecord {
+    device.to_wire("").into()
 }
 
 /// A device was registered, renamed or revoked.
@@ -90,31 +74,28 @@ pub async fn device_changed(
     let Some(user_id) = after.or(before).map(|d| d.user_id.clone()) else {
         return Ok(());
     };
-    let new = after.map(device_json).unwrap_or(Value::Null);
-    let old = before.map(device_json).unwrap_or(Value::Null);
-    feed::append(
-        state,
-        conn,
-        &user_id,
-        entry("devices", event_type, new, old, actor),
-    )
-    .await?;
+    let record = FeedRecord::Device(Change {
+        event_type,
+        new: after.map(device_record),
+        old: before.map(device_record),
+    });
+    feed::append(state, conn, &user_id, entry(record, actor)).await?;
     Ok(())
 }
 
-fn session_json(session: &SessionRow) -> Value {
-    let at = |ms| {
-        from_millis(ms)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    json!({
-        "id": session.id,
-        "user_id": session.user_id,
-        "device_id": session.device_id,
-        "aal": session.aal,
-        "created_at": at(session.created_at),
-    })
+fn session_record(session: &SessionRow) -> SessionRecord {
+    SessionRecord {
+        id: session.id.clone(),
+        device_id: Some(session.device_id.clone()),
+        aal: session.aal.clone(),
+        user_id: Some(session.user_id.clone()),
+        created_at: Some(
+            from_millis(session.created_at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        ),
+        reason: None,
+    }
 }
 
 pub async fn session_started(
@@ -124,10 +105,11 @@ pub async fn session_started(
     actor: &Actor,
 ) -> ApiResult<()> {
     let entry = entry(
-        "sessions",
-        EventType::Insert,
-        session_json(session),
-        Value::Null,
+        FeedRecord::Session(Change {
+            event_type: EventType::Insert,
+            new: Some(session_record(session)),
+            old: None,
+        }),
         actor,
     );
     feed::append(state, conn, &session.user_id, entry).await?;
@@ -143,9 +125,18 @@ pub async fn sessions_ended(
     actor: &Actor,
 ) -> ApiResult<()> {
     for session in ended {
-        let mut old = session_json(session);
-        old["reason"] = json!(reason);
-        let entry = entry("sessions", EventType::Delete, Value::Null, old, actor);
+        let old = SessionRecord {
+            reason: Some(reason.to_owned()),
+            ..session_record(session)
+        };
+        let entry = entry(
+            FeedRecord::Session(Change {
+                event_type: EventType::Delete,
+                new: None,
+                old: Some(old),
+            }),
+            actor,
+        );
         feed::append(state, &mut *conn, &session.user_id, entry).await?;
     }
     Ok(())

@@ -16,7 +16,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use lockstep_protocol::sync::ChangeEvent;
+use lockstep_protocol::{feed::FeedRecord, sync::ChangeEvent};
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
 use time::format_description::well_known::Rfc3339;
@@ -106,31 +106,12 @@ impl Drop for Subscription {
     }
 }
 
-/// The kind of change, as in Supabase's `postgres_changes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Insert,
-    Update,
-    Delete,
-}
-
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Insert => "INSERT",
-            EventType::Update => "UPDATE",
-            EventType::Delete => "DELETE",
-        }
-    }
-}
+pub use lockstep_protocol::feed::EventType;
 
 /// What to append: one changed row.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub table: &'static str,
-    pub event_type: EventType,
-    pub new: Value,
-    pub old: Value,
+    pub record: FeedRecord,
     /// The device that made the change, if a device did.
     pub device_id: Option<String>,
     pub device_name: Option<String>,
@@ -147,11 +128,12 @@ pub async fn append(
     entry: Entry,
 ) -> ApiResult<i64> {
     let seq = log::next_seq(&mut *conn, user_id).await?;
+    let wire = entry.record.to_wire();
     let payload = json!({
-        "table": entry.table,
-        "eventType": entry.event_type.as_str(),
-        "new": entry.new,
-        "old": entry.old,
+        "table": wire.table.as_str(),
+        "eventType": wire.event_type.as_str(),
+        "new": wire.new,
+        "old": wire.old,
         "device_id": entry.device_id,
         "device_name": entry.device_name,
     })

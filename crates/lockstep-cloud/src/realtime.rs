@@ -38,6 +38,7 @@ use axum::{
 use futures::Stream;
 use lockstep_protocol::{
     auth::ErrorCode,
+    feed::FeedTable,
     sync::{ChangeEvent, StreamEnd, StreamEndReason, StreamEventKind},
 };
 use serde_json::json;
@@ -187,8 +188,10 @@ fn events(
                 };
                 for change in &batch {
                     last = change.seq;
-                    session_touched |= matches!(change.table.as_str(), "sessions" | "devices");
-                    mfa_touched |= change.table == "mfa_factors";
+                    let table = FeedTable::parse(&change.table);
+                    session_touched |=
+                        matches!(table, Some(FeedTable::Sessions | FeedTable::Devices));
+                    mfa_touched |= table == Some(FeedTable::MfaFactors);
                     yield Ok(change_event(change));
                 }
                 if (batch.len() as i64) < BATCH {

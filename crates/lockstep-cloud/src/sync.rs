@@ -3,8 +3,9 @@
 //! and recorded in the user's change feed, all in the caller's transaction.
 
 use axum::http::StatusCode;
-use lockstep_protocol::errors::RestCode;
 use lockstep_protocol::{
+    errors::RestCode,
+    feed::{Change, FeedRecord, SettingRecord},
     hlc::Hlc,
     settings,
     sync::{FieldVersion, MergeOutcome, SettingChange, SettingRow, Superseded, merge},
@@ -119,13 +120,13 @@ pub async fn apply(
                     &mut *conn,
                     &writer.user_id,
                     Entry {
-                        table: "user_settings",
-                        event_type,
-                        new: row_json(&writer.user_id, &row),
-                        old: current
-                            .as_ref()
-                            .map(|(row, _)| row_json(&writer.user_id, row))
-                            .unwrap_or(Value::Null),
+                        record: FeedRecord::Setting(Change {
+                            event_type,
+                            new: Some(setting_record(&writer.user_id, &row)),
+                            old: current
+                                .as_ref()
+                                .map(|(row, _)| setting_record(&writer.user_id, row)),
+                        }),
                         device_id: Some(writer.device_id.clone()),
                         device_name: writer.device_name.clone(),
                         sensitive: settings::is_sensitive(&change.key),
@@ -155,11 +156,15 @@ pub async fn apply(
 
 /// A row as the API shows it, plus the owner (the `postgres_changes` row shape).
 pub fn row_json(user_id: &str, row: &SettingRow) -> Value {
-    let mut value = serde_json::to_value(row).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.insert("user_id".into(), Value::String(user_id.to_owned()));
+    serde_json::to_value(setting_record(user_id, row)).unwrap_or(Value::Null)
+}
+
+/// A settings row with its owner, as the feed and `/rest/v1/user_settings` show it.
+fn setting_record(user_id: &str, row: &SettingRow) -> SettingRecord {
+    SettingRecord {
+        row: row.clone(),
+        user_id: user_id.to_owned(),
     }
-    value
 }
 
 fn aad(key: &str) -> Vec<u8> {

@@ -34,6 +34,19 @@ backend_tests! {
     a_saturated_database_pool_answers_503_with_retry_after,
 }
 
+/// Sends `n` sign-ins at once, the `i`th with the email and password `attempt(i)` gives.
+async fn sign_in_burst(
+    app: &TestApp,
+    n: usize,
+    attempt: impl Fn(usize) -> (String, String),
+) -> Vec<common::Reply> {
+    let burst = (0..n).map(|i| {
+        let (email, password) = attempt(i);
+        async move { app.sign_in_reply(&email, &password, "x").await }
+    });
+    futures::future::join_all(burst).await
+}
+
 async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its_limit(
     backend: Backend,
 ) {
@@ -44,23 +57,16 @@ async fn a_burst_of_wrong_passwords_for_one_account_gets_no_more_checks_than_its
     })
     .await;
     app.signup("ada@example.com", "laptop").await;
-    let app = &app;
-    let burst = (0..40).map(|i| async move {
-        app.sign_in_reply("ada@example.com", &format!("Wrong password {i}"), "x")
-            .await
+    let burst = sign_in_burst(&app, 40, |i| {
+        ("ada@example.com".into(), format!("Wrong password {i}"))
     });
-    let counts = common::tally(&futures::future::join_all(burst).await);
-    assert_eq!(
-        counts.get(&(400, "invalid_credentials".into())).copied(),
-        Some(10),
-        "{counts:?}"
-    );
-    assert_eq!(
-        counts
-            .get(&(429, "over_request_rate_limit".into()))
-            .copied(),
-        Some(30),
-        "{counts:?}"
+    let counts = common::tally(&burst.await);
+    common::assert_counts(
+        &counts,
+        &[
+            (400, "invalid_credentials", 10),
+            (429, "over_request_rate_limit", 30),
+        ],
     );
 }
 
@@ -73,23 +79,16 @@ async fn a_burst_of_wrong_passwords_from_one_ip_gets_no_more_checks_than_its_lim
     })
     .await;
     app.signup("ada@example.com", "laptop").await;
-    let app = &app;
-    let burst = (0..60).map(|i| async move {
-        app.sign_in_reply(&format!("guess{i}@example.com"), PASSWORD, "x")
-            .await
+    let burst = sign_in_burst(&app, 60, |i| {
+        (format!("guess{i}@example.com"), PASSWORD.into())
     });
-    let counts = common::tally(&futures::future::join_all(burst).await);
-    assert_eq!(
-        counts.get(&(400, "invalid_credentials".into())).copied(),
-        Some(30),
-        "{counts:?}"
-    );
-    assert_eq!(
-        counts
-            .get(&(429, "over_request_rate_limit".into()))
-            .copied(),
-        Some(30),
-        "{counts:?}"
+    let counts = common::tally(&burst.await);
+    common::assert_counts(
+        &counts,
+        &[
+            (400, "invalid_credentials", 30),
+            (429, "over_request_rate_limit", 30),
+        ],
     );
     // A success is refunded: it never uses up the limit of the people who type correctly.
     app.clock.advance(Duration::seconds(301));
@@ -105,29 +104,17 @@ async fn a_burst_of_wrong_emailed_codes_gets_no_more_checks_than_the_limit(backe
     })
     .await;
     app.signup("ada@example.com", "laptop").await;
-    let app = &app;
-    let burst = (0..40).map(|i| async move {
-        app.post(
-            "/auth/v1/verify",
-            None,
-            json!({ "type": "signup", "email": "ada@example.com", "token": format!("{:06}", 100_000 + i) }),
-        )
-        .await
+    let burst = app.post_burst(40, "/auth/v1/verify", None, |i| {
+        json!({ "type": "signup", "email": "ada@example.com", "token": format!("{:06}", 100_000 + i) })
     });
-    let counts = common::tally(&futures::future::join_all(burst).await);
+    let counts = common::tally(&burst.await);
     let checked: usize = counts
         .iter()
         .filter(|((status, _), _)| *status != 429)
         .map(|(_, n)| n)
         .sum();
     assert_eq!(checked, 5, "{counts:?}");
-    assert_eq!(
-        counts
-            .get(&(429, "over_request_rate_limit".into()))
-            .copied(),
-        Some(35),
-        "{counts:?}"
-    );
+    common::assert_counts(&counts, &[(429, "over_request_rate_limit", 35)]);
 }
 
 /// One hasher, a queue of two: a burst of sign-ins beyond that is answered 503 with
@@ -143,32 +130,20 @@ async fn a_saturated_password_queue_answers_503_with_retry_after_and_others_are_
     })
     .await;
     app.signup("ada@example.com", "laptop").await;
-    let app = &app;
-    let burst = (0..30).map(|i| async move {
-        app.sign_in_reply(&format!("guess{i}@example.com"), PASSWORD, "x")
-            .await
-    });
-    let replies = futures::future::join_all(burst).await;
+    let replies = sign_in_burst(&app, 30, |i| {
+        (format!("guess{i}@example.com"), PASSWORD.into())
+    })
+    .await;
     let counts = common::tally(&replies);
-    let busy = counts
-        .get(&(503, "request_timeout".into()))
-        .copied()
-        .unwrap_or(0);
+    let busy = common::count(&counts, 503, "request_timeout").unwrap_or(0);
     assert!(busy > 0, "{counts:?}");
     assert_eq!(
-        busy + counts
-            .get(&(400, "invalid_credentials".into()))
-            .copied()
-            .unwrap_or(0),
+        busy + common::count(&counts, 400, "invalid_credentials").unwrap_or(0),
         30,
         "only wrong-password or busy answers: {counts:?}"
     );
     for reply in replies.iter().filter(|r| r.status.as_u16() == 503) {
-        let retry: u64 = reply.headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry: u64 = reply.retry_after();
         assert!(retry >= 1);
     }
     app.get("/auth/v1/health", None)
@@ -279,11 +254,7 @@ async fn failed_sign_ins_lock_the_account_for_a_while(backend: Backend) {
     // Even the right password is refused while the account is locked.
     let locked = app.sign_in_reply("ada@example.com", PASSWORD, "x").await;
     locked.expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
-    let retry: u64 = locked.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = locked.retry_after();
     assert!((1..=60).contains(&retry), "{retry}");
     // Other accounts from the same address are unaffected.
     app.sign_in("bob@example.com", "x").await;
@@ -335,26 +306,16 @@ async fn verify_signup_and_email_sending_are_limited_per_ip(backend: Backend) {
 
     app.signup("a@example.com", "x").await;
     app.signup("b@example.com", "x").await;
-    app.post(
-        "/auth/v1/signup",
-        None,
-        json!({ "email": "c@example.com", "password": PASSWORD }),
-    )
-    .await
-    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+    app.signup_reply("c@example.com", PASSWORD)
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
 
     for email in ["x@example.com", "y@example.com"] {
-        app.post("/auth/v1/recover", None, json!({ "email": email }))
-            .await
-            .expect(StatusCode::OK);
+        app.recover_reply("", email).await.expect(StatusCode::OK);
     }
-    app.post(
-        "/auth/v1/recover",
-        None,
-        json!({ "email": "z@example.com" }),
-    )
-    .await
-    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_email_send_rate_limit");
+    app.recover_reply("", "z@example.com")
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_email_send_rate_limit");
 }
 
 /// Every (method, path) that takes a JSON body, with a valid token where one is needed.
@@ -438,11 +399,7 @@ async fn oversized_and_mistyped_requests_are_refused(backend: Backend) {
         .await
         .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large");
     let long_password = app
-        .post(
-            "/auth/v1/signup",
-            None,
-            json!({ "email": "a@example.com", "password": format!("Aa1{}", "x".repeat(300)) }),
-        )
+        .signup_reply("a@example.com", &format!("Aa1{}", "x".repeat(300)))
         .await;
     long_password.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "weak_password");
     let form = app
@@ -456,7 +413,7 @@ async fn oversized_and_mistyped_requests_are_refused(backend: Backend) {
     // `curl -d '{…}'` labels JSON as a form; JSON is JSON whatever the label.
     let curl_d = app
         .send(
-            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            app.sign_in_request()
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(json!({ "email": "nobody@example.com", "password": PASSWORD }).to_string()),
         )
@@ -472,7 +429,7 @@ async fn oversized_and_mistyped_requests_are_refused(backend: Backend) {
     bare.expect(StatusCode::OK);
     let bad_header = app
         .send(
-            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            app.sign_in_request()
                 .header("X-Lockstep-Device-Id", "d1")
                 .header("X-Lockstep-Device-Name", "%FF%FE")
                 .json(&json!({ "email": "a@example.com", "password": PASSWORD })),
@@ -480,10 +437,7 @@ async fn oversized_and_mistyped_requests_are_refused(backend: Backend) {
         .await;
     bad_header.expect_error(StatusCode::BAD_REQUEST, "validation_failed");
     let garbage_query = app
-        .get(
-            "/rest/v1/devices?id=eq.%ZZ&order=%",
-            Some(access_token(&bare.body)),
-        )
+        .get_as("/rest/v1/devices?id=eq.%ZZ&order=%", &bare.body)
         .await;
     assert!(
         garbage_query.status.is_client_error() || garbage_query.status.is_success(),
@@ -500,9 +454,17 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     app.get("/nothing", None)
         .await
         .expect_error(StatusCode::NOT_FOUND, "not_found");
-    app.send(app.request(Method::DELETE, "/auth/v1/signup", None))
+    app.call(Method::DELETE, "/auth/v1/signup", None)
         .await
         .expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+/// Asks for Ada's recovery link with this (encoded) `redirect_to` and opens it: where it lands.
+async fn land_from_recovery(app: &TestApp, redirect_to: &str) -> String {
+    app.recover_reply(&format!("?redirect_to={redirect_to}"), "ada@example.com")
+        .await
+        .expect(StatusCode::OK);
+    app.open_latest_link("ada@example.com").await
 }
 
 /// A site URL and an allow-list entry without a trailing slash: look-alike targets that start
@@ -524,16 +486,7 @@ async fn a_recovery_link_never_carries_tokens_to_a_look_alike_host(backend: Back
         "http://127.0.0.1:40001/",
         "http://user:pw@localhost:3000/",
     ] {
-        app.post(
-            &format!("/auth/v1/recover?redirect_to={}", common::urlencoding(evil)),
-            None,
-            json!({ "email": "ada@example.com" }),
-        )
-        .await
-        .expect(StatusCode::OK);
-        let landed = app
-            .open_link(&app.latest_link("ada@example.com").await)
-            .await;
+        let landed = land_from_recovery(&app, &common::urlencoding(evil)).await;
         let target = reqwest::Url::parse(&landed).unwrap();
         assert_eq!(
             (target.host_str(), target.port(), target.username()),
@@ -545,16 +498,7 @@ async fn a_recovery_link_never_carries_tokens_to_a_look_alike_host(backend: Back
             "a recovery link signs in: {landed}"
         );
     }
-    app.post(
-        "/auth/v1/recover?redirect_to=http%3A%2F%2F127.0.0.1%3A4000%2Freset",
-        None,
-        json!({ "email": "ada@example.com" }),
-    )
-    .await
-    .expect(StatusCode::OK);
-    let landed = app
-        .open_link(&app.latest_link("ada@example.com").await)
-        .await;
+    let landed = land_from_recovery(&app, "http%3A%2F%2F127.0.0.1%3A4000%2Freset").await;
     assert!(
         landed.starts_with("http://127.0.0.1:4000/reset#"),
         "{landed}"
@@ -572,7 +516,7 @@ async fn a_spoofed_x_forwarded_for_does_not_escape_the_ip_limit(backend: Backend
     app.signup("ada@example.com", "laptop").await;
     let attempt = |spoof: String| {
         let req = app
-            .request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            .sign_in_request()
             .header("x-forwarded-for", format!("{spoof}, 198.51.100.9"))
             .json(&json!({ "email": "nobody@example.com", "password": "Wrong password 1" }));
         app.send(req)
@@ -587,7 +531,7 @@ async fn a_spoofed_x_forwarded_for_does_not_escape_the_ip_limit(backend: Backend
         .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
     // Another client behind the same proxy is its own address.
     let other = app
-        .request(Method::POST, "/auth/v1/token?grant_type=password", None)
+        .sign_in_request()
         .header("x-forwarded-for", "198.51.100.10")
         .json(&json!({ "email": "ada@example.com", "password": PASSWORD }));
     app.send(other).await.expect(StatusCode::OK);
@@ -837,19 +781,16 @@ async fn streams_past_the_caps_close_the_oldest_with_a_reason(backend: Backend) 
         c.max_streams_per_user = 3;
     })
     .await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
     let bob = app.signup("bob@example.com", "laptop").await;
     let ended = |reason: &str| {
         let data: serde_json::Value = serde_json::from_str(reason).unwrap();
         data["reason"].as_str().unwrap().to_owned()
     };
-    let mut bobs = app.stream(access_token(&bob), None).await;
-    bobs.ready().await;
+    let mut bobs = app.ready_stream(&bob).await;
     let mut laptop_streams = Vec::new();
     for _ in 0..3 {
-        let mut feed = app.stream(access_token(&laptop), None).await;
-        feed.ready().await;
+        let feed = app.ready_stream(&laptop).await;
         laptop_streams.push(feed);
     }
     // The laptop's first stream made room for its third.
@@ -863,8 +804,7 @@ async fn streams_past_the_caps_close_the_oldest_with_a_reason(backend: Backend) 
     // Two more from the desktop: the account holds four, so its oldest (the laptop's) goes.
     let mut desktop_streams = Vec::new();
     for _ in 0..2 {
-        let mut feed = app.stream(access_token(&desktop), None).await;
-        feed.ready().await;
+        let feed = app.ready_stream(&desktop).await;
         desktop_streams.push(feed);
     }
     let mut second = laptop_streams.remove(0);
@@ -938,7 +878,7 @@ async fn one_user_runs_at_most_their_share_of_requests_at_once(backend: Backend)
     }
     bobs.await.unwrap().expect(StatusCode::OK);
     // The share came back: Ada is served again.
-    app.get("/rest/v1/user_settings", Some(access_token(&ada)))
+    app.get_as("/rest/v1/user_settings", &ada)
         .await
         .expect(StatusCode::OK);
 }
@@ -964,7 +904,7 @@ async fn a_saturated_database_pool_answers_503_with_retry_after(backend: Backend
         assert!(reply.headers.contains_key("retry-after"), "{path}");
     }
     drop(held);
-    app.get("/rest/v1/user_settings", Some(access_token(&ada)))
+    app.get_as("/rest/v1/user_settings", &ada)
         .await
         .expect(StatusCode::OK);
 }

@@ -31,9 +31,7 @@ async fn devices_are_listed_with_the_current_one_marked(backend: Backend) {
     let laptop = app.signup("ada@example.com", "laptop").await;
     app.sign_in("ada@example.com", "desktop").await;
     app.sign_in("ada@example.com", "laptop").await; // same device again: not a new row
-    let reply = app
-        .get("/rest/v1/devices?order=id", Some(access_token(&laptop)))
-        .await;
+    let reply = app.get_as("/rest/v1/devices?order=id", &laptop).await;
     reply.expect(StatusCode::OK);
     assert_eq!(ids(&reply.body), ["desktop", "laptop"]);
     let rows = reply.body.as_array().unwrap();
@@ -52,7 +50,7 @@ async fn devices_from_headers_and_made_up_devices(backend: Backend) {
     app.signup("ada@example.com", "laptop").await;
     let by_headers = app
         .send(
-            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            app.sign_in_request()
                 .header("X-Lockstep-Device-Id", "web-1")
                 .header("X-Lockstep-Device-Name", "Ada%E2%80%99s%20browser")
                 .header("X-Lockstep-Device-Platform", "web")
@@ -62,15 +60,13 @@ async fn devices_from_headers_and_made_up_devices(backend: Backend) {
     by_headers.expect(StatusCode::OK);
     let anonymous = app
         .send(
-            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            app.sign_in_request()
                 .header("User-Agent", "curl/8")
                 .json(&json!({ "email": "ada@example.com", "password": common::PASSWORD })),
         )
         .await;
     anonymous.expect(StatusCode::OK);
-    let devices = app
-        .get("/rest/v1/devices", Some(access_token(&by_headers.body)))
-        .await;
+    let devices = app.get_as("/rest/v1/devices", &by_headers.body).await;
     let rows = devices.body.as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let web = rows.iter().find(|r| r["id"] == "web-1").unwrap();
@@ -127,25 +123,16 @@ async fn device_can_be_renamed(backend: Backend) {
 
 async fn revoked_device_is_refused_on_its_next_request(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
     let desktop_again = app.sign_in("ada@example.com", "desktop").await;
-    app.get("/auth/v1/user", Some(access_token(&desktop)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&desktop).await;
 
-    app.send(app.request(
-        Method::DELETE,
-        "/rest/v1/devices?id=eq.desktop",
-        Some(access_token(&laptop)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
+    app.call_as(Method::DELETE, "/rest/v1/devices?id=eq.desktop", &laptop)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     for s in [&desktop, &desktop_again] {
-        app.get("/auth/v1/user", Some(access_token(s)))
-            .await
-            .expect_error(StatusCode::FORBIDDEN, "session_not_found");
-        app.get("/rest/v1/devices", Some(access_token(s)))
+        app.expect_session_gone(s).await;
+        app.get_as("/rest/v1/devices", s)
             .await
             .expect_rest_error(StatusCode::UNAUTHORIZED, "PGRST301");
         app.refresh(refresh_token(s))
@@ -153,14 +140,12 @@ async fn revoked_device_is_refused_on_its_next_request(backend: Backend) {
             .expect_error(StatusCode::BAD_REQUEST, "refresh_token_not_found");
     }
     // The revoking device keeps working and no longer lists the desktop.
-    let devices = app
-        .get("/rest/v1/devices", Some(access_token(&laptop)))
-        .await;
+    let devices = app.get_as("/rest/v1/devices", &laptop).await;
     assert_eq!(ids(&devices.body), ["laptop"]);
     let audit = app
-        .get(
+        .get_as(
             "/rest/v1/audit_log_entries?action=eq.device_revoked",
-            Some(access_token(&laptop)),
+            &laptop,
         )
         .await;
     assert_eq!(audit.body[0]["payload"]["device_id"], "desktop");
@@ -187,7 +172,7 @@ async fn a_device_cannot_revoke_itself(backend: Backend) {
     assert!(reply.body["message"].as_str().unwrap().contains("logout"));
     // Nothing was revoked.
     assert_eq!(
-        app.get("/rest/v1/devices", Some(access_token(&laptop)))
+        app.get_as("/rest/v1/devices", &laptop)
             .await
             .body
             .as_array()
@@ -195,20 +180,15 @@ async fn a_device_cannot_revoke_itself(backend: Backend) {
             .len(),
         2
     );
-    app.send(app.request(
-        Method::DELETE,
-        "/rest/v1/devices",
-        Some(access_token(&laptop)),
-    ))
-    .await
-    .expect_rest_error(StatusCode::BAD_REQUEST, "21000");
+    app.call_as(Method::DELETE, "/rest/v1/devices", &laptop)
+        .await
+        .expect_rest_error(StatusCode::BAD_REQUEST, "21000");
 }
 
 async fn users_never_see_or_touch_each_others_rows(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ada = app.signup("ada@example.com", "ada-laptop").await;
     let bob = app.signup("bob@example.com", "bob-laptop").await;
-    let ada_token = access_token(&ada);
     let bob_token = access_token(&bob);
     let ada_id = ada["user"]["id"].as_str().unwrap();
 
@@ -249,32 +229,20 @@ async fn users_never_see_or_touch_each_others_rows(backend: Backend) {
     )
     .await
     .expect(StatusCode::NO_CONTENT);
-    app.send(app.request(
-        Method::DELETE,
-        "/rest/v1/devices?id=eq.ada-laptop",
-        Some(bob_token),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
-    let ada_devices = app.get("/rest/v1/devices", Some(ada_token)).await;
+    app.call_as(Method::DELETE, "/rest/v1/devices?id=eq.ada-laptop", &bob)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    let ada_devices = app.get_as("/rest/v1/devices", &ada).await;
     assert_eq!(ada_devices.body[0]["name"], "Device ada-laptop");
-    app.get("/auth/v1/user", Some(ada_token))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&ada).await;
     // Bob's sign-out of "others" does not reach Ada.
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout?scope=global",
-        Some(bob_token),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
-    app.get("/auth/v1/user", Some(ada_token))
+    app.call_as(Method::POST, "/auth/v1/logout?scope=global", &bob)
         .await
-        .expect(StatusCode::OK);
+        .expect(StatusCode::NO_CONTENT);
+    app.expect_signed_in(&ada).await;
     // A token for Ada's session with Bob's subject cannot be made without the secret; and
     // Ada's own rows stay hers.
-    let sessions = app.get("/rest/v1/sessions", Some(ada_token)).await;
+    let sessions = app.get_as("/rest/v1/sessions", &ada).await;
     assert_eq!(sessions.body.as_array().unwrap().len(), 1);
     assert_eq!(sessions.body[0]["current"], true);
     assert!(
@@ -297,21 +265,13 @@ async fn audit_log_records_the_security_events(backend: Backend) {
         .await
         .expect(StatusCode::BAD_REQUEST);
     let desktop = app.sign_in("ada@example.com", "desktop").await;
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout",
-        Some(access_token(&desktop)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
-    app.open_link(&app.latest_link("ada@example.com").await)
-        .await;
+    app.call_as(Method::POST, "/auth/v1/logout", &desktop)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.open_latest_link("ada@example.com").await;
 
     let log = app
-        .get(
-            "/rest/v1/audit_log_entries?order=created_at.asc",
-            Some(access_token(&laptop)),
-        )
+        .get_as("/rest/v1/audit_log_entries?order=created_at.asc", &laptop)
         .await;
     log.expect(StatusCode::OK);
     let actions: Vec<&str> = log
@@ -382,18 +342,28 @@ async fn rest_queries_follow_postgrest(backend: Backend) {
     )
     .await
     .expect_rest_error(StatusCode::NOT_ACCEPTABLE, "PGRST116");
-    app.get("/rest/v1/devices?name=fuzzy.x", Some(token))
-        .await
-        .expect_rest_error(StatusCode::BAD_REQUEST, "PGRST100");
-    app.get("/rest/v1/devices?password=eq.x", Some(token))
-        .await
-        .expect_rest_error(StatusCode::BAD_REQUEST, "42703");
-    app.get("/rest/v1/devices?limit=ten", Some(token))
-        .await
-        .expect_rest_error(StatusCode::BAD_REQUEST, "PGRST100");
-    app.get("/rest/v1/secrets", Some(token))
-        .await
-        .expect_rest_error(StatusCode::NOT_FOUND, "PGRST205");
+    for (path, status, code) in [
+        (
+            "/rest/v1/devices?name=fuzzy.x",
+            StatusCode::BAD_REQUEST,
+            "PGRST100",
+        ),
+        (
+            "/rest/v1/devices?password=eq.x",
+            StatusCode::BAD_REQUEST,
+            "42703",
+        ),
+        (
+            "/rest/v1/devices?limit=ten",
+            StatusCode::BAD_REQUEST,
+            "PGRST100",
+        ),
+        ("/rest/v1/secrets", StatusCode::NOT_FOUND, "PGRST205"),
+    ] {
+        app.get(path, Some(token))
+            .await
+            .expect_rest_error(status, code);
+    }
     app.get("/rest/v1/devices", None)
         .await
         .expect_rest_error(StatusCode::UNAUTHORIZED, "PGRST302");

@@ -48,7 +48,7 @@ async fn confirmation_link_verifies_the_email_once(backend: Backend) {
         "a confirmation link does not sign the browser in"
     );
 
-    let user = app.get("/auth/v1/user", Some(access_token(&session))).await;
+    let user = app.get_as("/auth/v1/user", &session).await;
     assert!(user.body["email_confirmed_at"].is_string(), "{}", user.text);
     assert_eq!(
         user.body["identities"][0]["identity_data"]["email_verified"],
@@ -60,9 +60,9 @@ async fn confirmation_link_verifies_the_email_once(backend: Backend) {
     assert_eq!(again["error_code"], "otp_expired");
 
     let audit = app
-        .get(
+        .get_as(
             "/rest/v1/audit_log_entries?action=eq.email_verified",
-            Some(access_token(&session)),
+            &session,
         )
         .await;
     assert_eq!(audit.body.as_array().unwrap().len(), 1);
@@ -105,9 +105,7 @@ async fn confirmation_redirects_only_to_allowed_urls(backend: Backend) {
     signup("ada@example.com", "https://evil.example/")
         .await
         .expect(StatusCode::OK);
-    let evil = app
-        .open_link(&app.latest_link("ada@example.com").await)
-        .await;
+    let evil = app.open_latest_link("ada@example.com").await;
     assert!(
         evil.starts_with(&app.state.config.site_url()),
         "unlisted target replaced: {evil}"
@@ -116,22 +114,14 @@ async fn confirmation_redirects_only_to_allowed_urls(backend: Backend) {
     signup("bob@example.com", "lockstep://verified")
         .await
         .expect(StatusCode::OK);
-    let allowed = app
-        .open_link(&app.latest_link("bob@example.com").await)
-        .await;
+    let allowed = app.open_latest_link("bob@example.com").await;
     assert!(allowed.starts_with("lockstep://verified#"), "{allowed}");
 
     // Recovery honours redirect_to too (supabase-js sends `redirectTo` this way).
-    app.post(
-        "/auth/v1/recover?redirect_to=lockstep%3A%2F%2Freset",
-        None,
-        json!({ "email": "bob@example.com" }),
-    )
-    .await
-    .expect(StatusCode::OK);
-    let reset = app
-        .open_link(&app.latest_link("bob@example.com").await)
-        .await;
+    app.recover_reply("?redirect_to=lockstep%3A%2F%2Freset", "bob@example.com")
+        .await
+        .expect(StatusCode::OK);
+    let reset = app.open_latest_link("bob@example.com").await;
     assert!(
         reset.starts_with("lockstep://reset#access_token="),
         "{reset}"
@@ -141,13 +131,7 @@ async fn confirmation_redirects_only_to_allowed_urls(backend: Backend) {
 impl TestApp {
     async fn resend_after_interval(&self, email: &str) {
         self.clock.advance(Duration::seconds(61));
-        self.post(
-            "/auth/v1/resend",
-            None,
-            json!({ "type": "signup", "email": email }),
-        )
-        .await
-        .expect(StatusCode::OK);
+        self.resend("signup", email).await.expect(StatusCode::OK);
     }
 }
 
@@ -179,37 +163,26 @@ async fn verify_by_link_token_or_emailed_code(backend: Backend) {
     assert_eq!(claims(access_token(&session.body))["device_id"], "phone");
 
     app.signup("bob@example.com", "laptop").await;
-    let text = app.mailbox("bob@example.com").await[0]["text"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let code = text.split("code in the app: ").nth(1).unwrap()[..6].to_owned();
+    let code = emailed_code(&app, "bob@example.com").await;
     assert!(code.chars().all(|c| c.is_ascii_digit()));
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    app.post(
-        "/auth/v1/verify",
-        None,
-        json!({ "type": "email", "token": wrong, "email": "bob@example.com" }),
-    )
-    .await
-    .expect_error(StatusCode::FORBIDDEN, "otp_expired");
-    let session = app
-        .post(
+    let attempt = |c: &str| {
+        app.post(
             "/auth/v1/verify",
             None,
-            json!({ "type": "email", "token": code, "email": "bob@example.com" }),
+            json!({ "type": "email", "token": c, "email": "bob@example.com" }),
         )
-        .await;
+    };
+    attempt(wrong)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "otp_expired");
+    let session = attempt(&code).await;
     session.expect(StatusCode::OK);
     assert!(session.body["user"]["email_confirmed_at"].is_string());
     // The code is single use too.
-    app.post(
-        "/auth/v1/verify",
-        None,
-        json!({ "type": "email", "token": code, "email": "bob@example.com" }),
-    )
-    .await
-    .expect_error(StatusCode::FORBIDDEN, "otp_expired");
+    attempt(&code)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "otp_expired");
 }
 
 async fn wrong_codes_are_limited_per_address(backend: Backend) {
@@ -242,23 +215,27 @@ async fn wrong_codes_are_limited_per_address(backend: Backend) {
 
 async fn verify_rejects_bad_input(backend: Backend) {
     let app = TestApp::start(backend).await;
-    app.post("/auth/v1/verify", None, json!({ "type": "signup" }))
-        .await
-        .expect_error(StatusCode::BAD_REQUEST, "validation_failed");
-    app.post(
-        "/auth/v1/verify",
-        None,
-        json!({ "type": "sorcery", "token_hash": "x" }),
-    )
-    .await
-    .expect_error(StatusCode::BAD_REQUEST, "bad_json");
-    app.post(
-        "/auth/v1/verify",
-        None,
-        json!({ "type": "signup", "token_hash": "never-issued" }),
-    )
-    .await
-    .expect_error(StatusCode::FORBIDDEN, "otp_expired");
+    for (body, status, error_code) in [
+        (
+            json!({ "type": "signup" }),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            json!({ "type": "sorcery", "token_hash": "x" }),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            json!({ "type": "signup", "token_hash": "never-issued" }),
+            StatusCode::FORBIDDEN,
+            "otp_expired",
+        ),
+    ] {
+        app.post("/auth/v1/verify", None, body)
+            .await
+            .expect_error(status, error_code);
+    }
     for query in ["", "?token=abc", "?type=signup", "?token=abc&type=sorcery"] {
         let location = app
             .open_link(&format!("{}/auth/v1/verify{query}", app.url))
@@ -274,13 +251,7 @@ async fn resend_sends_a_new_link_and_is_rate_limited_per_address(backend: Backen
     let app = TestApp::start(backend).await;
     let session = app.signup("ada@example.com", "laptop").await;
     let first = app.latest_link("ada@example.com").await;
-    let early = app
-        .post(
-            "/auth/v1/resend",
-            None,
-            json!({ "type": "signup", "email": "ada@example.com" }),
-        )
-        .await;
+    let early = app.resend("signup", "ada@example.com").await;
     // Too early: nothing is sent, and the answer is the one an unknown address gets.
     early.expect(StatusCode::OK);
     assert_eq!(early.body, json!({}));
@@ -297,34 +268,22 @@ async fn resend_sends_a_new_link_and_is_rate_limited_per_address(backend: Backen
     assert_eq!(fragment(&app.open_link(&second).await)["type"], "signup");
     // Once verified, resend sends nothing.
     app.clock.advance(Duration::seconds(61));
-    app.post(
-        "/auth/v1/resend",
-        None,
-        json!({ "type": "signup", "email": "ada@example.com" }),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.resend("signup", "ada@example.com")
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(app.mailbox("ada@example.com").await.len(), 2);
-    app.post(
-        "/auth/v1/resend",
-        None,
-        json!({ "type": "recovery", "email": "ada@example.com" }),
-    )
-    .await
-    .expect_error(StatusCode::BAD_REQUEST, "validation_failed");
+    app.resend("recovery", "ada@example.com")
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "validation_failed");
     drop(session);
 }
 
 async fn recovery_link_signs_in_to_set_a_new_password(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.signup("ada@example.com", "laptop").await;
-    app.post(
-        "/auth/v1/recover",
-        None,
-        json!({ "email": "ada@example.com" }),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.recover_reply("", "ada@example.com")
+        .await
+        .expect(StatusCode::OK);
     let mail = &app.mailbox("ada@example.com").await[0];
     assert_eq!(mail["subject"], "Reset your Lockstep password");
     let params = fragment(&app.open_link(mail["links"][0].as_str().unwrap()).await);
@@ -345,13 +304,9 @@ async fn recovery_link_signs_in_to_set_a_new_password(backend: Backend) {
         .expect(StatusCode::OK);
     // A recovery link expires after an hour.
     app.clock.advance(Duration::seconds(61));
-    app.post(
-        "/auth/v1/recover",
-        None,
-        json!({ "email": "ada@example.com" }),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.recover_reply("", "ada@example.com")
+        .await
+        .expect(StatusCode::OK);
     let link = app.latest_link("ada@example.com").await;
     app.clock.advance(Duration::minutes(61));
     assert_eq!(
@@ -387,7 +342,7 @@ async fn email_change_takes_effect_when_the_new_address_confirms(backend: Backen
     assert_eq!(mail["subject"], "Confirm your new Lockstep email address");
     let params = fragment(&app.open_link(mail["links"][0].as_str().unwrap()).await);
     assert_eq!(params["type"], "email_change");
-    let user = app.get("/auth/v1/user", Some(access_token(&ada))).await;
+    let user = app.get_as("/auth/v1/user", &ada).await;
     assert_eq!(user.body["email"], "ada.new@example.com");
     assert!(user.body.get("new_email").is_none_or(|v| v.is_null()));
     app.sign_in("ada.new@example.com", "laptop").await;
@@ -396,16 +351,16 @@ async fn email_change_takes_effect_when_the_new_address_confirms(backend: Backen
         .expect_error(StatusCode::BAD_REQUEST, "invalid_credentials");
 }
 
+/// Asks `path` (recover or resend) for a sign-up mail to `email`.
+async fn ask_for_mail(app: &TestApp, path: &str, email: &str) -> common::Reply {
+    let body = json!({ "email": email, "type": "signup" });
+    app.post(path, None, body).await
+}
+
 async fn unknown_addresses_are_not_revealed(backend: Backend) {
     let app = TestApp::start(backend).await;
     for path in ["/auth/v1/recover", "/auth/v1/resend"] {
-        let reply = app
-            .post(
-                path,
-                None,
-                json!({ "email": "nobody@example.com", "type": "signup" }),
-            )
-            .await;
+        let reply = ask_for_mail(&app, path, "nobody@example.com").await;
         reply.expect(StatusCode::OK);
         assert_eq!(reply.body, json!({}));
     }
@@ -418,20 +373,8 @@ async fn unknown_addresses_are_not_revealed(backend: Backend) {
         "/auth/v1/resend",
         "/auth/v1/resend",
     ] {
-        let known = app
-            .post(
-                path,
-                None,
-                json!({ "email": "ada@example.com", "type": "signup" }),
-            )
-            .await;
-        let unknown = app
-            .post(
-                path,
-                None,
-                json!({ "email": "nobody@example.com", "type": "signup" }),
-            )
-            .await;
+        let known = ask_for_mail(&app, path, "ada@example.com").await;
+        let unknown = ask_for_mail(&app, path, "nobody@example.com").await;
         assert_eq!(
             (known.status, &known.body),
             (unknown.status, &unknown.body),
@@ -532,21 +475,15 @@ mod storage {
             access_token(&rotated).to_owned(),
             link_token,
         ];
-        let mut dump = String::new();
-        for table in [
-            "users",
-            "sessions",
-            "devices",
-            "one_time_tokens",
-            "audit_log",
-        ] {
-            for row in app.raw_rows(&format!("SELECT * FROM {table}")).await {
-                for cell in row.into_iter().flatten() {
-                    dump.push_str(&cell);
-                    dump.push('\n');
-                }
-            }
-        }
+        let dump = app
+            .dump_tables(&[
+                "users",
+                "sessions",
+                "devices",
+                "one_time_tokens",
+                "audit_log",
+            ])
+            .await;
         assert!(
             dump.contains("ada@example.com"),
             "the dump did read the tables"

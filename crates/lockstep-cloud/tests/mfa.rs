@@ -81,14 +81,18 @@ struct Enrolled {
     body: Value,
 }
 
+/// Asks to enroll a TOTP factor named "Phone".
+async fn enroll_reply(app: &TestApp, token: &str) -> common::Reply {
+    app.post(
+        "/auth/v1/factors",
+        Some(token),
+        json!({ "factor_type": "totp", "friendly_name": "Phone" }),
+    )
+    .await
+}
+
 async fn enroll(app: &TestApp, token: &str) -> Enrolled {
-    let reply = app
-        .post(
-            "/auth/v1/factors",
-            Some(token),
-            json!({ "factor_type": "totp", "friendly_name": "Phone" }),
-        )
-        .await;
+    let reply = enroll_reply(app, token).await;
     reply.expect(StatusCode::OK);
     Enrolled {
         factor_id: reply.body["id"].as_str().unwrap().to_owned(),
@@ -111,6 +115,17 @@ async fn challenge(app: &TestApp, token: &str, factor: &str) -> String {
 
 async fn verify(app: &TestApp, token: &str, factor: &str, code: &str) -> common::Reply {
     let challenge_id = challenge(app, token, factor).await;
+    answer(app, token, factor, &challenge_id, code).await
+}
+
+/// Answers the challenge `challenge_id` of `factor` with `code`.
+async fn answer(
+    app: &TestApp,
+    token: &str,
+    factor: &str,
+    challenge_id: &str,
+    code: &str,
+) -> common::Reply {
     app.post(
         &format!("/auth/v1/factors/{factor}/verify"),
         Some(token),
@@ -119,17 +134,28 @@ async fn verify(app: &TestApp, token: &str, factor: &str, code: &str) -> common:
     .await
 }
 
+/// Verifies `factor` with the code it shows now.
+async fn verify_now(app: &TestApp, token: &str, factor: &Enrolled) -> common::Reply {
+    verify(
+        app,
+        token,
+        &factor.factor_id,
+        &code_now(app, &factor.secret),
+    )
+    .await
+}
+
+/// Moves to the next code and verifies `factor` with it as `session`.
+async fn step_up_with_code(app: &TestApp, session: &Value, factor: &Enrolled) -> common::Reply {
+    next_step(app);
+    verify_now(app, access_token(session), factor).await
+}
+
 /// Signs up, enrolls and verifies a factor: the aal2 session and the factor.
 async fn with_mfa(app: &TestApp, email: &str, device: &str) -> (Value, Enrolled) {
     let session = app.signup_confirmed(email, device).await;
     let factor = enroll(app, access_token(&session)).await;
-    let reply = verify(
-        app,
-        access_token(&session),
-        &factor.factor_id,
-        &code_now(app, &factor.secret),
-    )
-    .await;
+    let reply = verify_now(app, access_token(&session), &factor).await;
     reply.expect(StatusCode::OK);
     (reply.body.clone(), factor)
 }
@@ -166,20 +192,13 @@ backend_tests! {
 async fn concurrent_enrollments_leave_one_pending_factor(backend: Backend) {
     let app = TestApp::start(backend).await;
     let session = app.signup_confirmed("ada@example.com", "laptop").await;
-    let token = access_token(&session).to_owned();
-    let app = &app;
-    let burst = (0..12).map(|_| {
-        let token = &token;
-        async move {
-            app.post(
-                "/auth/v1/factors",
-                Some(token),
-                json!({ "factor_type": "totp", "friendly_name": "Phone" }),
-            )
-            .await
-        }
-    });
-    for reply in futures::future::join_all(burst).await {
+    let burst = app.post_burst(
+        12,
+        "/auth/v1/factors",
+        Some(access_token(&session)),
+        |_| json!({ "factor_type": "totp", "friendly_name": "Phone" }),
+    );
+    for reply in burst.await {
         assert!(
             reply.status.is_success() || reply.status.is_client_error(),
             "{}",
@@ -197,29 +216,23 @@ async fn an_aal1_session_cannot_sign_out_the_owners_other_sessions(backend: Back
     let (aal2, _) = with_mfa(&app, "ada@example.com", "laptop").await;
     let stolen = app.sign_in("ada@example.com", "attacker").await;
     for scope in ["others", "global"] {
-        app.send(app.request(
+        app.call(
             Method::POST,
             &format!("/auth/v1/logout?scope={scope}"),
             Some(access_token(&stolen)),
-        ))
+        )
         .await
         .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
     }
-    app.get("/auth/v1/user", Some(access_token(&aal2)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&aal2).await;
     // Its own session it may always end.
-    app.send(app.request(Method::POST, "/auth/v1/logout", Some(access_token(&stolen))))
+    app.call_as(Method::POST, "/auth/v1/logout", &stolen)
         .await
         .expect(StatusCode::NO_CONTENT);
     // The verified session may end the others.
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout?scope=others",
-        Some(access_token(&aal2)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
+    app.call_as(Method::POST, "/auth/v1/logout?scope=others", &aal2)
+        .await
+        .expect(StatusCode::NO_CONTENT);
 }
 
 /// 80 wrong codes at once, split over two nodes where the backend has several (the lockout
@@ -260,28 +273,17 @@ async fn a_burst_of_wrong_codes_gets_no_more_checks_than_the_lockout_allows(back
     });
     let replies = futures::future::join_all(burst).await;
     let counts = common::tally(&replies);
-    assert_eq!(
-        counts
-            .get(&(422, "mfa_verification_failed".into()))
-            .copied(),
-        Some(5),
-        "{counts:?}"
-    );
-    assert_eq!(
-        counts
-            .get(&(429, "over_request_rate_limit".into()))
-            .copied(),
-        Some(75),
-        "{counts:?}"
+    common::assert_counts(
+        &counts,
+        &[
+            (422, "mfa_verification_failed", 5),
+            (429, "over_request_rate_limit", 75),
+        ],
     );
     // Locked: even the right code waits for the window.
-    app.post(
-        &format!("/auth/v1/factors/{}/verify", factor.factor_id),
-        Some(&token),
-        json!({ "challenge_id": challenge_id, "code": right }),
-    )
-    .await
-    .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
+    answer(app, &token, &factor.factor_id, &challenge_id, &right)
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
 }
 
 async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_allows(
@@ -292,41 +294,23 @@ async fn a_burst_of_wrong_recovery_codes_gets_no_more_checks_than_the_lockout_al
     })
     .await;
     let (aal2, _) = with_mfa(&app, "ada@example.com", "laptop").await;
-    app.post(
-        "/auth/v1/factors/recovery-codes",
-        Some(access_token(&aal2)),
-        json!({}),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.post_as("/auth/v1/factors/recovery-codes", &aal2, json!({}))
+        .await
+        .expect(StatusCode::OK);
     let session = app.sign_in("ada@example.com", "tablet").await;
-    let token = access_token(&session).to_owned();
-    let app = &app;
-    let burst = (0..60).map(|i| {
-        let token = &token;
-        async move {
-            app.post(
-                "/auth/v1/factors/recovery-codes/verify",
-                Some(token),
-                json!({ "code": format!("wrongcode{i:03}") }),
-            )
-            .await
-        }
-    });
-    let counts = common::tally(&futures::future::join_all(burst).await);
-    assert_eq!(
-        counts
-            .get(&(422, "mfa_verification_failed".into()))
-            .copied(),
-        Some(5),
-        "{counts:?}"
+    let burst = app.post_burst(
+        60,
+        "/auth/v1/factors/recovery-codes/verify",
+        Some(access_token(&session)),
+        |i| json!({ "code": format!("wrongcode{i:03}") }),
     );
-    assert_eq!(
-        counts
-            .get(&(429, "over_request_rate_limit".into()))
-            .copied(),
-        Some(55),
-        "{counts:?}"
+    let counts = common::tally(&burst.await);
+    common::assert_counts(
+        &counts,
+        &[
+            (422, "mfa_verification_failed", 5),
+            (429, "over_request_rate_limit", 55),
+        ],
     );
 }
 
@@ -397,13 +381,7 @@ async fn enroll_challenge_verify_reaches_aal2_and_sign_in_steps_up_again(backend
         "never the secret"
     );
 
-    let verified = verify(
-        &app,
-        token,
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let verified = verify_now(&app, token, &factor).await;
     verified.expect(StatusCode::OK);
     let aal2 = claims(access_token(&verified.body));
     assert_eq!(aal2["aal"], "aal2");
@@ -424,23 +402,12 @@ async fn enroll_challenge_verify_reaches_aal2_and_sign_in_steps_up_again(backend
     let refreshed = app.refresh(refresh_token(&verified.body)).await;
     assert_eq!(claims(access_token(&refreshed.body))["aal"], "aal2");
 
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout",
-        Some(access_token(&refreshed.body)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
+    app.call_as(Method::POST, "/auth/v1/logout", &refreshed.body)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     let again = app.sign_in("ada@example.com", "laptop").await;
     assert_eq!(claims(access_token(&again))["aal"], "aal1");
-    next_step(&app);
-    let stepped = verify(
-        &app,
-        access_token(&again),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let stepped = step_up_with_code(&app, &again, &factor).await;
     stepped.expect(StatusCode::OK);
     assert_eq!(claims(access_token(&stepped.body))["aal"], "aal2");
 }
@@ -501,15 +468,9 @@ async fn an_accepted_code_is_never_accepted_again(backend: Backend) {
     verify(&app, access_token(&other), &factor.factor_id, &earlier)
         .await
         .expect(StatusCode::UNPROCESSABLE_ENTITY);
-    next_step(&app);
-    verify(
-        &app,
-        access_token(&other),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await
-    .expect(StatusCode::OK);
+    step_up_with_code(&app, &other, &factor)
+        .await
+        .expect(StatusCode::OK);
 }
 
 async fn wrong_codes_lock_the_factor_for_five_minutes(backend: Backend) {
@@ -527,58 +488,30 @@ async fn wrong_codes_lock_the_factor_for_five_minutes(backend: Backend) {
     let challenge_id = challenge(&app, token, &factor.factor_id).await;
     for _ in 0..5 {
         // A wrong code does not use up the challenge.
-        let reply = app
-            .post(
-                &format!("/auth/v1/factors/{}/verify", factor.factor_id),
-                Some(token),
-                json!({ "challenge_id": challenge_id, "code": wrong }),
-            )
-            .await;
+        let reply = answer(&app, token, &factor.factor_id, &challenge_id, wrong).await;
         reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "mfa_verification_failed");
     }
-    let locked = app
-        .post(
-            &format!("/auth/v1/factors/{}/verify", factor.factor_id),
-            Some(token),
-            json!({ "challenge_id": challenge_id, "code": right }),
-        )
-        .await;
+    let locked = answer(&app, token, &factor.factor_id, &challenge_id, &right).await;
     locked.expect_error(StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit");
     assert!(locked.body["msg"].as_str().unwrap().contains("locked"));
-    let retry: i64 = locked.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: i64 = locked.retry_after();
     assert!((1..=300).contains(&retry), "{retry}");
     let log = app
-        .get(
-            "/rest/v1/audit_log_entries?action=eq.mfa_locked_out",
-            Some(access_token(&aal2)),
-        )
+        .get_as("/rest/v1/audit_log_entries?action=eq.mfa_locked_out", &aal2)
         .await;
     assert_eq!(log.body.as_array().unwrap().len(), 1, "{}", log.text);
     app.clock.advance(Duration::minutes(5));
-    verify(
-        &app,
-        token,
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await
-    .expect(StatusCode::OK);
+    verify_now(&app, token, &factor)
+        .await
+        .expect(StatusCode::OK);
 }
 
 async fn recovery_codes_work_once_each(backend: Backend) {
     let app = TestApp::start(backend).await;
     let plain = app.signup_confirmed("bob@example.com", "laptop").await;
-    app.post(
-        "/auth/v1/factors/recovery-codes",
-        Some(access_token(&plain)),
-        json!({}),
-    )
-    .await
-    .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
+    app.post_as("/auth/v1/factors/recovery-codes", &plain, json!({}))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
     let (aal2, _) = with_mfa(&app, "ada@example.com", "laptop").await;
     let token = access_token(&aal2);
     let generated = app
@@ -624,9 +557,9 @@ async fn recovery_codes_work_once_each(backend: Backend) {
     let fresh = app.sign_in("ada@example.com", "tablet").await;
     let sloppy = format!(" {}-{} ", codes[3][..6].to_uppercase(), &codes[3][6..]);
     let used = app
-        .post(
+        .post_as(
             "/auth/v1/factors/recovery-codes/verify",
-            Some(access_token(&fresh)),
+            &fresh,
             json!({ "code": sloppy }),
         )
         .await;
@@ -635,9 +568,9 @@ async fn recovery_codes_work_once_each(backend: Backend) {
     assert_eq!(c["aal"], "aal2");
     assert_eq!(c["amr"][0]["method"], "mfa/recovery_code");
     let again = app.sign_in("ada@example.com", "tablet-2").await;
-    app.post(
+    app.post_as(
         "/auth/v1/factors/recovery-codes/verify",
-        Some(access_token(&again)),
+        &again,
         json!({ "code": codes[3] }),
     )
     .await
@@ -655,9 +588,9 @@ async fn recovery_codes_work_once_each(backend: Backend) {
         )
         .await;
     renewed.expect(StatusCode::OK);
-    app.post(
+    app.post_as(
         "/auth/v1/factors/recovery-codes/verify",
-        Some(access_token(&again)),
+        &again,
         json!({ "code": codes[4] }),
     )
     .await
@@ -675,9 +608,8 @@ async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
     let app = TestApp::start(backend).await;
     let laptop = app.signup_confirmed("ada@example.com", "laptop").await;
     let desktop = app.sign_in("ada@example.com", "desktop").await;
-    let mut desktop_feed = app.stream(access_token(&desktop), None).await;
-    desktop_feed.ready().await;
-    app.get("/rest/v1/devices", Some(access_token(&desktop)))
+    let mut desktop_feed = app.ready_stream(&desktop).await;
+    app.get_as("/rest/v1/devices", &desktop)
         .await
         .expect(StatusCode::OK);
 
@@ -688,14 +620,9 @@ async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
         (enrolled["table"].as_str(), enrolled["eventType"].as_str()),
         (Some("mfa_factors"), Some("INSERT"))
     );
-    verify(
-        &app,
-        access_token(&laptop),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await
-    .expect(StatusCode::OK);
+    verify_now(&app, access_token(&laptop), &factor)
+        .await
+        .expect(StatusCode::OK);
     let enabled = desktop_feed.next_change().await;
     assert_eq!(enabled["table"], "mfa_factors");
     assert_eq!(enabled["new"]["status"], "verified");
@@ -717,7 +644,7 @@ async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
             .await
             .expect_rest_error(StatusCode::FORBIDDEN, "insufficient_aal");
     }
-    app.get("/realtime/v1/sse", Some(access_token(&desktop)))
+    app.get_as("/realtime/v1/sse", &desktop)
         .await
         .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
     // Writes too: a push, a plain upsert, a device rename.
@@ -743,25 +670,16 @@ async fn an_aal1_session_is_refused_data_and_told_to_step_up(backend: Backend) {
             .await
             .expect_rest_error(StatusCode::FORBIDDEN, "insufficient_aal");
     }
-    app.get("/auth/v1/user", Some(access_token(&desktop)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&desktop).await;
     // A password alone can no longer change the password or the email.
     let takeover = app.request(Method::PUT, "/auth/v1/user", Some(access_token(&desktop)));
     app.send(takeover.json(&json!({ "password": "Attacker pass 9" })))
         .await
         .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
     // It steps up with a code and is back.
-    next_step(&app);
-    let stepped = verify(
-        &app,
-        access_token(&desktop),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let stepped = step_up_with_code(&app, &desktop, &factor).await;
     stepped.expect(StatusCode::OK);
-    app.get("/rest/v1/devices", Some(access_token(&stepped.body)))
+    app.get_as("/rest/v1/devices", &stepped.body)
         .await
         .expect(StatusCode::OK);
 }
@@ -771,28 +689,20 @@ async fn another_factor_needs_a_recent_verification(backend: Backend) {
     let (aal2, factor) = with_mfa(&app, "ada@example.com", "laptop").await;
     let aal1 = app.sign_in("ada@example.com", "desktop").await;
     let body = json!({ "factor_type": "totp", "friendly_name": "Backup phone" });
-    app.post("/auth/v1/factors", Some(access_token(&aal1)), body.clone())
+    app.post_as("/auth/v1/factors", &aal1, body.clone())
         .await
         .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
     // An aal2 session whose last code is older than 5 minutes (e.g. a stolen one) is refused too.
     app.clock.advance(Duration::minutes(6));
     let stale = app.refresh(refresh_token(&aal2)).await.body;
     assert_eq!(claims(access_token(&stale))["aal"], "aal2");
-    app.post("/auth/v1/factors", Some(access_token(&stale)), body.clone())
+    app.post_as("/auth/v1/factors", &stale, body.clone())
         .await
         .expect_error(StatusCode::FORBIDDEN, "reauthentication_needed");
     // A fresh code makes it possible.
-    let fresh = verify(
-        &app,
-        access_token(&stale),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let fresh = verify_now(&app, access_token(&stale), &factor).await;
     fresh.expect(StatusCode::OK);
-    let second = app
-        .post("/auth/v1/factors", Some(access_token(&fresh.body)), body)
-        .await;
+    let second = app.post_as("/auth/v1/factors", &fresh.body, body).await;
     second.expect(StatusCode::OK);
     assert_eq!(second.body["friendly_name"], "Backup phone");
 }
@@ -802,20 +712,14 @@ async fn removing_the_factor_turns_mfa_off_everywhere(backend: Backend) {
     let (aal2, factor) = with_mfa(&app, "ada@example.com", "laptop").await;
     app.clock.advance(Duration::minutes(6));
     let token = access_token(&app.refresh(refresh_token(&aal2)).await.body).to_owned();
-    app.send(app.request(
+    app.call(
         Method::DELETE,
         &format!("/auth/v1/factors/{}", factor.factor_id),
         Some(&token),
-    ))
+    )
     .await
     .expect_error(StatusCode::FORBIDDEN, "reauthentication_needed");
-    let fresh = verify(
-        &app,
-        &token,
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let fresh = verify_now(&app, &token, &factor).await;
     fresh.expect(StatusCode::OK);
     let removed = app
         .send(app.request(
@@ -826,15 +730,13 @@ async fn removing_the_factor_turns_mfa_off_everywhere(backend: Backend) {
         .await;
     removed.expect(StatusCode::OK);
     assert_eq!(removed.body["id"], factor.factor_id.as_str());
-    let user = app
-        .get("/auth/v1/user", Some(access_token(&fresh.body)))
-        .await;
+    let user = app.get_as("/auth/v1/user", &fresh.body).await;
     assert_eq!(user.body["factors"], json!([]));
     // The session dropped to aal1 (a refresh shows it) and aal1 may read data again.
     let refreshed = app.refresh(refresh_token(&fresh.body)).await.body;
     assert_eq!(claims(access_token(&refreshed))["aal"], "aal1");
     let aal1 = app.sign_in("ada@example.com", "desktop").await;
-    app.get("/rest/v1/devices", Some(access_token(&aal1)))
+    app.get_as("/rest/v1/devices", &aal1)
         .await
         .expect(StatusCode::OK);
 }
@@ -842,21 +744,13 @@ async fn removing_the_factor_turns_mfa_off_everywhere(backend: Backend) {
 async fn the_secret_is_handed_to_a_second_device_only_after_a_fresh_code(backend: Backend) {
     let app = TestApp::start(backend).await;
     let (laptop, factor) = with_mfa(&app, "ada@example.com", "laptop").await;
-    let mut laptop_feed = app.stream(access_token(&laptop), None).await;
-    laptop_feed.ready().await;
+    let mut laptop_feed = app.ready_stream(&laptop).await;
     let desktop = app.sign_in("ada@example.com", "desktop").await;
     let path = format!("/auth/v1/factors/{}/secret", factor.factor_id);
     app.get(&path, Some(access_token(&desktop)))
         .await
         .expect_error(StatusCode::FORBIDDEN, "insufficient_aal");
-    next_step(&app);
-    let stepped = verify(
-        &app,
-        access_token(&desktop),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let stepped = step_up_with_code(&app, &desktop, &factor).await;
     let handed = app.get(&path, Some(access_token(&stepped.body))).await;
     handed.expect(StatusCode::OK);
     assert_eq!(handed.body["secret"], factor.secret.as_str());
@@ -886,11 +780,7 @@ async fn no_secret_or_recovery_code_is_stored_in_plaintext(backend: Backend) {
     let app = TestApp::start(backend).await;
     let (aal2, factor) = with_mfa(&app, "ada@example.com", "laptop").await;
     let generated = app
-        .post(
-            "/auth/v1/factors/recovery-codes",
-            Some(access_token(&aal2)),
-            json!({}),
-        )
+        .post_as("/auth/v1/factors/recovery-codes", &aal2, json!({}))
         .await;
     let codes: Vec<String> = generated.body["codes"]
         .as_array()
@@ -899,24 +789,18 @@ async fn no_secret_or_recovery_code_is_stored_in_plaintext(backend: Backend) {
         .map(|c| c.as_str().unwrap().to_owned())
         .collect();
     let raw_secret = base32_decode(&factor.secret);
-    let mut dump = String::new();
-    for table in [
-        "mfa_factors",
-        "mfa_challenges",
-        "recovery_codes",
-        "recovery_code_sets",
-        "change_feed",
-        "audit_log",
-        "sessions",
-        "users",
-    ] {
-        for row in app.raw_rows(&format!("SELECT * FROM {table}")).await {
-            for cell in row.into_iter().flatten() {
-                dump.push_str(&cell);
-                dump.push('\n');
-            }
-        }
-    }
+    let dump = app
+        .dump_tables(&[
+            "mfa_factors",
+            "mfa_challenges",
+            "recovery_codes",
+            "recovery_code_sets",
+            "change_feed",
+            "audit_log",
+            "sessions",
+            "users",
+        ])
+        .await;
     assert!(
         dump.contains(&factor.factor_id),
         "the dump did read the factor"
@@ -1012,26 +896,17 @@ async fn a_factor_cannot_be_enrolled_before_the_address_is_confirmed(backend: Ba
     let app = TestApp::start(backend).await;
     let session = app.signup("ada@example.com", "laptop").await;
     let token = access_token(&session);
-    app.post(
-        "/auth/v1/factors",
-        Some(token),
-        json!({ "factor_type": "totp", "friendly_name": "Phone" }),
-    )
-    .await
-    .expect_error(StatusCode::FORBIDDEN, "email_not_confirmed");
+    enroll_reply(&app, token)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "email_not_confirmed");
     let user = app.get("/auth/v1/user", Some(token)).await;
     assert_eq!(user.body["factors"], json!([]), "nothing was stored");
     let link = app.latest_link("ada@example.com").await;
     app.open_link(&link).await;
     let factor = enroll(&app, token).await;
-    verify(
-        &app,
-        token,
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await
-    .expect(StatusCode::OK);
+    verify_now(&app, token, &factor)
+        .await
+        .expect(StatusCode::OK);
 }
 
 /// A squatter's account as a server before the fix left it: a verified factor and an aal2
@@ -1044,13 +919,7 @@ async fn a_password_reset_by_email_takes_the_account_back_from_a_squatter(backen
     app.raw_rows("UPDATE users SET email_confirmed_at = 1")
         .await;
     let factor = enroll(&app, access_token(&squatter)).await;
-    let aal2 = verify(
-        &app,
-        access_token(&squatter),
-        &factor.factor_id,
-        &code_now(&app, &factor.secret),
-    )
-    .await;
+    let aal2 = verify_now(&app, access_token(&squatter), &factor).await;
     aal2.expect(StatusCode::OK);
     let squatter_token = access_token(&aal2.body).to_owned();
     app.raw_rows("UPDATE users SET email_confirmed_at = NULL")

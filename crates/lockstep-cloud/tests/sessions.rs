@@ -57,7 +57,7 @@ async fn signup_answers_a_session_with_gotrue_claims(backend: Backend) {
     );
     assert_eq!(session["expires_at"], c["exp"]);
 
-    let me = app.get("/auth/v1/user", Some(access_token(&session))).await;
+    let me = app.get_as("/auth/v1/user", &session).await;
     me.expect(StatusCode::OK);
     assert_eq!(me.body["id"], user["id"]);
 }
@@ -65,21 +65,11 @@ async fn signup_answers_a_session_with_gotrue_claims(backend: Backend) {
 async fn signup_refuses_duplicates_weak_passwords_and_bad_emails(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.signup("ada@example.com", "laptop").await;
-    app.post(
-        "/auth/v1/signup",
-        None,
-        json!({ "email": "ADA@example.com", "password": PASSWORD }),
-    )
-    .await
-    .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "user_already_exists");
+    app.signup_reply("ADA@example.com", PASSWORD)
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "user_already_exists");
 
-    let weak = app
-        .post(
-            "/auth/v1/signup",
-            None,
-            json!({ "email": "bob@example.com", "password": "short" }),
-        )
-        .await;
+    let weak = app.signup_reply("bob@example.com", "short").await;
     weak.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "weak_password");
     assert_eq!(
         weak.body["weak_password"]["reasons"],
@@ -91,13 +81,9 @@ async fn signup_refuses_duplicates_weak_passwords_and_bad_emails(backend: Backen
     );
 
     for email in ["bob", "bob@", "bob@localhost", "", "a b@example.com"] {
-        app.post(
-            "/auth/v1/signup",
-            None,
-            json!({ "email": email, "password": PASSWORD }),
-        )
-        .await
-        .expect_error(StatusCode::BAD_REQUEST, "email_address_invalid");
+        app.signup_reply(email, PASSWORD)
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "email_address_invalid");
     }
     let bad_device = app
         .post(
@@ -155,13 +141,7 @@ async fn password_sign_in_and_its_failures(backend: Backend) {
 
 async fn sign_in_before_verification_can_be_switched_off(backend: Backend) {
     let app = TestApp::start_with(backend, |c| c.allow_unverified_sign_in = false).await;
-    let signup = app
-        .post(
-            "/auth/v1/signup",
-            None,
-            json!({ "email": "ada@example.com", "password": PASSWORD }),
-        )
-        .await;
+    let signup = app.signup_reply("ada@example.com", PASSWORD).await;
     signup.expect(StatusCode::OK);
     assert!(
         signup.body["access_token"].is_null(),
@@ -192,9 +172,7 @@ async fn refresh_rotates_the_token(backend: Backend) {
     let third = app.refresh(refresh_token(&next.body)).await;
     third.expect(StatusCode::OK);
     assert_ne!(refresh_token(&third.body), refresh_token(&next.body));
-    app.get("/auth/v1/user", Some(access_token(&third.body)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&third.body).await;
 }
 
 async fn refresh_replay_of_the_previous_token_gets_the_current_one(backend: Backend) {
@@ -253,9 +231,7 @@ async fn refresh_token_reuse_deletes_the_session(backend: Backend) {
     app.refresh(refresh_token(&s2))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "refresh_token_not_found");
-    app.get("/auth/v1/user", Some(access_token(&s2)))
-        .await
-        .expect_error(StatusCode::FORBIDDEN, "session_not_found");
+    app.expect_session_gone(&s2).await;
 
     let audit = app
         .get(
@@ -306,15 +282,11 @@ async fn logout_local_ends_only_this_session(backend: Backend) {
         .await
         .map(|r| assert_eq!(r.status(), StatusCode::NO_CONTENT))
         .unwrap();
-    app.get("/auth/v1/user", Some(access_token(&a)))
-        .await
-        .expect_error(StatusCode::FORBIDDEN, "session_not_found");
+    app.expect_session_gone(&a).await;
     app.refresh(refresh_token(&a))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "refresh_token_not_found");
-    app.get("/auth/v1/user", Some(access_token(&b)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&b).await;
 }
 
 async fn logout_others_keeps_this_session(backend: Backend) {
@@ -331,43 +303,27 @@ async fn logout_others_keeps_this_session(backend: Backend) {
         ))
         .await;
     reply.expect(StatusCode::NO_CONTENT);
-    app.get("/auth/v1/user", Some(access_token(&a)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&a).await;
     for other in [&b, &c] {
-        app.get("/auth/v1/user", Some(access_token(other)))
-            .await
-            .expect_error(StatusCode::FORBIDDEN, "session_not_found");
+        app.expect_session_gone(other).await;
     }
-    app.get("/auth/v1/user", Some(access_token(&bob)))
+    app.expect_signed_in(&bob).await;
+    app.call_as(Method::POST, "/auth/v1/logout?scope=everything", &a)
         .await
-        .expect(StatusCode::OK);
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout?scope=everything",
-        Some(access_token(&a)),
-    ))
-    .await
-    .expect_error(StatusCode::BAD_REQUEST, "validation_failed");
+        .expect_error(StatusCode::BAD_REQUEST, "validation_failed");
 }
 
 async fn logout_global_ends_every_session(backend: Backend) {
     let app = TestApp::start(backend).await;
     let a = app.signup("ada@example.com", "laptop").await;
     let b = app.sign_in("ada@example.com", "desktop").await;
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout?scope=global",
-        Some(access_token(&a)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
+    app.call_as(Method::POST, "/auth/v1/logout?scope=global", &a)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     for s in [&a, &b] {
-        app.get("/auth/v1/user", Some(access_token(s)))
-            .await
-            .expect_error(StatusCode::FORBIDDEN, "session_not_found");
+        app.expect_session_gone(s).await;
     }
-    app.send(app.request(Method::POST, "/auth/v1/logout", None))
+    app.call(Method::POST, "/auth/v1/logout", None)
         .await
         .expect_error(StatusCode::UNAUTHORIZED, "no_authorization");
 }
@@ -376,18 +332,14 @@ async fn access_tokens_expire_and_bad_ones_are_refused(backend: Backend) {
     let app = TestApp::start(backend).await;
     let session = app.signup("ada@example.com", "laptop").await;
     app.clock.advance(Duration::seconds(3599));
-    app.get("/auth/v1/user", Some(access_token(&session)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&session).await;
     app.clock.advance(Duration::seconds(2));
-    let expired = app.get("/auth/v1/user", Some(access_token(&session))).await;
+    let expired = app.get_as("/auth/v1/user", &session).await;
     expired.expect_error(StatusCode::UNAUTHORIZED, "bad_jwt");
     assert!(expired.body["msg"].as_str().unwrap().contains("expired"));
     // A refresh brings a fresh access token for the same session.
     let fresh = app.refresh(refresh_token(&session)).await;
-    app.get("/auth/v1/user", Some(access_token(&fresh.body)))
-        .await
-        .expect(StatusCode::OK);
+    app.expect_signed_in(&fresh.body).await;
 
     app.get("/auth/v1/user", Some("not.a.jwt"))
         .await
@@ -398,7 +350,7 @@ async fn access_tokens_expire_and_bad_ones_are_refused(backend: Backend) {
     // A token signed with another secret.
     let other = TestApp::start(Backend::Sqlite).await;
     let foreign = other.signup("ada@example.com", "laptop").await;
-    app.get("/auth/v1/user", Some(access_token(&foreign)))
+    app.get_as("/auth/v1/user", &foreign)
         .await
         .expect_error(StatusCode::UNAUTHORIZED, "bad_jwt");
 }
@@ -429,12 +381,8 @@ async fn update_user_changes_password_and_signs_out_other_sessions(backend: Back
     app.sign_in_reply("ada@example.com", "Brand new pass 7", "x")
         .await
         .expect(StatusCode::OK);
-    app.get("/auth/v1/user", Some(access_token(&a)))
-        .await
-        .expect(StatusCode::OK);
-    app.get("/auth/v1/user", Some(access_token(&b)))
-        .await
-        .expect_error(StatusCode::FORBIDDEN, "session_not_found");
+    app.expect_signed_in(&a).await;
+    app.expect_session_gone(&b).await;
 }
 
 async fn update_user_merges_metadata(backend: Backend) {
@@ -526,7 +474,7 @@ async fn errors_take_the_2024_shape_when_asked(backend: Backend) {
     let app = TestApp::start(backend).await;
     let reply = app
         .send(
-            app.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+            app.sign_in_request()
                 .header("X-Supabase-Api-Version", "2024-01-01")
                 .json(&json!({ "email": "nobody@example.com", "password": PASSWORD })),
         )

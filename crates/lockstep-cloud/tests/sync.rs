@@ -34,8 +34,7 @@ fn theme(app: &TestApp, value: &str, offset_ms: i64) -> Value {
 
 async fn a_write_reaches_every_stream_of_the_user(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
     let mut laptop_feed = app.stream(access_token(&laptop), None).await;
     let mut desktop_feed = app.stream(access_token(&desktop), None).await;
     let head = laptop_feed.ready().await;
@@ -169,8 +168,7 @@ async fn a_pruned_log_answers_must_refetch(backend: Backend) {
 
 async fn a_losing_write_is_reported_as_superseded(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
     app.push(access_token(&laptop), "newer", theme(&app, "dark", 0))
         .await
         .expect(StatusCode::OK);
@@ -191,9 +189,7 @@ async fn a_losing_write_is_reported_as_superseded(backend: Backend) {
         lost["current"]["device_name"], "Device laptop",
         "the user is told who won"
     );
-    let rows = app
-        .get("/rest/v1/user_settings", Some(access_token(&desktop)))
-        .await;
+    let rows = app.get_as("/rest/v1/user_settings", &desktop).await;
     assert_eq!(rows.body[0]["value"], "dark");
 }
 
@@ -387,11 +383,11 @@ async fn plain_supabase_writes_are_stamped_by_the_server(backend: Backend) {
         .await;
     patched.expect(StatusCode::OK);
     assert_eq!(patched.body[0]["value"], "dark");
-    app.send(app.request(
+    app.call(
         Method::DELETE,
         "/rest/v1/user_settings?key=eq.appearance.theme",
         Some(token),
-    ))
+    )
     .await
     .expect(StatusCode::NO_CONTENT);
     let rows = app
@@ -471,15 +467,27 @@ async fn invalid_settings_and_stamps_are_refused_clearly(backend: Backend) {
         )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    app.get("/rest/v1/user_settings?key=near.x", Some(token))
-        .await
-        .expect_rest_error(StatusCode::BAD_REQUEST, "PGRST100");
-    app.get("/rest/v1/rpc/changes?since=-4", Some(token))
-        .await
-        .expect_rest_error(StatusCode::BAD_REQUEST, "PGRST100");
-    app.get("/rest/v1/rpc/changes?limit=0", Some(token))
-        .await
-        .expect_rest_error(StatusCode::BAD_REQUEST, "PGRST100");
+    for (path, status, code) in [
+        (
+            "/rest/v1/user_settings?key=near.x",
+            StatusCode::BAD_REQUEST,
+            "PGRST100",
+        ),
+        (
+            "/rest/v1/rpc/changes?since=-4",
+            StatusCode::BAD_REQUEST,
+            "PGRST100",
+        ),
+        (
+            "/rest/v1/rpc/changes?limit=0",
+            StatusCode::BAD_REQUEST,
+            "PGRST100",
+        ),
+    ] {
+        app.get(path, Some(token))
+            .await
+            .expect_rest_error(status, code);
+    }
     let bad_resume = app
         .send(
             app.request(Method::GET, "/realtime/v1/sse", Some(token))
@@ -508,8 +516,7 @@ async fn users_never_see_each_others_settings_or_events(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ada = app.signup("ada@example.com", "ada-laptop").await;
     let bob = app.signup("bob@example.com", "bob-laptop").await;
-    let mut bob_feed = app.stream(access_token(&bob), None).await;
-    bob_feed.ready().await;
+    let mut bob_feed = app.ready_stream(&bob).await;
     app.push(access_token(&ada), "a1", theme(&app, "dark", 0))
         .await
         .expect(StatusCode::OK);
@@ -521,9 +528,7 @@ async fn users_never_see_each_others_settings_or_events(backend: Backend) {
     assert_eq!(first["new"]["value"], "light");
     assert_eq!(first["new"]["user_id"], bob["user"]["id"]);
 
-    let bob_rows = app
-        .get("/rest/v1/user_settings", Some(access_token(&bob)))
-        .await;
+    let bob_rows = app.get_as("/rest/v1/user_settings", &bob).await;
     assert_eq!(bob_rows.body.as_array().unwrap().len(), 1);
     assert_eq!(bob_rows.body[0]["value"], "light");
     let ada_id = ada["user"]["id"].as_str().unwrap();
@@ -546,13 +551,9 @@ async fn users_never_see_each_others_settings_or_events(backend: Backend) {
         )
         .await;
     forged.expect_rest_error(StatusCode::FORBIDDEN, "42501");
-    let ada_rows = app
-        .get("/rest/v1/user_settings", Some(access_token(&ada)))
-        .await;
+    let ada_rows = app.get_as("/rest/v1/user_settings", &ada).await;
     assert_eq!(ada_rows.body[0]["value"], "dark");
-    let ada_changes = app
-        .get("/rest/v1/rpc/changes?since=0", Some(access_token(&bob)))
-        .await;
+    let ada_changes = app.get_as("/rest/v1/rpc/changes?since=0", &bob).await;
     assert!(
         !ada_changes.text.contains(ada_id),
         "Bob's log holds nothing of Ada's"
@@ -561,10 +562,8 @@ async fn users_never_see_each_others_settings_or_events(backend: Backend) {
 
 async fn sensitive_values_are_sealed_at_rest(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
-    let mut feed = app.stream(access_token(&desktop), None).await;
-    feed.ready().await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
+    let mut feed = app.ready_stream(&desktop).await;
     let secret = "ghp_SuperSecretToken1234567890";
     let change =
         json!([{ "key": "integrations.github", "value": secret, "hlc": hlc_at(&app, 0, 0) }]);
@@ -574,9 +573,9 @@ async fn sensitive_values_are_sealed_at_rest(backend: Backend) {
     // The owner's devices get it back in clear.
     assert_eq!(feed.next_change().await["new"]["value"], secret);
     let rows = app
-        .get(
+        .get_as(
             "/rest/v1/user_settings?key=eq.integrations.github",
-            Some(access_token(&desktop)),
+            &desktop,
         )
         .await;
     assert_eq!(rows.body[0]["value"], secret);
@@ -594,10 +593,8 @@ async fn sensitive_values_are_sealed_at_rest(backend: Backend) {
 async fn account_and_device_changes_are_on_the_feed(backend: Backend) {
     let app = TestApp::start(backend).await;
     let laptop = app.signup("ada@example.com", "laptop").await;
-    let mut feed = app.stream(access_token(&laptop), None).await;
-    feed.ready().await;
-    app.open_link(&app.latest_link("ada@example.com").await)
-        .await;
+    let mut feed = app.ready_stream(&laptop).await;
+    app.open_latest_link("ada@example.com").await;
     let verified = feed.next_change().await;
     assert_eq!(verified["table"], "users");
     assert!(verified["old"]["email_confirmed_at"].is_null());
@@ -635,17 +632,11 @@ async fn account_and_device_changes_are_on_the_feed(backend: Backend) {
 
 async fn revocation_ends_the_stream_and_reconnecting_is_refused(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
-    let mut feed = app.stream(access_token(&desktop), None).await;
-    feed.ready().await;
-    app.send(app.request(
-        Method::DELETE,
-        "/rest/v1/devices?id=eq.desktop",
-        Some(access_token(&laptop)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
+    let (laptop, desktop) = app.ada_on_two_devices().await;
+    let mut feed = app.ready_stream(&desktop).await;
+    app.call_as(Method::DELETE, "/rest/v1/devices?id=eq.desktop", &laptop)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     let ended = feed.next_change().await;
     assert_eq!(
         (ended["table"].as_str(), ended["eventType"].as_str()),
@@ -658,44 +649,27 @@ async fn revocation_ends_the_stream_and_reconnecting_is_refused(backend: Backend
         (revoked["table"].as_str(), revoked["eventType"].as_str()),
         (Some("devices"), Some("DELETE"))
     );
-    let session = feed.next_of("session").await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&session.data).unwrap()["reason"],
-        "signed_out"
-    );
+    feed.expect_ended("signed_out").await;
     assert!(feed.next().await.is_none(), "the stream ends");
-    let again = app
-        .get("/realtime/v1/sse", Some(access_token(&desktop)))
-        .await;
+    let again = app.get_as("/realtime/v1/sse", &desktop).await;
     again.expect_error(StatusCode::UNAUTHORIZED, "session_not_found");
 }
 
 /// Signing out (this session only) ends its stream at once, and nobody else's.
 async fn signing_out_ends_the_stream(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
-    let mut desktop_feed = app.stream(access_token(&desktop), None).await;
-    desktop_feed.ready().await;
-    let mut laptop_feed = app.stream(access_token(&laptop), None).await;
-    laptop_feed.ready().await;
-    app.send(app.request(
-        Method::POST,
-        "/auth/v1/logout?scope=local",
-        Some(access_token(&desktop)),
-    ))
-    .await
-    .expect(StatusCode::NO_CONTENT);
+    let (laptop, desktop) = app.ada_on_two_devices().await;
+    let mut desktop_feed = app.ready_stream(&desktop).await;
+    let mut laptop_feed = app.ready_stream(&laptop).await;
+    app.call_as(Method::POST, "/auth/v1/logout?scope=local", &desktop)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     let ended = desktop_feed.next_change().await;
     assert_eq!(
         (ended["table"].as_str(), ended["old"]["reason"].as_str()),
         (Some("sessions"), Some("signed_out"))
     );
-    let session = desktop_feed.next_of("session").await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&session.data).unwrap()["reason"],
-        "signed_out"
-    );
+    desktop_feed.expect_ended("signed_out").await;
     assert!(desktop_feed.next().await.is_none(), "the stream ends");
     // The laptop's stream saw the sign-out and goes on.
     let seen = laptop_feed.next_change().await;
@@ -895,8 +869,7 @@ async fn the_stream_sends_a_retry_hint_and_heartbeats(backend: Backend) {
 /// and Last-Event-ID loses nothing.
 async fn an_expiring_token_loses_no_events(backend: Backend) {
     let app = TestApp::start_with(backend, |c| c.jwt_expiry_seconds = 5).await;
-    let laptop = app.signup("ada@example.com", "laptop").await;
-    let desktop = app.sign_in("ada@example.com", "desktop").await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
     let mut feed = app.stream(access_token(&desktop), None).await;
     let mut last = feed.ready().await;
     let notice = feed.next_of("session").await;

@@ -1,7 +1,13 @@
 //! What a change-feed entry means to this device: a pure function from a [`ChangeEvent`] to
 //! a [`FeedEffect`], apart from all I/O, so the rules are unit-tested on their own.
 
-use lockstep_protocol::{settings, sync::ChangeEvent, sync::SettingRow};
+use lockstep_protocol::{
+    audit::AuditAction,
+    auth::User,
+    feed::{Change, EventType, FactorRecord, FactorStatus, FeedError, FeedRecord},
+    settings,
+    sync::{ChangeEvent, SettingRow},
+};
 use serde_json::Value;
 
 /// A security-relevant change to the account, for notifications and the UI.
@@ -48,81 +54,100 @@ pub enum FeedEffect {
     Nothing,
 }
 
-fn text(value: &Value, key: &str) -> Option<String> {
-    value.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
 /// Interprets one feed entry for the device `my_device`.
 pub fn interpret(change: &ChangeEvent, my_device: &str) -> FeedEffect {
     let by = change.device_name.clone();
     let by_me = change.device_id.as_deref() == Some(my_device);
     let security = FeedEffect::Security;
-    match (change.table.as_str(), change.event_type.as_str()) {
-        ("user_settings", _) => match serde_json::from_value::<SettingRow>(change.new.clone()) {
-            Ok(row) => FeedEffect::Setting(row),
-            Err(error) => {
-                tracing::warn!(seq = change.seq, %error, "unreadable settings entry skipped");
-                FeedEffect::Nothing
-            }
+    let record = match FeedRecord::from_event(change) {
+        Ok(record) => record,
+        Err(error @ FeedError::Unknown { .. }) => {
+            tracing::debug!(seq = change.seq, %error, "feed entry of a newer server skipped");
+            return FeedEffect::Nothing;
+        }
+        Err(error) => {
+            tracing::warn!(seq = change.seq, %error, "unreadable feed entry skipped");
+            return FeedEffect::Nothing;
+        }
+    };
+    match record {
+        FeedRecord::Setting(change) => match change.new {
+            Some(record) => FeedEffect::Setting(record.row),
+            None => FeedEffect::Nothing,
         },
-        ("users", _) => {
-            let confirmed = |v: &Value| v.get("email_confirmed_at").is_some_and(|t| !t.is_null());
-            let email = text(&change.new, "email").unwrap_or_default();
-            if confirmed(&change.new) && !confirmed(&change.old) {
-                security(SecurityEvent::EmailVerified { email })
-            } else if text(&change.old, "email").is_some_and(|old| old != email) {
-                security(SecurityEvent::EmailChanged { email })
+        FeedRecord::User(Change {
+            new: Some(new),
+            old,
+            ..
+        }) => {
+            let confirmed = |user: &User| user.email_confirmed_at.is_some();
+            if confirmed(&new) && !old.as_deref().is_some_and(confirmed) {
+                security(SecurityEvent::EmailVerified { email: new.email })
+            } else if old.is_some_and(|old| old.email != new.email) {
+                security(SecurityEvent::EmailChanged { email: new.email })
             } else {
                 FeedEffect::Nothing
             }
         }
-        ("devices", "DELETE") => {
-            let id = text(&change.old, "id").unwrap_or_default();
-            let name = text(&change.old, "name").unwrap_or_default();
-            if id == my_device {
+        FeedRecord::Device(Change {
+            event_type: EventType::Delete,
+            old: Some(old),
+            ..
+        }) => {
+            if old.id == my_device {
                 security(SecurityEvent::SessionEndedHere { by })
             } else {
                 security(SecurityEvent::DeviceRevoked {
-                    device_id: id,
-                    name,
+                    device_id: old.id,
+                    name: old.name,
                     by,
                 })
             }
         }
-        ("devices", "INSERT") => {
-            let id = text(&change.new, "id").unwrap_or_default();
-            if id == my_device {
+        FeedRecord::Device(Change {
+            event_type: EventType::Insert,
+            new: Some(new),
+            ..
+        }) => {
+            if new.id == my_device {
                 FeedEffect::Nothing
             } else {
                 security(SecurityEvent::DeviceSignedIn {
-                    name: text(&change.new, "name").unwrap_or_default(),
-                    device_id: id,
+                    name: new.name,
+                    device_id: new.id,
                 })
             }
         }
-        ("sessions", "DELETE") => {
-            if text(&change.old, "device_id").as_deref() == Some(my_device) && !by_me {
+        FeedRecord::Session(Change {
+            event_type: EventType::Delete,
+            old: Some(old),
+            ..
+        }) => {
+            if old.device_id.as_deref() == Some(my_device) && !by_me {
                 security(SecurityEvent::SessionEndedHere { by })
             } else {
                 FeedEffect::Nothing
             }
         }
-        ("mfa_factors", _) => {
-            let verified = |v: &Value| text(v, "status").as_deref() == Some("verified");
+        FeedRecord::MfaFactor(change) => {
+            let verified = |f: &Option<FactorRecord>| {
+                f.as_ref()
+                    .is_some_and(|f| f.status == FactorStatus::Verified)
+            };
             if verified(&change.new) && !verified(&change.old) {
                 security(SecurityEvent::MfaEnabled { device_name: by })
-            } else if change.new.is_null() && verified(&change.old) {
+            } else if change.new.is_none() && verified(&change.old) {
                 security(SecurityEvent::MfaDisabled { device_name: by })
             } else {
                 // An enrollment started, replaced or abandoned: not worth a notification.
                 FeedEffect::Nothing
             }
         }
-        ("mfa_events", _) => match text(&change.new, "action").as_deref() {
+        FeedRecord::MfaEvent(change) => match change.new.map(|event| event.action) {
             // Routine steps (enrolling, verifying a code) are not worth a notification.
-            Some("mfa_enrolled" | "mfa_verified") | None => FeedEffect::Nothing,
+            Some(AuditAction::MfaEnrolled | AuditAction::MfaVerified) | None => FeedEffect::Nothing,
             Some(action) => security(SecurityEvent::Mfa {
-                action: action.to_owned(),
+                action: action.as_str().to_owned(),
                 device_name: by,
             }),
         },
@@ -147,36 +172,54 @@ pub fn shown_row(mut row: SettingRow) -> SettingRow {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use lockstep_protocol::feed::{DeviceRecord, MfaEventRecord, SessionRecord};
     use serde_json::json;
 
-    fn change(
-        table: &str,
-        event_type: &str,
-        new: Value,
-        old: Value,
-        by: Option<&str>,
-    ) -> ChangeEvent {
+    use super::*;
+
+    /// The feed entry the server writes for `record`, made by device `by`.
+    fn change(record: FeedRecord, by: Option<&str>) -> ChangeEvent {
+        let wire = record.to_wire();
         ChangeEvent {
             seq: 1,
             schema: "public".into(),
-            table: table.into(),
-            event_type: event_type.into(),
+            table: wire.table.as_str().into(),
+            event_type: wire.event_type.as_str().into(),
             commit_timestamp: "2026-12-01T00:00:00Z".into(),
-            new,
-            old,
+            new: wire.new,
+            old: wire.old,
             device_id: by.map(str::to_owned),
             device_name: by.map(|d| format!("{d} name")),
         }
     }
 
+    fn user(email: &str, confirmed: bool) -> User {
+        serde_json::from_value(json!({
+            "id": "00000000-0000-0000-0000-000000000001",
+            "aud": "authenticated",
+            "role": "authenticated",
+            "email": email,
+            "email_confirmed_at": confirmed.then_some("2026-12-01T00:00:00Z"),
+            "app_metadata": {"provider": "email", "providers": ["email"]},
+            "user_metadata": {},
+            "created_at": "2026-12-01T00:00:00Z",
+            "updated_at": "2026-12-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    fn users(new: User, old: User) -> FeedRecord {
+        FeedRecord::User(Change {
+            event_type: EventType::Update,
+            new: Some(Box::new(new)),
+            old: Some(Box::new(old)),
+        })
+    }
+
     #[test]
     fn email_confirmation_is_a_security_event() {
         let c = change(
-            "users",
-            "UPDATE",
-            json!({"email": "a@example.com", "email_confirmed_at": "2026-12-01T00:00:00Z"}),
-            json!({"email": "a@example.com", "email_confirmed_at": null}),
+            users(user("a@example.com", true), user("a@example.com", false)),
             None,
         );
         assert_eq!(
@@ -185,17 +228,40 @@ mod tests {
                 email: "a@example.com".into()
             })
         );
-        let unchanged = change("users", "UPDATE", c.new.clone(), c.new.clone(), None);
+        let unchanged = change(
+            users(user("a@example.com", true), user("a@example.com", true)),
+            None,
+        );
         assert_eq!(interpret(&unchanged, "me"), FeedEffect::Nothing);
+        let moved = change(
+            users(user("b@example.com", true), user("a@example.com", true)),
+            None,
+        );
+        assert_eq!(
+            interpret(&moved, "me"),
+            FeedEffect::Security(SecurityEvent::EmailChanged {
+                email: "b@example.com".into()
+            })
+        );
     }
 
     #[test]
     fn revocation_of_this_device_ends_the_session_here() {
+        let at = time::OffsetDateTime::UNIX_EPOCH;
         let c = change(
-            "devices",
-            "DELETE",
-            Value::Null,
-            json!({"id": "me", "name": "Laptop"}),
+            FeedRecord::Device(Change {
+                event_type: EventType::Delete,
+                new: None,
+                old: Some(DeviceRecord {
+                    id: "me".into(),
+                    user_id: uuid::Uuid::nil(),
+                    name: "Laptop".into(),
+                    platform: "linux".into(),
+                    app_version: "1".into(),
+                    created_at: at,
+                    last_seen_at: at,
+                }),
+            }),
             Some("desk"),
         );
         assert_eq!(
@@ -216,19 +282,24 @@ mod tests {
 
     #[test]
     fn a_session_of_this_device_ended_by_this_device_is_not_alarming() {
-        let old = json!({"id": "s1", "device_id": "me"});
+        let ended = FeedRecord::Session(Change {
+            event_type: EventType::Delete,
+            new: None,
+            old: Some(SessionRecord {
+                id: "s1".into(),
+                device_id: Some("me".into()),
+                aal: "aal1".into(),
+                user_id: None,
+                created_at: None,
+                reason: Some("logout".into()),
+            }),
+        });
         assert_eq!(
-            interpret(
-                &change("sessions", "DELETE", Value::Null, old.clone(), Some("me")),
-                "me"
-            ),
+            interpret(&change(ended.clone(), Some("me")), "me"),
             FeedEffect::Nothing
         );
         assert_eq!(
-            interpret(
-                &change("sessions", "DELETE", Value::Null, old, Some("desk")),
-                "me"
-            ),
+            interpret(&change(ended, Some("desk")), "me"),
             FeedEffect::Security(SecurityEvent::SessionEndedHere {
                 by: Some("desk name".into())
             })
@@ -237,13 +308,26 @@ mod tests {
 
     #[test]
     fn mfa_events_map_to_security_events() {
-        let factor = |status: &str| json!({"id": "f1", "factor_type": "totp", "status": status});
-        let enabled = change(
-            "mfa_factors",
-            "UPDATE",
-            factor("verified"),
-            factor("unverified"),
-            Some("desk"),
+        let factor = |status| FactorRecord {
+            id: "f1".into(),
+            friendly_name: None,
+            factor_type: "totp".into(),
+            status,
+        };
+        let factors = |event_type, new, old| {
+            change(
+                FeedRecord::MfaFactor(Change {
+                    event_type,
+                    new,
+                    old,
+                }),
+                Some("desk"),
+            )
+        };
+        let enabled = factors(
+            EventType::Update,
+            Some(factor(FactorStatus::Verified)),
+            Some(factor(FactorStatus::Unverified)),
         );
         assert_eq!(
             interpret(&enabled, "me"),
@@ -251,20 +335,16 @@ mod tests {
                 device_name: Some("desk name".into())
             })
         );
-        let enrolled = change(
-            "mfa_factors",
-            "INSERT",
-            factor("unverified"),
-            Value::Null,
-            Some("desk"),
+        let enrolled = factors(
+            EventType::Insert,
+            Some(factor(FactorStatus::Unverified)),
+            None,
         );
         assert_eq!(interpret(&enrolled, "me"), FeedEffect::Nothing);
-        let removed = change(
-            "mfa_factors",
-            "DELETE",
-            Value::Null,
-            factor("verified"),
-            Some("desk"),
+        let removed = factors(
+            EventType::Delete,
+            None,
+            Some(factor(FactorStatus::Verified)),
         );
         assert_eq!(
             interpret(&removed, "me"),
@@ -272,25 +352,46 @@ mod tests {
                 device_name: Some("desk name".into())
             })
         );
-        let routine = change(
-            "mfa_events",
-            "INSERT",
-            json!({"action": "mfa_verified"}),
-            Value::Null,
-            Some("desk"),
+        let event = |action| {
+            change(
+                FeedRecord::MfaEvent(Change {
+                    event_type: EventType::Insert,
+                    new: Some(MfaEventRecord {
+                        action,
+                        details: serde_json::Map::new(),
+                    }),
+                    old: None,
+                }),
+                Some("desk"),
+            )
+        };
+        assert_eq!(
+            interpret(&event(AuditAction::MfaVerified), "me"),
+            FeedEffect::Nothing
         );
-        assert_eq!(interpret(&routine, "me"), FeedEffect::Nothing);
-        let locked = change(
-            "mfa_events",
-            "INSERT",
-            json!({"action": "mfa_locked_out"}),
-            Value::Null,
+        assert_eq!(
+            interpret(&event(AuditAction::MfaLockedOut), "me"),
+            FeedEffect::Security(SecurityEvent::Mfa {
+                action: "mfa_locked_out".into(),
+                device_name: Some("desk name".into())
+            })
+        );
+    }
+
+    #[test]
+    fn an_entry_this_version_cannot_read_changes_nothing() {
+        let mut newer = change(
+            users(user("a@example.com", true), user("a@example.com", false)),
             None,
         );
-        assert!(matches!(
-            interpret(&locked, "me"),
-            FeedEffect::Security(SecurityEvent::Mfa { .. })
-        ));
+        newer.table = "identities".into();
+        assert_eq!(interpret(&newer, "me"), FeedEffect::Nothing);
+        let mut broken = change(
+            users(user("a@example.com", true), user("a@example.com", false)),
+            None,
+        );
+        broken.new = json!({"email": 42});
+        assert_eq!(interpret(&broken, "me"), FeedEffect::Nothing);
     }
 
     #[test]

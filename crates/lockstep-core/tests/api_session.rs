@@ -10,6 +10,7 @@ use std::sync::{
 
 use common::{Cloud, PASSWORD};
 use lockstep_protocol::{
+    auth::Session,
     devices::DeviceInfo,
     errors::{Code, ErrorCode},
 };
@@ -36,6 +37,26 @@ fn keeper(cloud: &Cloud, profile: &str, now: Arc<AtomicI64>) -> SessionKeeper {
         Keychain::for_profile(profile),
         Arc::new(move || now.load(Ordering::SeqCst)),
     )
+}
+
+/// A keeper for `profile` holding a session of Ada's: a new account if `sign_up`, else a
+/// sign-in.
+async fn keeper_with_session(
+    cloud: &Cloud,
+    profile: &str,
+    clock: &Arc<AtomicI64>,
+    sign_up: bool,
+) -> (SessionKeeper, Session) {
+    let keeper = keeper(cloud, profile, clock.clone());
+    let client = keeper.client();
+    let session = if sign_up {
+        client.signup("ada@example.com", PASSWORD).await
+    } else {
+        client.sign_in("ada@example.com", PASSWORD).await
+    }
+    .unwrap();
+    keeper.install(&session).await.unwrap();
+    (keeper, session)
 }
 
 fn now() -> i64 {
@@ -70,13 +91,7 @@ async fn server_errors_are_typed() {
 async fn refresh_is_single_flight_and_saved_to_the_keychain() {
     let cloud = Cloud::start();
     let clock = Arc::new(AtomicI64::new(now()));
-    let keeper = keeper(&cloud, "laptop-sf", clock.clone());
-    let session = keeper
-        .client()
-        .signup("ada@example.com", PASSWORD)
-        .await
-        .unwrap();
-    keeper.install(&session).await.unwrap();
+    let (keeper, session) = keeper_with_session(&cloud, "laptop-sf", &clock, true).await;
     assert_eq!(
         keeper.access_token().await.unwrap(),
         session.access_token,
@@ -135,20 +150,8 @@ async fn refresh_is_single_flight_and_saved_to_the_keychain() {
 async fn a_restart_restores_the_session_from_the_keychain_and_a_revocation_ends_it() {
     let cloud = Cloud::start();
     let clock = Arc::new(AtomicI64::new(now()));
-    let laptop = keeper(&cloud, "laptop-rs", clock.clone());
-    let session = laptop
-        .client()
-        .signup("ada@example.com", PASSWORD)
-        .await
-        .unwrap();
-    laptop.install(&session).await.unwrap();
-    let desktop = keeper(&cloud, "desktop-rs", clock.clone());
-    let other = desktop
-        .client()
-        .sign_in("ada@example.com", PASSWORD)
-        .await
-        .unwrap();
-    desktop.install(&other).await.unwrap();
+    let (laptop, _) = keeper_with_session(&cloud, "laptop-rs", &clock, true).await;
+    let (_desktop, _) = keeper_with_session(&cloud, "desktop-rs", &clock, false).await;
 
     // A new process for the desktop: nothing in memory, the refresh token in the keychain.
     let restarted = keeper(&cloud, "desktop-rs", clock.clone());

@@ -4,9 +4,49 @@
 
 mod common;
 
-use common::{Cloud, PASSWORD, open, open_at, unique};
+use std::path::Path;
+
+use common::{Cloud, Device, PASSWORD, open, open_at, unique};
 use lockstep_core::engine::EngineEvent;
 use serde_json::json;
+
+/// Ada's account on two new devices under `base`, `<prefix>-a` and `<prefix>-b`: `a` signs up,
+/// `b` signs in, each syncs once. Only `b` is kept open; `a`'s profile name is returned.
+async fn synced_pair(cloud: &Cloud, base: &Path, prefix: &str) -> (String, Device) {
+    let (a_name, b_name) = (
+        unique(&format!("{prefix}-a")),
+        unique(&format!("{prefix}-b")),
+    );
+    let a = open(cloud, base, &a_name);
+    let b = open(cloud, base, &b_name);
+    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
+    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
+    a.engine.sync_once().await.unwrap();
+    b.engine.sync_once().await.unwrap();
+    (a_name, b)
+}
+
+/// Profile `name` under `base` with a server that cannot be reached.
+fn open_offline(cloud: &Cloud, base: &Path, name: &str) -> Device {
+    open_at("http://127.0.0.1:9", &cloud.anon_key, base, name)
+}
+
+/// Opens `name` offline, makes these edits there, and checks that a sync cannot reach the
+/// server.
+async fn edit_offline<const N: usize>(
+    cloud: &Cloud,
+    base: &Path,
+    name: &str,
+    edits: [(&str, serde_json::Value); N],
+) -> Device {
+    let offline = open_offline(cloud, base, name);
+    for (key, value) in edits {
+        offline.engine.set(key, value).unwrap();
+    }
+    let err = offline.engine.sync_once().await.unwrap_err();
+    assert!(err.is_offline(), "{err}");
+    offline
+}
 
 fn drain(rx: &mut tokio::sync::broadcast::Receiver<EngineEvent>) -> Vec<EngineEvent> {
     let mut events = Vec::new();
@@ -82,27 +122,19 @@ async fn an_edit_on_one_device_reaches_the_other_and_defaults_are_never_written(
 async fn offline_edits_survive_a_restart_and_the_loser_is_told() {
     let cloud = Cloud::start();
     let dir = tempfile::tempdir().unwrap();
-    let (a_name, b_name) = (unique("off-a"), unique("off-b"));
-    let a = open(&cloud, dir.path(), &a_name);
-    let b = open(&cloud, dir.path(), &b_name);
-    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
-    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
-    a.engine.sync_once().await.unwrap();
-    b.engine.sync_once().await.unwrap();
-    drop(a);
+    let (a_name, b) = synced_pair(&cloud, dir.path(), "off").await;
 
     // The laptop goes offline (the server is unreachable from it) and edits two settings.
-    let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
-    offline
-        .engine
-        .set("appearance.theme", json!("light"))
-        .unwrap();
-    offline
-        .engine
-        .set("notifications.desktop", json!(false))
-        .unwrap();
-    let err = offline.engine.sync_once().await.unwrap_err();
-    assert!(err.is_offline(), "{err}");
+    let offline = edit_offline(
+        &cloud,
+        dir.path(),
+        &a_name,
+        [
+            ("appearance.theme", json!("light")),
+            ("notifications.desktop", json!(false)),
+        ],
+    )
+    .await;
     assert_eq!(offline.engine.pending(), 2);
     drop(offline);
 
@@ -170,7 +202,7 @@ async fn a_damaged_outbox_is_reported_and_its_readable_edits_still_sync() {
     let cloud = Cloud::start();
     let dir = tempfile::tempdir().unwrap();
     let name = unique("outbox-a");
-    let a = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &name);
+    let a = open_offline(&cloud, dir.path(), &name);
     a.engine.set("appearance.theme", json!("dark")).unwrap();
     a.engine.set("notifications.desktop", json!(false)).unwrap();
     a.engine
@@ -276,7 +308,7 @@ async fn api_keys_are_sealed_in_every_local_file() {
     let (a_name, b_name) = (unique("seal-a"), unique("seal-b"));
     const SECRET: &str = "ghp_sealed_at_rest_1234";
     // Queued offline first, so the outbox holds it.
-    let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
+    let offline = open_offline(&cloud, dir.path(), &a_name);
     offline
         .engine
         .set("integrations.github", json!(SECRET))
@@ -334,25 +366,18 @@ async fn api_keys_are_sealed_in_every_local_file() {
 async fn the_same_key_edited_twice_offline_syncs_and_later_edits_keep_syncing() {
     let cloud = Cloud::start();
     let dir = tempfile::tempdir().unwrap();
-    let (a_name, b_name) = (unique("twice-a"), unique("twice-b"));
-    let a = open(&cloud, dir.path(), &a_name);
-    let b = open(&cloud, dir.path(), &b_name);
-    a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
-    b.engine.sign_in("ada@example.com", PASSWORD).await.unwrap();
-    a.engine.sync_once().await.unwrap();
-    b.engine.sync_once().await.unwrap();
-    drop(a);
+    let (a_name, b) = synced_pair(&cloud, dir.path(), "twice").await;
 
-    let offline = open_at("http://127.0.0.1:9", &cloud.anon_key, dir.path(), &a_name);
-    offline
-        .engine
-        .set("appearance.theme", json!("dark"))
-        .unwrap();
-    offline
-        .engine
-        .set("appearance.theme", json!("light"))
-        .unwrap();
-    assert!(offline.engine.sync_once().await.unwrap_err().is_offline());
+    let offline = edit_offline(
+        &cloud,
+        dir.path(),
+        &a_name,
+        [
+            ("appearance.theme", json!("dark")),
+            ("appearance.theme", json!("light")),
+        ],
+    )
+    .await;
     drop(offline);
 
     let a = open(&cloud, dir.path(), &a_name);

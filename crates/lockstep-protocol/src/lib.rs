@@ -72,6 +72,7 @@ pub mod audit;
 pub mod auth;
 pub mod devices;
 pub mod errors;
+pub mod feed;
 pub mod hlc;
 pub mod password;
 pub mod settings;

@@ -9,6 +9,9 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use lockstep_protocol::feed::{
+    Change, FactorRecord, FactorStatus, FeedRecord, MfaEventRecord, SessionRecord,
+};
 use lockstep_protocol::{
     audit::AuditAction,
     auth::{
@@ -182,10 +185,7 @@ pub async fn announce(
     state: &AppState,
     conn: &mut AnyConnection,
     caller: &AuthSession,
-    table: &'static str,
-    event_type: EventType,
-    new: serde_json::Value,
-    old: serde_json::Value,
+    record: FeedRecord,
 ) -> ApiResult<()> {
     let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
     feed::append(
@@ -193,10 +193,7 @@ pub async fn announce(
         conn,
         &caller.user_id,
         Entry {
-            table,
-            event_type,
-            new,
-            old,
+            record,
             device_id: actor.device_id,
             device_name: actor.device_name,
             sensitive: false,
@@ -217,18 +214,20 @@ pub async fn record_event(
     details: serde_json::Value,
 ) -> ApiResult<()> {
     audit_mfa(state, &mut *conn, caller, meta, action, details.clone()).await?;
-    let mut event = json!({ "action": action.as_str() });
-    if let (Some(event), serde_json::Value::Object(details)) = (event.as_object_mut(), details) {
-        event.extend(details);
-    }
+    let details = match details {
+        serde_json::Value::Object(details) => details,
+        _ => serde_json::Map::new(),
+    };
+    let event = MfaEventRecord { action, details };
     announce(
         state,
         conn,
         caller,
-        "mfa_events",
-        EventType::Insert,
-        event,
-        serde_json::Value::Null,
+        FeedRecord::MfaEvent(Change {
+            event_type: EventType::Insert,
+            new: Some(event),
+            old: None,
+        }),
     )
     .await
 }
@@ -275,10 +274,11 @@ pub async fn remove_factors_from_before_confirmation(
             &mut *conn,
             &user.id,
             Entry {
-                table: "mfa_factors",
-                event_type: EventType::Delete,
-                new: serde_json::Value::Null,
-                old: factor_json(factor),
+                record: FeedRecord::MfaFactor(Change {
+                    event_type: EventType::Delete,
+                    new: None,
+                    old: Some(factor_record(factor)),
+                }),
                 device_id: None,
                 device_name: None,
                 sensitive: false,
@@ -293,8 +293,17 @@ pub async fn remove_factors_from_before_confirmation(
     Ok(before_confirmation.len())
 }
 
-fn factor_json(f: &FactorRow) -> serde_json::Value {
-    json!({ "id": f.id, "friendly_name": f.friendly_name, "factor_type": f.factor_type, "status": f.status })
+fn factor_record(f: &FactorRow) -> FactorRecord {
+    FactorRecord {
+        id: f.id.clone(),
+        friendly_name: f.friendly_name.clone(),
+        factor_type: f.factor_type.clone(),
+        status: if f.status == "verified" {
+            FactorStatus::Verified
+        } else {
+            FactorStatus::Unverified
+        },
+    }
 }
 
 /// `POST /auth/v1/factors`: starts a TOTP enrollment. Once the user has a verified factor, only a
@@ -408,10 +417,11 @@ pub async fn enroll(
         &state,
         &mut tx,
         &caller,
-        "mfa_factors",
-        EventType::Insert,
-        factor_json(&row),
-        serde_json::Value::Null,
+        FeedRecord::MfaFactor(Change {
+            event_type: EventType::Insert,
+            new: Some(factor_record(&row)),
+            old: None,
+        }),
     )
     .await?;
     tx.commit().await?;
@@ -603,14 +613,23 @@ pub async fn raise_session(
     );
     let amr_json = serde_json::to_string(&amr).map_err(anyhow::Error::from)?;
     sessions::raise_to_aal2(&mut *conn, &session.id, &amr_json, factor_id, now).await?;
+    let stepped = |aal: &str| SessionRecord {
+        id: session.id.clone(),
+        device_id: Some(session.device_id.clone()),
+        aal: aal.to_owned(),
+        user_id: None,
+        created_at: None,
+        reason: None,
+    };
     announce(
         state,
         &mut *conn,
         caller,
-        "sessions",
-        EventType::Update,
-        json!({ "id": session.id, "device_id": session.device_id, "aal": "aal2" }),
-        json!({ "id": session.id, "device_id": session.device_id, "aal": session.aal }),
+        FeedRecord::Session(Change {
+            event_type: EventType::Update,
+            new: Some(stepped("aal2")),
+            old: Some(stepped(&session.aal)),
+        }),
     )
     .await?;
     let session = sessions::get(&mut *conn, &caller.session_id)
@@ -704,10 +723,11 @@ pub async fn verify(
             &state,
             &mut tx,
             &caller,
-            "mfa_factors",
-            EventType::Update,
-            factor_json(&verified),
-            factor_json(&factor),
+            FeedRecord::MfaFactor(Change {
+                event_type: EventType::Update,
+                new: Some(factor_record(&verified)),
+                old: Some(factor_record(&factor)),
+            }),
         )
         .await?;
     }
@@ -762,10 +782,11 @@ pub async fn unenroll(
         &state,
         &mut tx,
         &caller,
-        "mfa_factors",
-        EventType::Delete,
-        serde_json::Value::Null,
-        factor_json(&factor),
+        FeedRecord::MfaFactor(Change {
+            event_type: EventType::Delete,
+            new: None,
+            old: Some(factor_record(&factor)),
+        }),
     )
     .await?;
     tx.commit().await?;

@@ -219,8 +219,64 @@ impl TestApp {
         Reply::from(self.request(Method::GET, path, token).send().await.unwrap()).await
     }
 
+    /// A GET as the session `session`.
+    pub async fn get_as(&self, path: &str, session: &Value) -> Reply {
+        self.get(path, Some(access_token(session))).await
+    }
+
+    /// A POST of `body` as the session `session`.
+    pub async fn post_as(&self, path: &str, session: &Value, body: Value) -> Reply {
+        self.post(path, Some(access_token(session)), body).await
+    }
+
+    /// Sends `n` POSTs to `path` at once, the `i`th with `body(i)`; the answers in order.
+    pub async fn post_burst(
+        &self,
+        n: usize,
+        path: &str,
+        token: Option<&str>,
+        body: impl Fn(usize) -> Value,
+    ) -> Vec<Reply> {
+        futures::future::join_all((0..n).map(|i| self.post(path, token, body(i)))).await
+    }
+
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
         Reply::from(req.send().await.unwrap()).await
+    }
+
+    /// Sends a request without a body, with the anon key and, if given, a bearer token.
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>) -> Reply {
+        self.send(self.request(method, path, token)).await
+    }
+
+    /// Asserts that `session` still reads its user (it was not signed out).
+    pub async fn expect_signed_in(&self, session: &Value) {
+        self.get_as("/auth/v1/user", session)
+            .await
+            .expect(StatusCode::OK);
+    }
+
+    /// Asserts that `session` was ended: its user is refused with `session_not_found`.
+    pub async fn expect_session_gone(&self, session: &Value) {
+        self.get_as("/auth/v1/user", session)
+            .await
+            .expect_error(StatusCode::FORBIDDEN, "session_not_found");
+    }
+
+    /// Sends a request without a body as the session `session`.
+    pub async fn call_as(&self, method: Method, path: &str, session: &Value) -> Reply {
+        self.call(method, path, Some(access_token(session))).await
+    }
+
+    /// A password sign-in request without a body, for tests that shape it by hand.
+    pub fn sign_in_request(&self) -> reqwest::RequestBuilder {
+        self.request(Method::POST, "/auth/v1/token?grant_type=password", None)
+    }
+
+    /// A bare sign-up with this email and password (no device), as it is answered.
+    pub async fn signup_reply(&self, email: &str, password: &str) -> Reply {
+        let body = json!({ "email": email, "password": password });
+        self.post("/auth/v1/signup", None, body).await
     }
 
     /// Signs up and returns the session.
@@ -236,22 +292,38 @@ impl TestApp {
         reply.body
     }
 
+    /// Ada signs up on her laptop and signs in on her desktop: both sessions.
+    pub async fn ada_on_two_devices(&self) -> (Value, Value) {
+        let laptop = self.signup("ada@example.com", "laptop").await;
+        let desktop = self.sign_in("ada@example.com", "desktop").await;
+        (laptop, desktop)
+    }
+
     /// Signs up and confirms the address by opening the emailed link; returns the session.
     pub async fn signup_confirmed(&self, email: &str, device: &str) -> Value {
         let session = self.signup(email, device).await;
-        let link = self.latest_link(email).await;
-        self.open_link(&link).await;
+        self.open_latest_link(email).await;
         session
     }
 
     /// Asks for a password-recovery mail for `email` and opens its link, as the address's owner
     /// would; returns the recovery session's access token.
     pub async fn recover(&self, email: &str) -> String {
-        self.post("/auth/v1/recover", None, json!({ "email": email }))
-            .await
-            .expect(StatusCode::OK);
+        self.recover_reply("", email).await.expect(StatusCode::OK);
         let link = self.latest_link(email).await;
         fragment(&self.open_link(&link).await)["access_token"].clone()
+    }
+
+    /// Asks for a recovery mail to `email`, with `query` (such as `?redirect_to=…`) on the path.
+    pub async fn recover_reply(&self, query: &str, email: &str) -> Reply {
+        let path = format!("/auth/v1/recover{query}");
+        self.post(&path, None, json!({ "email": email })).await
+    }
+
+    /// Asks for another mail of this `type` to `email`.
+    pub async fn resend(&self, kind: &str, email: &str) -> Reply {
+        let body = json!({ "type": kind, "email": email });
+        self.post("/auth/v1/resend", None, body).await
     }
 
     /// Signs in with the password on the named device and returns the session.
@@ -295,6 +367,11 @@ impl TestApp {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Opens the newest link mailed to `to`; returns where it redirects.
+    pub async fn open_latest_link(&self, to: &str) -> String {
+        self.open_link(&self.latest_link(to).await).await
     }
 
     /// Opens a link like a browser would, without following the redirect; returns `Location`.
@@ -343,9 +420,30 @@ impl TestApp {
             })
             .collect()
     }
+
+    /// Every non-null cell of every row of these tables, one a line.
+    pub async fn dump_tables(&self, tables: &[&str]) -> String {
+        let mut dump = String::new();
+        for table in tables {
+            for row in self.raw_rows(&format!("SELECT * FROM {table}")).await {
+                for cell in row.into_iter().flatten() {
+                    dump.push_str(&cell);
+                    dump.push('\n');
+                }
+            }
+        }
+        dump
+    }
 }
 
 impl TestApp {
+    /// Opens the change feed as `session` from now on, once its replay is done.
+    pub async fn ready_stream(&self, session: &Value) -> Feed {
+        let mut feed = self.stream(access_token(session), None).await;
+        feed.ready().await;
+        feed
+    }
+
     /// Opens the change feed as the session of `token`, resuming after `last_event_id`.
     pub async fn stream(&self, token: &str, last_event_id: Option<i64>) -> Feed {
         let mut req = self.request(Method::GET, "/realtime/v1/sse", Some(token));
@@ -447,6 +545,15 @@ impl Feed {
     pub async fn ready(&mut self) -> i64 {
         self.next_of("ready").await.id.parse().unwrap()
     }
+
+    /// Waits for the `session` event that ends the stream and checks its reason.
+    pub async fn expect_ended(&mut self, reason: &str) {
+        let session = self.next_of("session").await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&session.data).unwrap()["reason"],
+            reason
+        );
+    }
 }
 
 pub fn device_json(id: &str) -> Value {
@@ -504,6 +611,19 @@ impl Reply {
         self
     }
 
+    /// The `retry-after` header, parsed.
+    #[track_caller]
+    pub fn retry_after<T: std::str::FromStr>(&self) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        self.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// Asserts a PostgREST-shaped error with this status and code.
     #[track_caller]
     pub fn expect_rest_error(&self, status: StatusCode, code: &str) -> &Self {
@@ -545,6 +665,26 @@ pub fn fragment(location: &str) -> std::collections::HashMap<String, String> {
     url::form_urlencoded::parse(fragment.as_bytes())
         .into_owned()
         .collect()
+}
+
+/// How many answers of a tally had this status and error code.
+pub fn count(
+    counts: &std::collections::BTreeMap<(u16, String), usize>,
+    status: u16,
+    error_code: &str,
+) -> Option<usize> {
+    counts.get(&(status, error_code.to_owned())).copied()
+}
+
+/// Asserts how many answers of a tally had each (status, error code).
+#[track_caller]
+pub fn assert_counts(
+    counts: &std::collections::BTreeMap<(u16, String), usize>,
+    expected: &[(u16, &str, usize)],
+) {
+    for &(status, error_code, n) in expected {
+        assert_eq!(count(counts, status, error_code), Some(n), "{counts:?}");
+    }
 }
 
 pub fn tally(replies: &[Reply]) -> std::collections::BTreeMap<(u16, String), usize> {
