@@ -368,6 +368,15 @@ impl FromRequestParts<AppState> for ClientMeta {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, RFC 7235),
+/// trimmed; `None` when there is none or it is empty.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = header_str(headers, header::AUTHORIZATION.as_str())?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -419,20 +428,13 @@ impl FromRequestParts<AppState> for AuthSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = header_str(&parts.headers, header::AUTHORIZATION.as_str())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::NoAuthorization,
-                    "This endpoint requires a Bearer token",
-                )
-            })?;
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::NoAuthorization,
+                "This endpoint requires a Bearer token",
+            )
+        })?;
         AuthSession::from_token(state, token).await
     }
 }
@@ -507,6 +509,22 @@ impl AuthSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_an_empty_token_is_none() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer_token(&headers).map(str::to_owned)
+        };
+        assert_eq!(with("Bearer abc"), Some("abc".into()));
+        assert_eq!(with("bearer  abc "), Some("abc".into()));
+        assert_eq!(with("BEARER abc"), Some("abc".into()));
+        assert_eq!(with("Bearer "), None);
+        assert_eq!(with("Basic abc"), None);
+        assert_eq!(with("Bearerabc"), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn json_depth_counts_nesting_outside_strings() {

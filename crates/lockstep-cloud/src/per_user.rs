@@ -99,17 +99,8 @@ impl Drop for Slot {
 /// its answer has been sent. Requests without one (sign-in, signup) pass: their costly part is
 /// bounded by the password pool, and the handler answers a bad token.
 pub async fn take_a_slot(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let user_id = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .and_then(|token| {
-            verify_access_token(&state.keys.jwt_secret, token.trim(), state.now_secs()).ok()
-        })
+    let user_id = crate::extract::bearer_token(request.headers())
+        .and_then(|token| verify_access_token(&state.keys.jwt_secret, token, state.now_secs()).ok())
         .map(|claims| claims.sub);
     // Streams are long-lived and capped on their own (`crate::streams`).
     let streaming = request.uri().path().starts_with("/realtime/");

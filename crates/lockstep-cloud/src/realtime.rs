@@ -28,7 +28,7 @@ use std::{convert::Infallible, time::Duration};
 use axum::{
     Router,
     extract::{RawQuery, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -69,14 +69,8 @@ async fn stream(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned())
+    let token = crate::extract::bearer_token(&headers)
+        .map(str::to_owned)
         .or_else(|| query_param(raw.as_deref(), "access_token"))
         .ok_or_else(|| {
             unauthorized(

@@ -144,12 +144,17 @@ fn rows_response(rows: Vec<Value>, headers: &HeaderMap) -> Response {
     response
 }
 
-fn wants_representation(headers: &HeaderMap) -> bool {
+/// Whether the request's `Prefer` headers (one or several, comma-separated) include `wanted`.
+fn prefers(headers: &HeaderMap, wanted: &str) -> bool {
     headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim() == "return=representation"))
+        .any(|v| v.split(',').any(|p| p.trim() == wanted))
+}
+
+fn wants_representation(headers: &HeaderMap) -> bool {
+    prefers(headers, "return=representation")
 }
 
 const DEVICE_COLUMNS: &[&str] = &[

@@ -16,7 +16,7 @@ use lockstep_protocol::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{RestSession, RowQuery, answer_rows, rows_response, wants_representation};
+use super::{RestSession, RowQuery, answer_rows, prefers, rows_response, wants_representation};
 use crate::{
     db::feed as log,
     error::{ApiError, ApiResult},
@@ -168,14 +168,6 @@ async fn write_rows(
         }
     }
     Ok(response)
-}
-
-fn prefers(headers: &HeaderMap, wanted: &str) -> bool {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim() == wanted))
 }
 
 /// `POST /rest/v1/user_settings`: insert, or upsert with `Prefer: resolution=merge-duplicates`
