@@ -298,7 +298,7 @@ fn factor_record(f: &FactorRow) -> FactorRecord {
         id: f.id.clone(),
         friendly_name: f.friendly_name.clone(),
         factor_type: f.factor_type.clone(),
-        status: if f.status == "verified" {
+        status: if f.is_verified() {
             FactorStatus::Verified
         } else {
             FactorStatus::Unverified

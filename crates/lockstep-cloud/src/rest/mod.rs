@@ -12,8 +12,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use lockstep_protocol::errors::{RestCode, RestError};
-use lockstep_protocol::{audit::AuditAction, auth::ErrorCode, devices::validate_device_name};
+use lockstep_protocol::{
+    audit::AuditAction,
+    auth::ErrorCode,
+    devices::validate_device_name,
+    errors::{RestCode, RestError},
+};
 use serde_json::Value;
 
 pub use query::RowQuery;
