@@ -5,25 +5,21 @@
 use lockstep_core::{
     account::{SignIn, SignOutScope},
     profile::OpenOptions,
+    report::StatusReport,
 };
-use lockstep_protocol::settings;
+use lockstep_protocol::{settings, timestamp::rfc3339};
 use serde_json::Value;
 use tauri::State;
 
 use crate::{
     dto::{
         AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorCode, ErrorDto, LaunchDto,
-        SetAsideDto, SettingDto, SignInDto, StatusDto,
+        SetAsideDto, SettingDto, SignInDto,
     },
     shell::Shell,
 };
 
 type Answer<T> = Result<T, ErrorDto>;
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 /// Who wrote a synced value, as the UI shows it.
 fn changed_by(
@@ -51,9 +47,9 @@ pub async fn launch(shell: State<'_, Shell>) -> Answer<LaunchDto> {
     );
     let launch = &shell.launch;
     Ok(LaunchDto {
-        profile: launch.profile.clone(),
+        profile: launch.name.clone(),
         connected,
-        server_url: launch.server_url.clone(),
+        server_url: launch.server.clone(),
         anon_key: launch.anon_key.clone(),
         device_name: launch.device_name.clone(),
         problems,
@@ -84,9 +80,9 @@ pub async fn connect(
 }
 
 #[tauri::command]
-pub async fn status(shell: State<'_, Shell>) -> Answer<StatusDto> {
+pub async fn status(shell: State<'_, Shell>) -> Answer<StatusReport> {
     let engine = shell.engine().await?;
-    Ok(StatusDto::from(&*engine.status().borrow()))
+    Ok(StatusReport::from(&*engine.status().borrow()))
 }
 
 #[tauri::command]
@@ -249,10 +245,10 @@ pub async fn devices(shell: State<'_, Shell>) -> Answer<Vec<DeviceDto>> {
     Ok(devices
         .into_iter()
         .map(|d| DeviceDto {
-            id: d.id,
-            name: d.name,
-            platform: d.platform,
-            last_seen_at: rfc3339(d.last_seen_at),
+            id: d.record.id,
+            name: d.record.name,
+            platform: d.record.platform,
+            last_seen_at: rfc3339(d.record.last_seen_at),
             current: d.current,
         })
         .collect())

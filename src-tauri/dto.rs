@@ -1,13 +1,11 @@
 //! What crosses IPC between the shell and the UI: plain data, generated into TypeScript by
 //! `ts-rs` (`src-ui/src/bindings/`, written by `cargo test`), so the two sides cannot drift.
+//! Engine events and the status line are not defined here: the window receives
+//! `lockstep_core::report`'s `EventReport` and `StatusReport`, the form the CLI prints too.
 //! Errors cross as `{code, message}` with `code` from [`ErrorCode`]: the UI never matches
 //! message strings.
 
-use lockstep_core::{
-    engine::{Connection, EngineError, EngineEvent, SyncStatus},
-    feed::SecurityEvent,
-    profile::ProfileError,
-};
+use lockstep_core::{engine::EngineError, profile::ProfileError};
 use lockstep_protocol::settings;
 use serde::Serialize;
 use serde_json::Value;
@@ -92,66 +90,6 @@ impl From<ProfileError> for ErrorDto {
                 ErrorDto::new(ErrorCode::NotConnected, error.to_string())
             }
             other => ErrorDto::new(ErrorCode::Invalid, other.to_string()),
-        }
-    }
-}
-
-dto! {
-    /// The connection state, for the UI to act on (its display text is [`StatusDto::label`]).
-    /// Mirrors the engine's [`Connection`]: a state added or renamed there fails to compile
-    /// here, and one renamed here fails the UI's type check.
-    #[serde(rename_all = "snake_case")]
-    pub enum ConnectionDto {
-        Connecting,
-        Live,
-        Polling,
-        Offline,
-        Paused,
-        StepUpRequired,
-        SignedOut,
-    }
-}
-
-impl From<&Connection> for ConnectionDto {
-    fn from(connection: &Connection) -> ConnectionDto {
-        match connection {
-            Connection::Connecting => ConnectionDto::Connecting,
-            Connection::Live => ConnectionDto::Live,
-            Connection::Polling => ConnectionDto::Polling,
-            Connection::Offline => ConnectionDto::Offline,
-            Connection::Paused => ConnectionDto::Paused,
-            Connection::StepUpRequired => ConnectionDto::StepUpRequired,
-            Connection::SignedOut => ConnectionDto::SignedOut,
-        }
-    }
-}
-
-dto! {
-    /// The status line: connection, pending edits, last sync.
-    pub struct StatusDto {
-        pub connection: ConnectionDto,
-        /// The connection as people read it: `Live`, `Offline`, `Code needed`, … (the engine's
-        /// [`Connection::label`]).
-        pub label: String,
-        pub live: bool,
-        pub pending: u32,
-        /// Edits the server refused for good, kept aside (listed by `set_aside`).
-        pub set_aside: u32,
-        /// Unix milliseconds.
-        #[ts(type = "number | null")]
-        pub last_synced_ms: Option<i64>,
-    }
-}
-
-impl From<&SyncStatus> for StatusDto {
-    fn from(status: &SyncStatus) -> StatusDto {
-        StatusDto {
-            connection: (&status.connection).into(),
-            label: status.connection.label().to_owned(),
-            live: status.connection == Connection::Live,
-            pending: u32::try_from(status.pending).unwrap_or(u32::MAX),
-            set_aside: u32::try_from(status.set_aside).unwrap_or(u32::MAX),
-            last_synced_ms: status.last_synced_ms,
         }
     }
 }
@@ -267,100 +205,5 @@ dto! {
         /// RFC 3339.
         pub created_at: String,
         pub details: Value,
-    }
-}
-
-dto! {
-    /// An engine event, as the UI receives it on `lockstep://event`.
-    #[serde(tag = "kind", rename_all = "snake_case")]
-    pub enum EventDto {
-        RemoteChange {
-            key: String,
-            label: String,
-            old: Option<Value>,
-            new: Option<Value>,
-            device_name: Option<String>,
-        },
-        Superseded {
-            key: String,
-            label: String,
-            lost: Value,
-            winner: Value,
-            winner_device: Option<String>,
-        },
-        Status(StatusDto),
-        /// The server refused an edit for good; it is kept aside and the rest syncs.
-        SetAside { key: String, label: String, reason: String },
-        Security { event: String, device_name: Option<String>, detail: Option<String> },
-        Problem { message: String },
-    }
-}
-
-impl From<&EngineEvent> for EventDto {
-    fn from(event: &EngineEvent) -> EventDto {
-        match event {
-            EngineEvent::RemoteChange {
-                key,
-                old,
-                new,
-                device_name,
-            } => EventDto::RemoteChange {
-                key: key.clone(),
-                label: settings::label(key),
-                old: old.clone(),
-                new: new.clone(),
-                device_name: device_name.clone(),
-            },
-            EngineEvent::Superseded { key, lost, winner } => EventDto::Superseded {
-                key: key.clone(),
-                label: settings::label(key),
-                lost: lost.clone(),
-                winner: winner.value.clone(),
-                winner_device: winner
-                    .device_name
-                    .clone()
-                    .or_else(|| Some(winner.device_id.clone())),
-            },
-            EngineEvent::Status(status) => EventDto::Status(status.into()),
-            EngineEvent::SetAside { key, reason } => EventDto::SetAside {
-                key: key.clone(),
-                label: settings::label(key),
-                reason: reason.clone(),
-            },
-            EngineEvent::Security(security) => {
-                let (event, device_name, detail) = security_parts(security);
-                EventDto::Security {
-                    event: event.to_owned(),
-                    device_name,
-                    detail,
-                }
-            }
-            EngineEvent::Problem(message) => EventDto::Problem {
-                message: message.clone(),
-            },
-        }
-    }
-}
-
-/// A security event's name (snake case), the device concerned and a detail.
-pub fn security_parts(event: &SecurityEvent) -> (&'static str, Option<String>, Option<String>) {
-    match event {
-        SecurityEvent::EmailVerified { email } => ("email_verified", None, Some(email.clone())),
-        SecurityEvent::EmailChanged { email } => ("email_changed", None, Some(email.clone())),
-        SecurityEvent::MfaEnabled { device_name } => ("mfa_enabled", device_name.clone(), None),
-        SecurityEvent::MfaDisabled { device_name } => ("mfa_disabled", device_name.clone(), None),
-        SecurityEvent::Mfa {
-            action,
-            device_name,
-        } => ("mfa", device_name.clone(), Some(action.clone())),
-        SecurityEvent::DeviceSignedIn { name, .. } => {
-            ("device_signed_in", Some(name.clone()), None)
-        }
-        SecurityEvent::DeviceRevoked { name, by, .. } => {
-            ("device_revoked", by.clone(), Some(name.clone()))
-        }
-        SecurityEvent::SessionEndedHere { by } => ("session_ended", by.clone(), None),
-        SecurityEvent::StepUpRequired => ("step_up_required", None, None),
-        SecurityEvent::SignedOut { by } => ("signed_out", by.clone(), None),
     }
 }

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use lockstep_core::{
     engine::{Engine, EngineEvent},
     keychain::Keychain,
+    report::EventReport,
 };
 use tauri::{Emitter, Manager, Runtime};
 
-use crate::{dto::EventDto, shell::Shell};
+use crate::shell::Shell;
 
 /// The event the window listens to.
 pub const EVENT: &str = "lockstep://event";
@@ -66,11 +67,11 @@ macro_rules! handler {
 /// Where engine events go in the running app: the window, the tray, notifications.
 fn sink<R: Runtime>(app: tauri::AppHandle<R>) -> shell::Sink {
     Arc::new(move |engine: &Engine, event: &EngineEvent| {
-        let dto = EventDto::from(event);
-        if let Err(error) = app.emit(EVENT, &dto) {
+        let report = EventReport::from(event);
+        if let Err(error) = app.emit(EVENT, &report) {
             tracing::warn!(%error, "could not send an event to the window");
         }
-        if let EventDto::Status(status) = &dto {
+        if let EventReport::Status(status) = &report {
             tray::show_status(&app, status);
         }
         let prefs = notify::Preferences::read(|key| engine.value(key));
@@ -92,7 +93,7 @@ pub fn run() {
         // Commands report it when they need a secret; the window still opens.
         tracing::error!(%error, "no OS keychain");
     }
-    let launch = shell::Launch::from_env(std::env::args().skip(1));
+    let launch = shell::parse_launch(std::env::args_os());
     let result = tauri::Builder::default()
         .plugin(tauri_plugin_store::Builder::default().build())
         .manage(Shell::new(launch))

@@ -1,56 +1,70 @@
 //! The shell's state: which profile this instance is, its engine and live loop once connected,
 //! and where engine events go (the window, notifications, the tray). No sync logic lives here.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use lockstep_core::{
     account::Enrollment,
     engine::{Engine, EngineEvent},
     live::{self, LiveHandle, LiveOptions},
-    profile::{self, OpenOptions},
+    profile::{self, OpenOptions, ProfileArgs},
 };
 use tokio::sync::{Mutex, broadcast};
 
 use crate::dto::{ErrorCode, ErrorDto};
 
-/// How this instance was started: `--profile NAME` (or `LOCKSTEP_PROFILE`), and the server to
-/// prefill (`LOCKSTEP_SERVER`, `LOCKSTEP_ANON_KEY`; `cargo xtask run` sets them).
-#[derive(Debug, Clone)]
-pub struct Launch {
-    pub profile: String,
-    pub base_dir: PathBuf,
-    pub server_url: Option<String>,
-    pub anon_key: Option<String>,
-    pub device_name: Option<String>,
+/// How this instance was started: the profile arguments it shares with the CLI (`--profile`,
+/// `--home`, `--device-name`, and `--server`/`--anon-key` to prefill the connect form), each
+/// also read from its `LOCKSTEP_*` variable (`cargo xtask run` sets them).
+pub type Launch = ProfileArgs;
+
+/// The desktop app's command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "lockstep-desktop",
+    version,
+    about = "The Lockstep desktop app: settings that sync across your devices"
+)]
+struct DesktopArgs {
+    #[command(flatten)]
+    profile: ProfileArgs,
 }
 
-impl Launch {
-    /// From the command line and the environment. Unknown arguments are ignored (WebDriver and
-    /// the OS may add their own).
-    pub fn from_env(args: impl IntoIterator<Item = String>) -> Launch {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let mut profile = env("LOCKSTEP_PROFILE");
-        let mut device_name = env("LOCKSTEP_DEVICE_NAME");
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--profile" => profile = args.next(),
-                "--device-name" => device_name = args.next(),
-                other => {
-                    if let Some(value) = other.strip_prefix("--profile=") {
-                        profile = Some(value.to_owned());
-                    }
-                }
-            }
-        }
-        Launch {
-            profile: profile.unwrap_or_else(|| "default".into()),
-            base_dir: profile::default_base_dir(),
-            server_url: env("LOCKSTEP_SERVER"),
-            anon_key: env("LOCKSTEP_ANON_KEY"),
-            device_name,
+/// Reads the command line (`args` includes the program name) and the environment. Arguments
+/// that are not ours are passed over, wherever they stand: WebDriver and the OS may add their
+/// own.
+pub fn parse_launch<I, T>(args: I) -> Launch
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory as _, Parser as _};
+
+    let mut command = DesktopArgs::command();
+    command.build();
+    // Each long option we know, and whether it takes a value.
+    let known: Vec<(String, bool)> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            Some((format!("--{long}"), arg.get_action().takes_values()))
+        })
+        .collect();
+    let mut args = args.into_iter().map(Into::into);
+    let mut ours: Vec<std::ffi::OsString> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        let name = text.split_once('=').map_or(&*text, |(name, _)| name);
+        let Some(&(_, takes_value)) = known.iter().find(|(long, _)| long == name) else {
+            continue;
+        };
+        let inline_value = text.contains('=');
+        ours.push(arg);
+        if takes_value && !inline_value {
+            ours.extend(args.next());
         }
     }
+    DesktopArgs::parse_from(ours).profile
 }
 
 /// Where engine events go, installed by the app at start (tests install their own).
@@ -113,7 +127,7 @@ impl Shell {
             return Ok(());
         }
         *running = None;
-        let opened = profile::open(&self.launch.base_dir, &self.launch.profile, options)?;
+        let opened = profile::open(&self.launch.base_dir(), &self.launch.name, options)?;
         self.problems
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -199,5 +213,31 @@ impl Shell {
 
     pub async fn put_back_enrollment(&self, enrollment: Enrollment) {
         *self.enrollment.lock().await = Some(enrollment);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launch_reads_the_shared_profile_arguments_and_ignores_foreign_ones() {
+        let launch = parse_launch([
+            "lockstep-desktop",
+            "--profile",
+            "work",
+            "--webdriver-port=4444",
+            "-psn_0_12345",
+            "stray",
+            "--device-name",
+            "Work laptop",
+            "--home=/tmp/lockstep-home",
+        ]);
+        assert_eq!(launch.name, "work");
+        assert_eq!(launch.device_name.as_deref(), Some("Work laptop"));
+        assert_eq!(
+            launch.base_dir(),
+            std::path::Path::new("/tmp/lockstep-home")
+        );
     }
 }

@@ -9,13 +9,15 @@ use tauri::{
     tray::{TrayIcon, TrayIconBuilder},
 };
 
-use crate::{dto::StatusDto, shell::Shell};
+use lockstep_core::report::StatusReport;
+
+use crate::shell::Shell;
 
 const TRAY_ID: &str = "lockstep";
 
 /// The tooltip for a status: `Lockstep: Live`, `Lockstep: Offline (3 pending)`,
 /// `Lockstep: Live (1 not synced: refused)`.
-pub fn tooltip(status: &StatusDto) -> String {
+pub fn tooltip(status: &StatusReport) -> String {
     let mut notes = Vec::new();
     if status.pending > 0 {
         notes.push(format!("{} pending", status.pending));
@@ -112,7 +114,7 @@ fn on_menu<R: Runtime>(app: &AppHandle<R>, id: &str) {
 }
 
 /// Shows `status` in the tray's tooltip and status line.
-pub fn show_status<R: Runtime>(app: &AppHandle<R>, status: &StatusDto) {
+pub fn show_status<R: Runtime>(app: &AppHandle<R>, status: &StatusReport) {
     let text = tooltip(status);
     if let Some(tray) = app.tray_by_id(TRAY_ID) {
         let _ = tray.set_tooltip(Some(&text));
@@ -130,7 +132,7 @@ mod tests {
     fn the_tooltip_says_the_state_and_what_is_pending() {
         use lockstep_core::engine::{Connection, SyncStatus};
         let status = |connection, pending, set_aside| {
-            StatusDto::from(&SyncStatus {
+            StatusReport::from(&SyncStatus {
                 connection,
                 pending,
                 set_aside,

@@ -9,11 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lockstep_core::{engine::EngineEvent, keychain::Keychain};
-use lockstep_desktop::{
-    dto::EventDto,
-    shell::{Launch, Shell},
-};
+use lockstep_core::{engine::EngineEvent, keychain::Keychain, report::EventReport};
+use lockstep_desktop::shell::{Launch, Shell};
 use serde_json::{Value, json};
 use tauri::{
     Manager, WebviewWindow,
@@ -41,7 +38,7 @@ impl Cloud {
 /// One app instance: its mock window and the engine events its shell forwarded.
 struct Instance {
     window: WebviewWindow<MockRuntime>,
-    events: Arc<Mutex<Vec<EventDto>>>,
+    events: Arc<Mutex<Vec<EventReport>>>,
     _app: tauri::App<MockRuntime>,
 }
 
@@ -49,11 +46,9 @@ impl Instance {
     fn start(base: &Path, profile: &str) -> Instance {
         Keychain::use_mock_store();
         let launch = Launch {
-            profile: profile.into(),
-            base_dir: base.to_owned(),
-            server_url: None,
-            anon_key: None,
-            device_name: None,
+            name: profile.into(),
+            home: Some(base.to_owned()),
+            ..Launch::default()
         };
         let app = mock_builder()
             .manage(Shell::new(launch))
@@ -64,7 +59,7 @@ impl Instance {
         let seen = events.clone();
         app.state::<Shell>()
             .set_sink(Arc::new(move |_, event: &EngineEvent| {
-                seen.lock().unwrap().push(EventDto::from(event));
+                seen.lock().unwrap().push(EventReport::from(event));
             }));
         let window = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
             .build()
@@ -172,10 +167,10 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
     );
     assert_eq!(account["device_name"], "Work laptop");
     a.wait_event("A live", |e| {
-        e["kind"] == "status" && e["connection"] == "live"
+        e["event"] == "status" && e["connection"] == "live"
     });
     b.wait_event("B live", |e| {
-        e["kind"] == "status" && e["connection"] == "live"
+        e["event"] == "status" && e["connection"] == "live"
     });
 
     // A change of theme on A reaches B, with the device's name.
@@ -184,7 +179,7 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
         json!({"key": "appearance.theme", "value": "dark"}),
     );
     b.wait_event("the theme change", |e| {
-        e["kind"] == "remote_change"
+        e["event"] == "remote_change"
             && e["key"] == "appearance.theme"
             && e["new"] == "dark"
             && e["device_name"] == "Work laptop"
@@ -225,7 +220,7 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
         .to_owned();
     a.ok("revoke_device", json!({"deviceId": b_id}));
     b.wait_event("the sign-out", |e| {
-        e["kind"] == "security" && e["event"] == "signed_out" && e["device_name"] == "Work laptop"
+        e["event"] == "security" && e["kind"] == "signed_out" && e["by"] == "Work laptop"
     });
     let after = b.call("account", json!({})).unwrap_err();
     assert_eq!(after["code"], "signed_out", "{after}");
@@ -255,13 +250,13 @@ fn two_theme_changes_while_offline_reach_the_other_instance_once_online() {
     b.ok("sign_in", credentials);
     for instance in [&a, &b] {
         instance.wait_event("live", |e| {
-            e["kind"] == "status" && e["connection"] == "live"
+            e["event"] == "status" && e["connection"] == "live"
         });
     }
 
     cloud.server.kill();
     a.wait_event("offline", |e| {
-        e["kind"] == "status" && e["connection"] != "live"
+        e["event"] == "status" && e["connection"] != "live"
     });
     for theme in ["dark", "light"] {
         a.ok(
@@ -273,7 +268,7 @@ fn two_theme_changes_while_offline_reach_the_other_instance_once_online() {
     cloud.server.restart().unwrap();
     a.ok("sync_now", json!({}));
     b.wait_event("the second theme", |e| {
-        e["kind"] == "remote_change" && e["key"] == "appearance.theme" && e["new"] == "light"
+        e["event"] == "remote_change" && e["key"] == "appearance.theme" && e["new"] == "light"
     });
     assert_eq!(b.setting("appearance.theme")["value"], "light");
     assert_eq!(a.setting("appearance.theme")["value"], "light");
@@ -291,6 +286,6 @@ fn two_theme_changes_while_offline_reach_the_other_instance_once_online() {
         json!({"key": "notifications.desktop", "value": false}),
     );
     b.wait_event("a later edit", |e| {
-        e["kind"] == "remote_change" && e["key"] == "notifications.desktop"
+        e["event"] == "remote_change" && e["key"] == "notifications.desktop"
     });
 }

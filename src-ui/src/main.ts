@@ -2,7 +2,7 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 
-import { api, isError, onEvent, uiState, type AccountDto, type EventDto, type SetAsideDto, type SettingDto, type StatusDto } from "./api.js";
+import { api, isError, onEvent, uiState, type AccountDto, type EventReport, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
 import { ago, describe, effectiveTheme, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
@@ -21,7 +21,7 @@ function h(tag: string, attrs: Attrs = {}, ...children: (Node | string | null)[]
 
 const state = {
   view: "settings" as View,
-  status: null as StatusDto | null,
+  status: null as StatusReport | null,
   account: null as AccountDto | null,
   settings: [] as SettingDto[],
   /** Edits the server refused for good (kept aside until retried or dropped). */
@@ -365,19 +365,19 @@ async function render(): Promise<void> {
   root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body));
 }
 
-function onEngineEvent(event: EventDto): void {
-  if (event.kind === "status") {
+function onEngineEvent(event: EventReport): void {
+  if (event.event === "status") {
     state.status = event;
     if (!state.locked) document.querySelector("header")?.replaceWith(header());
     if (event.connection === "signed_out") authScreen();
     if (event.connection === "step_up_required") codeScreen();
     return;
   }
-  const text = describe(event as unknown as { kind: string } & Record<string, unknown>);
+  const text = describe(event);
   if (text) {
     state.log.unshift(text);
     state.log = state.log.slice(0, 50);
-    if (event.kind !== "remote_change") toast(text);
+    if (event.event !== "remote_change") toast(text);
   }
   void refresh();
 }

@@ -38,21 +38,32 @@ test("the theme follows the choice, or the system", () => {
 
 test("events are described with the device", () => {
   assert.equal(
-    describe({ kind: "remote_change", key: "appearance.theme", label: "Theme", device_name: "Work laptop" }),
+    describe({ event: "remote_change", key: "appearance.theme", label: "Theme", old: null, new: "dark", device_name: "Work laptop" }),
     "Theme changed on Work laptop",
   );
   assert.equal(
-    describe({ kind: "security", event: "signed_out", device_name: "Desk", detail: null }),
+    describe({ event: "security", kind: "signed_out", by: "Desk" }),
     "This device was signed out by Desk",
   );
   assert.equal(
-    describe({ kind: "security", event: "mfa", device_name: "Desk", detail: "recovery_code_used" }),
+    describe({ event: "security", kind: "mfa", action: "recovery_code_used", device_name: "Desk" }),
     "A recovery code was used on Desk",
   );
 });
 
+test("a superseded edit names the device that won, or its id", () => {
+  const lost = { event: "superseded", key: "appearance.theme", label: "Theme", lost: "light", value: "dark", device_id: "d-2" };
+  assert.equal(describe({ ...lost, device_name: "Laptop" }), "Your change to Theme was replaced by a newer one on Laptop");
+  assert.equal(describe({ ...lost, device_name: null }), "Your change to Theme was replaced by a newer one on d-2");
+});
+
+test("an ended session and a status change read as people say them", () => {
+  assert.equal(describe({ event: "security", kind: "session_ended_here", by: null }), "This device's session was ended");
+  assert.equal(describe({ event: "status", connection: "live", label: "Live", live: true, pending: 0, set_aside: 0, last_synced_ms: null }), "");
+});
+
 test("a refused edit says what was refused, why, and that the rest syncs", () => {
-  const text = describe({ kind: "set_aside", key: "appearance.theme", label: "Theme", reason: "hlc is too far ahead" });
+  const text = describe({ event: "set_aside", key: "appearance.theme", label: "Theme", reason: "hlc is too far ahead" });
   assert.match(text, /Theme/);
   assert.match(text, /too far ahead/);
   assert.match(text, /rest keeps syncing/);

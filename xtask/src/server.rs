@@ -41,13 +41,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         args.devices
     };
 
-    // The default members (server, app, CLI) build together, with the features `cargo build`
-    // and the tests use, so nothing is compiled twice.
+    // The default members (server, app, CLI), always all of them: their features are the ones
+    // `cargo test` and `cargo doc` build with too (xtask/tests/dependencies.rs checks it), so
+    // after `cargo xtask test` nothing is compiled again, and the reverse.
     let mut build = cmd::cargo();
-    build.arg("build");
-    if devices == 0 {
-        build.args(["--package", "lockstep-cloud"]);
-    }
+    build.args(["build", "--locked"]);
     cmd::run(&mut build)?;
 
     let bin = target_dir(&root).join("debug");

@@ -12,6 +12,10 @@
 //! graph with one invariant broken by hand and expect a violation, so that a rule cannot pass
 //! vacuously (a renamed crate, a typo in a name).
 //!
+//! One more rule is about the build rather than the architecture: the features of every shared
+//! package are the same under each command, read from `cargo tree` (see
+//! [`one_build_serves_every_command`]).
+//!
 //! Changing an allow-list here is a deliberate change of the architecture: update
 //! `ARCHITECTURE.md` with it.
 
@@ -19,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use cargo_metadata::{CargoOpt, DependencyKind, Metadata, MetadataCommand, PackageId};
+use serde_json::Value;
 
 const PROTOCOL: &str = "lockstep-protocol";
 const CLOUD: &str = "lockstep-cloud";
@@ -94,6 +98,81 @@ fn core_does_not_depend_on_tauri() {
 #[test]
 fn xtask_depends_on_no_workspace_crate() {
     pass(check_xtask_stands_alone(graph()));
+}
+
+/// (f) One build serves every command: the features of each shared package are the same
+/// whether cargo resolves with the dev-dependencies (`cargo test`, `cargo clippy --all-targets`)
+/// or without (`cargo doc --workspace`, `cargo build` of the default members, which `cargo
+/// xtask run` does), so switching between them rebuilds nothing.
+#[test]
+fn one_build_serves_every_command() {
+    let with_dev = resolved_features(&["--workspace", "-e", "normal,build,dev"]);
+    let docs = resolved_features(&["--workspace", "-e", "normal,build"]);
+    let default_members = resolved_features(&["-e", "normal,build"]);
+    pass(check_same_features(
+        &with_dev,
+        &docs,
+        "cargo doc --workspace",
+    ));
+    pass(check_same_features(
+        &with_dev,
+        &default_members,
+        "cargo build (the default members)",
+    ));
+}
+
+/// Each package (`name vX.Y.Z`) with the feature sets cargo builds it with (one for the build
+/// machine, one for the target, when they differ), as `cargo tree <args>` resolves them.
+type Features = BTreeMap<String, BTreeSet<String>>;
+
+fn resolved_features(args: &[&str]) -> Features {
+    let mut command = vec![
+        "tree",
+        "--locked",
+        "--prefix",
+        "none",
+        "--format",
+        "{p} [{f}]",
+    ];
+    command.extend_from_slice(args);
+    parse_features(&cargo(&command))
+}
+
+fn parse_features(tree: &str) -> Features {
+    let mut features = Features::new();
+    for line in tree.lines() {
+        let line = line.trim_end_matches(" (*)");
+        let Some((package, list)) = line.rsplit_once(" [") else {
+            continue;
+        };
+        let package = package.trim_end_matches(" (proc-macro)");
+        features
+            .entry(package.to_owned())
+            .or_default()
+            .insert(list.trim_end_matches(']').to_owned());
+    }
+    features
+}
+
+fn check_same_features(with_dev: &Features, other: &Features, command: &str) -> Result<(), String> {
+    let problems: Vec<String> = other
+        .iter()
+        .filter_map(|(package, features)| {
+            let tested = with_dev.get(package)?;
+            (tested != features).then(|| {
+                format!("{package}: {features:?} under `{command}`, {tested:?} under `cargo test`")
+            })
+        })
+        .collect();
+    verdict(
+        &format!(
+            "a package has other features under `{command}` than under `cargo test`, so the two \
+             build it twice and switching rebuilds everything above it: name the feature the \
+             dev-dependency turns on in the normal dependencies too (see \"One build\" in the \
+             root Cargo.toml)"
+        ),
+        problems,
+    )
 }
 
 /// (a) `lockstep-protocol` is plain data and pure functions.
@@ -269,6 +348,25 @@ mod the_checks_can_fail {
     }
 
     #[test]
+    fn one_build_rule() {
+        let tested = parse_features(
+            "serde_json v1.0.1 [alloc,default,std,unbounded_depth]\n\
+             syn v2.0.1 [full] (*)\n\
+             syn v2.0.1 [fold,full]\n\
+             proptest v1.0.0 [std]\n",
+        );
+        let built = parse_features(
+            "serde_json v1.0.1 [alloc,default,std]\nsyn v2.0.1 [full]\nsyn v2.0.1 [fold,full]\n",
+        );
+        fails(
+            check_same_features(&tested, &built, "cargo build"),
+            "serde_json v1.0.1",
+        );
+        let built = parse_features("syn v2.0.1 [fold,full] (*)\nsyn v2.0.1 [full]\n");
+        pass(check_same_features(&tested, &built, "cargo build"));
+    }
+
+    #[test]
     fn protocol_rule() {
         let g = with(|g| g.add_edge(PROTOCOL, "tokio", Kind::Normal));
         fails(check_protocol_is_pure(&g), "`tokio` is a normal dependency");
@@ -349,12 +447,13 @@ enum Kind {
 }
 
 impl Kind {
-    fn from_cargo(kind: DependencyKind) -> Kind {
-        match kind {
-            DependencyKind::Development => Kind::Dev,
-            DependencyKind::Build => Kind::Build,
-            // A kind this version of `cargo_metadata` does not know counts as normal: strict.
-            DependencyKind::Normal | DependencyKind::Unknown => Kind::Normal,
+    /// A `dep_kinds[].kind` of `cargo metadata`: `null` (normal), `"dev"` or `"build"`. A kind
+    /// this test does not know counts as normal: strict.
+    fn from_cargo(kind: &Value) -> Kind {
+        match kind.as_str() {
+            Some("dev") => Kind::Dev,
+            Some("build") => Kind::Build,
+            _ => Kind::Normal,
         }
     }
 
@@ -382,44 +481,73 @@ struct Graph {
 fn graph() -> &'static Graph {
     static GRAPH: OnceLock<Graph> = OnceLock::new();
     GRAPH.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("xtask sits in the workspace root");
-        // `$CARGO` (set by `cargo test`) runs it, so the toolchain is the one under test.
-        let metadata = MetadataCommand::new()
-            .manifest_path(root.join("Cargo.toml"))
-            .features(CargoOpt::AllFeatures)
-            .other_options(vec!["--locked".to_owned()])
-            .exec()
-            .expect("`cargo metadata` runs on the workspace");
+        let out = cargo(&[
+            "metadata",
+            "--format-version",
+            "1",
+            "--all-features",
+            "--locked",
+        ]);
+        let metadata: Value = serde_json::from_str(&out).expect("`cargo metadata` prints JSON");
         Graph::from_metadata(&metadata)
     })
 }
 
+/// Runs `$CARGO` (set by `cargo test`, so the toolchain is the one under test) in the workspace
+/// root and returns what it printed; panics with its errors if it fails.
+fn cargo(args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "`cargo {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("cargo prints UTF-8")
+}
+
 impl Graph {
-    fn from_metadata(metadata: &Metadata) -> Graph {
-        let index: HashMap<&PackageId, usize> = metadata
-            .packages
+    /// From `cargo metadata --format-version 1` (its `packages`, `workspace_members` and
+    /// `resolve.nodes[].deps[].dep_kinds`).
+    fn from_metadata(metadata: &Value) -> Graph {
+        let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+        let packages = list(&metadata["packages"]);
+        let index: HashMap<String, usize> = packages
             .iter()
             .enumerate()
-            .map(|(i, package)| (&package.id, i))
+            .map(|(i, package)| (text(&package["id"]), i))
             .collect();
-        let names = metadata.packages.iter().map(|p| p.name.clone()).collect();
-        let members = metadata
-            .workspace_members
+        let names: Vec<String> = packages.iter().map(|p| text(&p["name"])).collect();
+        let members = list(&metadata["workspace_members"])
             .iter()
-            .map(|id| (metadata[id].name.clone(), index[id]))
+            .map(|id| {
+                let i = index[&text(id)];
+                (names[i].clone(), i)
+            })
             .collect();
-        let mut edges = vec![BTreeMap::new(); metadata.packages.len()];
-        let resolve = metadata
-            .resolve
-            .as_ref()
-            .expect("`cargo metadata` resolved the dependencies");
-        for node in &resolve.nodes {
-            let from: &mut BTreeMap<usize, BTreeSet<Kind>> = &mut edges[index[&node.id]];
-            for dep in &node.deps {
-                let kinds = from.entry(index[&dep.pkg]).or_default();
-                kinds.extend(dep.dep_kinds.iter().map(|k| Kind::from_cargo(k.kind)));
+        let mut edges = vec![BTreeMap::new(); packages.len()];
+        let nodes = list(&metadata["resolve"]["nodes"]);
+        assert!(
+            !nodes.is_empty(),
+            "`cargo metadata` resolved the dependencies"
+        );
+        for node in &nodes {
+            let from: &mut BTreeMap<usize, BTreeSet<Kind>> = &mut edges[index[&text(&node["id"])]];
+            for dep in list(&node["deps"]) {
+                let kinds = from.entry(index[&text(&dep["pkg"])]).or_default();
+                kinds.extend(
+                    list(&dep["dep_kinds"])
+                        .iter()
+                        .map(|k| Kind::from_cargo(&k["kind"])),
+                );
             }
         }
         Graph {

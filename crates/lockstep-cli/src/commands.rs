@@ -9,10 +9,13 @@ use lockstep_core::{
     feed::{self, SecurityEvent},
     keychain::Keychain,
     live::{self, LiveOptions},
-    profile::{self, OpenOptions},
+    profile,
     session::SessionError,
 };
-use lockstep_protocol::settings;
+use lockstep_protocol::{
+    settings,
+    timestamp::{rfc3339, rfc3339_millis},
+};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -26,15 +29,10 @@ use crate::{
 /// Runs the command of `cli`.
 pub async fn run(cli: Cli, out: Out) -> anyhow::Result<()> {
     Keychain::use_platform_store()?;
-    let base = cli.home.clone().unwrap_or_else(profile::default_base_dir);
     let opened = profile::open(
-        &base,
-        &cli.profile,
-        OpenOptions {
-            server_url: cli.server.clone().filter(|s| !s.is_empty()),
-            anon_key: cli.anon_key.clone().filter(|k| !k.is_empty()),
-            device_name: cli.device_name.clone(),
-        },
+        &cli.profile.base_dir(),
+        &cli.profile.name,
+        cli.profile.open_options(),
     )?;
     for problem in &opened.problems {
         out.warn(problem);
@@ -135,7 +133,7 @@ async fn dispatch(command: Command, engine: &Arc<Engine>, out: Out) -> anyhow::R
 /// Refuses an id that is not one of the account's devices (the server would quietly change
 /// nothing).
 async fn known_device(engine: &Engine, id: &str) -> anyhow::Result<()> {
-    if engine.devices().await?.iter().any(|d| d.id == id) {
+    if engine.devices().await?.iter().any(|d| d.record.id == id) {
         Ok(())
     } else {
         Err(CliError::Invalid(format!(
@@ -387,7 +385,7 @@ async fn status(engine: &Engine, out: Out) -> anyhow::Result<()> {
         "last synced: {}",
         last_synced_ms.map_or_else(
             || "not in this run (run `lockstep sync` or `lockstep watch`)".to_owned(),
-            output::time_ms
+            rfc3339_millis
         )
     ));
     out.emit(lines.join("\n"), json)?;
@@ -422,10 +420,7 @@ fn get(engine: &Engine, out: Out, key: Option<&str>, reveal: bool) -> anyhow::Re
         let device_only = engine.is_device_only(&key);
         let row = engine.row(&key).filter(|row| !row.deleted && !device_only);
         let (device_id, updated_at) = match (&row, device_only) {
-            (Some(row), _) => (
-                Some(row.device_id.clone()),
-                Some(output::time(row.updated_at)),
-            ),
+            (Some(row), _) => (Some(row.device_id.clone()), Some(rfc3339(row.updated_at))),
             (None, true) => (Some(device.clone()), None),
             (None, false) => (None, None),
         };
@@ -437,7 +432,7 @@ fn get(engine: &Engine, out: Out, key: Option<&str>, reveal: bool) -> anyhow::Re
             } else {
                 row.device_name.as_deref().unwrap_or(&row.device_id)
             };
-            format!(" (set on {on}, {})", output::time(row.updated_at))
+            format!(" (set on {on}, {})", rfc3339(row.updated_at))
         } else {
             " (default)".to_owned()
         };
@@ -516,8 +511,8 @@ async fn set_aside(engine: &Engine, out: Out, command: SetAsideCommand) -> anyho
                             "{} = {} (edited {}, refused {}): {}",
                             e.key,
                             output::show(e.value.as_ref()),
-                            output::time_ms(e.recorded_at_ms),
-                            output::time_ms(e.refused_at_ms),
+                            rfc3339_millis(e.recorded_at_ms),
+                            rfc3339_millis(e.refused_at_ms),
                             e.reason
                         )
                     })
@@ -655,14 +650,15 @@ async fn devices(engine: &Engine, out: Out) -> anyhow::Result<()> {
     let list = engine.devices().await?;
     let me = &engine.profile().device.id;
     for device in list {
-        let current = device.current || &device.id == me;
+        let current = device.current || &device.record.id == me;
+        let record = &device.record;
         let human = format!(
             "{} {}  {:?}  {}  last seen {}{}",
             if current { "*" } else { " " },
-            device.id,
-            device.name,
-            device.platform,
-            output::time(device.last_seen_at),
+            record.id,
+            record.name,
+            record.platform,
+            rfc3339(record.last_seen_at),
             if current { "  (this device)" } else { "" }
         );
         let mut json = serde_json::to_value(&device)?;
@@ -812,7 +808,7 @@ async fn activity(engine: &Engine, out: Out, limit: u32) -> anyhow::Result<()> {
     for entry in engine.activity(limit).await? {
         let human = format!(
             "{}  {}  {}  {}",
-            output::time(entry.created_at),
+            rfc3339(entry.created_at),
             entry.action,
             entry
                 .device_name

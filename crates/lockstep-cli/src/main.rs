@@ -14,6 +14,7 @@ mod output;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use lockstep_core::profile::ProfileArgs;
 
 const LONG_ABOUT: &str = "\
 The Lockstep command-line client: settings that sync across your devices.
@@ -41,33 +42,9 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "lockstep", version, about = "The Lockstep command-line client", long_about = LONG_ABOUT)]
 pub struct Cli {
-    /// The profile (device identity) to use.
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_PROFILE",
-        default_value = "default",
-        value_name = "NAME"
-    )]
-    pub profile: String,
-    /// The server's URL (remembered by the profile).
-    #[arg(long, global = true, env = "LOCKSTEP_SERVER", value_name = "URL")]
-    pub server: Option<String>,
-    /// The server's anon key (remembered by the profile).
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_ANON_KEY",
-        value_name = "KEY",
-        hide_env_values = true
-    )]
-    pub anon_key: Option<String>,
-    /// Where profiles live [default: $XDG_DATA_HOME/lockstep or ~/.local/share/lockstep].
-    #[arg(long, global = true, env = "LOCKSTEP_HOME", value_name = "DIR")]
-    pub home: Option<PathBuf>,
-    /// Name this device (remembered by the profile; other devices see it).
-    #[arg(long, global = true, value_name = "NAME")]
-    pub device_name: Option<String>,
+    /// Which profile, where it lives and which server it uses.
+    #[command(flatten)]
+    pub profile: ProfileArgs,
     /// Machine output: one JSON object per line.
     #[arg(long, global = true)]
     pub json: bool,

@@ -5,10 +5,8 @@
 
 use std::io::Write as _;
 
-use lockstep_core::{
-    engine::{Connection, EngineEvent, SyncStatus},
-    feed::SecurityEvent,
-};
+use lockstep_core::{engine::EngineEvent, feed::SecurityEvent, report::EventReport};
+use lockstep_protocol::timestamp::rfc3339_millis;
 use serde_json::{Value, json};
 
 /// Where and how to print.
@@ -47,22 +45,13 @@ impl Out {
         }
     }
 
-    /// Prints an engine event, on one line.
+    /// Prints an engine event, on one line; with `--json` in the form the desktop window
+    /// receives too ([`EventReport`]).
     pub fn event(&self, event: &EngineEvent) -> std::io::Result<()> {
-        self.emit(describe_event(event), event_json(event))
-    }
-}
-
-/// The name of a connection state in JSON: `Live`, `Polling`, `Offline`, ….
-pub fn connection_name(connection: &Connection) -> &'static str {
-    match connection {
-        Connection::Connecting => "Connecting",
-        Connection::Live => "Live",
-        Connection::Polling => "Polling",
-        Connection::Offline => "Offline",
-        Connection::Paused => "Paused",
-        Connection::StepUpRequired => "StepUpRequired",
-        Connection::SignedOut => "SignedOut",
+        let report = EventReport::from(event);
+        let json = serde_json::to_value(&report)
+            .unwrap_or_else(|e| json!({ "event": "problem", "message": e.to_string() }));
+        self.emit(describe_event(&report), json)
     }
 }
 
@@ -71,35 +60,19 @@ pub fn show(value: Option<&Value>) -> String {
     value.map_or_else(|| "(unset)".to_owned(), Value::to_string)
 }
 
-/// Unix milliseconds as an RFC 3339 time (UTC).
-pub fn time_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
-/// A time as RFC 3339 (UTC).
-pub fn time(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
 fn by(device: Option<&String>) -> String {
     device.map_or_else(String::new, |d| format!(" by {d}"))
 }
 
 /// One line for a human.
-pub fn describe_event(event: &EngineEvent) -> String {
+pub fn describe_event(event: &EventReport) -> String {
     match event {
-        EngineEvent::RemoteChange {
+        EventReport::RemoteChange {
             key,
             old,
             new,
             device_name,
+            ..
         } => format!(
             "{key} = {} (was {}){}",
             show(new.as_ref()),
@@ -108,32 +81,37 @@ pub fn describe_event(event: &EngineEvent) -> String {
                 .as_ref()
                 .map_or_else(String::new, |d| format!(", changed on {d}"))
         ),
-        EngineEvent::Superseded { key, lost, winner } => format!(
-            "your edit of {key} ({lost}) was superseded by {}: it is {} now",
-            winner.device_name.as_deref().unwrap_or(&winner.device_id),
-            winner.value
+        EventReport::Superseded {
+            key,
+            lost,
+            value,
+            device_id,
+            device_name,
+            ..
+        } => format!(
+            "your edit of {key} ({lost}) was superseded by {}: it is {value} now",
+            device_name.as_deref().unwrap_or(device_id),
         ),
-        EngineEvent::Status(SyncStatus {
-            connection,
-            pending,
-            set_aside,
-            last_synced_ms,
-        }) => format!(
-            "status: {}, {pending} edit(s) pending{}{}",
-            connection.label(),
-            if *set_aside > 0 {
-                format!(", {set_aside} refused (see `lockstep status`)")
+        EventReport::Status(status) => format!(
+            "status: {}, {} edit(s) pending{}{}",
+            status.label,
+            status.pending,
+            if status.set_aside > 0 {
+                format!(", {} refused (see `lockstep status`)", status.set_aside)
             } else {
                 String::new()
             },
-            last_synced_ms.map_or_else(String::new, |ms| format!(", last synced {}", time_ms(ms)))
+            status.last_synced_ms.map_or_else(String::new, |ms| format!(
+                ", last synced {}",
+                rfc3339_millis(ms)
+            ))
         ),
-        EngineEvent::SetAside { key, reason } => format!(
+        EventReport::SetAside { key, reason, .. } => format!(
             "the server refused your edit of {key}: {reason}; it is kept aside and the rest \
              syncs (`lockstep set-aside retry {key}` or `lockstep set-aside drop {key}`)"
         ),
-        EngineEvent::Security(event) => describe_security(event),
-        EngineEvent::Problem(message) => format!("problem: {message}"),
+        EventReport::Security(event) => describe_security(event),
+        EventReport::Problem { message } => format!("problem: {message}"),
     }
 }
 
@@ -183,86 +161,12 @@ fn describe_security(event: &SecurityEvent) -> String {
     }
 }
 
-/// The event as one JSON object.
-pub fn event_json(event: &EngineEvent) -> Value {
-    match event {
-        EngineEvent::RemoteChange {
-            key,
-            old,
-            new,
-            device_name,
-        } => json!({
-            "event": "remote_change",
-            "key": key,
-            "old": old,
-            "new": new,
-            "device": device_name,
-        }),
-        EngineEvent::Superseded { key, lost, winner } => json!({
-            "event": "superseded",
-            "key": key,
-            "lost": lost,
-            "value": winner.value,
-            "device": winner.device_name,
-            "device_id": winner.device_id,
-        }),
-        EngineEvent::Status(status) => json!({
-            "event": "status",
-            "connection": connection_name(&status.connection),
-            "pending": status.pending,
-            "set_aside": status.set_aside,
-            "last_synced_ms": status.last_synced_ms,
-        }),
-        EngineEvent::SetAside { key, reason } => json!({
-            "event": "set_aside",
-            "key": key,
-            "reason": reason,
-        }),
-        EngineEvent::Security(event) => security_json(event),
-        EngineEvent::Problem(message) => json!({ "event": "problem", "message": message }),
-    }
-}
-
-fn security_json(event: &SecurityEvent) -> Value {
-    let mut value = match event {
-        SecurityEvent::EmailVerified { email } => {
-            json!({ "kind": "email_verified", "email": email })
-        }
-        SecurityEvent::EmailChanged { email } => json!({ "kind": "email_changed", "email": email }),
-        SecurityEvent::MfaEnabled { device_name } => {
-            json!({ "kind": "mfa_enabled", "device": device_name })
-        }
-        SecurityEvent::MfaDisabled { device_name } => {
-            json!({ "kind": "mfa_disabled", "device": device_name })
-        }
-        SecurityEvent::Mfa {
-            action,
-            device_name,
-        } => json!({ "kind": "mfa", "action": action, "device": device_name }),
-        SecurityEvent::DeviceSignedIn { device_id, name } => {
-            json!({ "kind": "device_signed_in", "device_id": device_id, "device": name })
-        }
-        SecurityEvent::DeviceRevoked {
-            device_id,
-            name,
-            by,
-        } => json!({ "kind": "device_revoked", "device_id": device_id, "device": name, "by": by }),
-        SecurityEvent::SessionEndedHere { by } => json!({ "kind": "session_ended_here", "by": by }),
-        SecurityEvent::StepUpRequired => json!({ "kind": "step_up_required" }),
-        SecurityEvent::SignedOut { by } => json!({ "kind": "signed_out", "by": by }),
-    };
-    if let Some(object) = value.as_object_mut() {
-        object.insert("event".into(), json!("security"));
-    }
-    value
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn events_are_one_json_object_each() {
+    fn events_read_as_one_line_each() {
         let change = EngineEvent::RemoteChange {
             key: "appearance.theme".into(),
             old: Some(json!("system")),
@@ -270,44 +174,20 @@ mod tests {
             device_name: Some("Laptop".into()),
         };
         assert_eq!(
-            event_json(&change),
-            json!({"event": "remote_change", "key": "appearance.theme", "old": "system",
-                   "new": "dark", "device": "Laptop"})
-        );
-        assert_eq!(
-            describe_event(&change),
+            describe_event(&(&change).into()),
             r#"appearance.theme = "dark" (was "system"), changed on Laptop"#
-        );
-        let status = EngineEvent::Status(SyncStatus {
-            connection: Connection::Live,
-            pending: 0,
-            set_aside: 1,
-            last_synced_ms: Some(5),
-        });
-        assert_eq!(
-            event_json(&status),
-            json!({"event": "status", "connection": "Live", "pending": 0, "set_aside": 1, "last_synced_ms": 5})
         );
         let refused = EngineEvent::SetAside {
             key: "appearance.theme".into(),
             reason: "no".into(),
         };
-        assert_eq!(
-            event_json(&refused),
-            json!({"event": "set_aside", "key": "appearance.theme", "reason": "no"})
-        );
-        assert!(describe_event(&refused).contains("set-aside retry appearance.theme"));
+        assert!(describe_event(&(&refused).into()).contains("set-aside retry appearance.theme"));
         let mfa = EngineEvent::Security(SecurityEvent::MfaEnabled {
             device_name: Some("Phone".into()),
         });
         assert_eq!(
-            event_json(&mfa),
-            json!({"event": "security", "kind": "mfa_enabled", "device": "Phone"})
-        );
-        let out = EngineEvent::Security(SecurityEvent::SignedOut { by: None });
-        assert_eq!(
-            event_json(&out),
-            json!({"event": "security", "kind": "signed_out", "by": null})
+            describe_event(&(&mfa).into()),
+            "security: two-factor authentication was turned on by Phone"
         );
     }
 }

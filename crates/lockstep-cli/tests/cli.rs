@@ -15,34 +15,18 @@ use std::{
 };
 
 use lockstep_cloud::embedded::EmbeddedCloud;
-use lockstep_core::keychain::{Keychain, KeychainError, SecretKind};
+use lockstep_core::keychain::{Keychain, SecretKind};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "Correct horse 42";
-/// Set by `cargo xtask test`: a missing Secret Service is a failure, not a skip.
-const REQUIRE_VAR: &str = "LOCKSTEP_REQUIRE_SECRET_SERVICE";
+
 /// How long one command may take before the test gives up on it.
 const COMMAND_SECS: u64 = 60;
 
-/// Installs the platform keychain in this process (the tests read it too); `false` (the test
-/// should return) when there is none and none is required.
-fn keychain_or_skip() -> bool {
-    match Keychain::use_platform_store() {
-        Ok(()) => true,
-        Err(KeychainError::Unavailable(why))
-            if std::env::var(REQUIRE_VAR).map_or(true, |value| value != "1") =>
-        {
-            println!("skipped: no Secret Service (run via cargo xtask test): {why}");
-            false
-        }
-        Err(err) => panic!("{err} (${REQUIRE_VAR} requires a working OS keychain)"),
-    }
-}
-
 /// The cloud and a CLI home for one test; `None` (the test should return) as
-/// `keychain_or_skip` says.
+/// `Keychain::use_platform_store_or_skip` says.
 fn start_or_skip() -> Option<(Cloud, Cli)> {
-    if !keychain_or_skip() {
+    if !Keychain::use_platform_store_or_skip() {
         return None;
     }
     let cloud = Cloud::start();
@@ -130,33 +114,11 @@ impl Cloud {
         })
     }
 
-    /// Opens the newest link mailed to `email` (the dev mailbox), as its owner would.
+    /// Opens the newest link mailed to `email`, as its owner's browser would.
     fn confirm_email(&self, email: &str) {
-        block_on(async {
-            let mail: Value = reqwest::Client::new()
-                .get(format!("{}/dev/mailbox?to={email}", self.url))
-                .header("apikey", &self.anon_key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let link = mail
-                .as_array()
-                .and_then(|m| m.iter().find_map(|m| m["links"][0].as_str()))
-                .unwrap_or_else(|| panic!("no link mailed to {email}"))
-                .to_owned();
-            let opened = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap()
-                .get(link)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(opened.status(), 303, "the link redirects");
-        });
+        let link = self.server.newest_link(email).unwrap();
+        let landed = block_on(reqwest::get(link)).unwrap();
+        assert!(landed.status().is_success(), "{}", landed.status());
     }
 
     /// One integer cell from the server's database, read beside the server (WAL mode).
@@ -478,7 +440,7 @@ fn two_profiles(cli: &Cli, names: [&str; 2], email: &str) -> (String, String) {
 fn watch_live(cli: &Cli, profile: &str) -> Proc {
     let mut watch = cli.spawn(profile, &["watch", "--json"]);
     watch.wait_json(30, "Live status", |v| {
-        v["event"] == "status" && v["connection"] == "Live"
+        v["event"] == "status" && v["connection"] == "live"
     });
     watch
 }
@@ -531,7 +493,7 @@ fn signup_set_on_one_profile_watch_on_another() {
     );
     assert_eq!(change["new"], json!("dark"), "{change}");
     assert_eq!(change["old"], json!("system"), "{change}");
-    assert_eq!(change["device"], json!(device_name(&a)), "{change}");
+    assert_eq!(change["device_name"], json!(device_name(&a)), "{change}");
 
     // SIGTERM stops the watcher cleanly (and releases the profile for the next command).
     watch.terminate();

@@ -51,16 +51,8 @@ impl Clock for ManualClock {
     }
 }
 
-/// Milliseconds since the Unix epoch: how times are stored in the database.
-pub fn to_millis(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// The inverse of [`to_millis`]; out-of-range values clamp to the epoch.
-pub fn from_millis(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
+/// How times are stored in the database (Unix milliseconds), defined once for every crate.
+pub use lockstep_protocol::timestamp::{from_millis, to_millis};
 
 #[cfg(test)]
 mod tests {

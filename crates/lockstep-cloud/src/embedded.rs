@@ -104,6 +104,15 @@ impl EmbeddedCloud {
         &self.data_dir
     }
 
+    /// The first link of the newest message mailed to `to` (kept in the data directory, as mail
+    /// is without SMTP), for a test to open as the recipient would.
+    pub fn newest_link(&self, to: &str) -> anyhow::Result<String> {
+        let mail = crate::mail::read_mail_dir(&self.data_dir.join("mail"), Some(to))?;
+        mail.iter()
+            .find_map(|message| message.links.first().cloned())
+            .with_context(|| format!("no link was mailed to {to}"))
+    }
+
     /// Stops the server at once, as if its process died.
     pub fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {

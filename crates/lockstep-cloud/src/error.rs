@@ -1,6 +1,8 @@
-//! One error type for every handler. Auth routes answer GoTrue's shapes (legacy or
-//! `X-Supabase-Api-Version: 2024-01-01`, chosen by [`negotiate_error_shape`]), REST routes answer
-//! PostgREST's. Server faults are logged in full and answered generically.
+//! One error type for every handler, extractor and middleware. An error says what went wrong
+//! (a GoTrue `error_code`, or a PostgREST-only code); the shape of its answer is chosen once,
+//! by the route prefix, in [`render_errors`]: PostgREST's under `/rest/v1`, GoTrue's elsewhere
+//! (its 2024 shape under `/auth/v1` when asked for). Server faults are logged in full and
+//! answered generically.
 
 use std::borrow::Cow;
 
@@ -13,7 +15,7 @@ use axum::{
 };
 use lockstep_protocol::{
     auth::{API_VERSION_2024, API_VERSION_HEADER},
-    errors::{Code, ErrorCode},
+    errors::{Code, ErrorCode, RestCode, RestError},
 };
 use serde_json::json;
 
@@ -147,14 +149,19 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-/// Carried in the response so [`negotiate_error_shape`] can re-shape an auth error.
+/// What an auth-kind error says, carried on its response so that [`render_errors`] can answer
+/// it in the shape of the route prefix it was raised under, wherever it was raised (a handler,
+/// an extractor, or a middleware in front of every route).
 #[derive(Debug, Clone)]
-struct AuthErrorParts {
+struct ErrorParts {
     code: ErrorCode,
     message: String,
 }
 
 impl IntoResponse for ApiError {
+    /// Renders GoTrue's legacy shape for an auth-kind error (re-rendered by [`render_errors`]
+    /// under `/rest/v1`, or with `X-Supabase-Api-Version: 2024-01-01` under `/auth/v1`), and
+    /// PostgREST's for a PostgREST-only one.
     fn into_response(self) -> Response {
         match self {
             ApiError::Auth {
@@ -178,7 +185,7 @@ impl IntoResponse for ApiError {
                         .headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 }
-                response.extensions_mut().insert(AuthErrorParts {
+                response.extensions_mut().insert(ErrorParts {
                     code,
                     message: message.into_owned(),
                 });
@@ -194,11 +201,7 @@ impl IntoResponse for ApiError {
                 code,
                 message,
                 details,
-            } => (
-                status,
-                Json(json!({ "code": code.as_str(), "message": message, "details": details, "hint": null })),
-            )
-                .into_response(),
+            } => postgrest_response(status, &code, &message, details.as_deref()),
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "request failed");
                 ApiError::new(
@@ -212,33 +215,116 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware for `/auth/v1`: with `X-Supabase-Api-Version: 2024-01-01` an auth error is answered
-/// as `{"code": "<error_code>", "message": "…"}` and the header is echoed back.
-pub async fn negotiate_error_shape(request: Request, next: Next) -> Response {
-    let wants_2024 = request
-        .headers()
-        .get(API_VERSION_HEADER)
-        .is_some_and(|v| v.as_bytes() == API_VERSION_2024.as_bytes());
-    let mut response = next.run(request).await;
-    if !wants_2024 {
-        return response;
-    }
-    response.headers_mut().insert(
-        API_VERSION_HEADER,
-        HeaderValue::from_static(API_VERSION_2024),
-    );
-    let Some(parts) = response.extensions_mut().remove::<AuthErrorParts>() else {
-        return response;
-    };
-    let (mut head, _) = response.into_parts();
-    head.headers.remove(header::CONTENT_LENGTH);
-    let body = Json(json!({ "code": parts.code.as_str(), "message": parts.message }));
-    let mut response = body.into_response();
-    *response.status_mut() = head.status;
-    for (name, value) in head.headers.iter() {
-        if name != header::CONTENT_TYPE {
-            response.headers_mut().insert(name.clone(), value.clone());
+fn postgrest_response(
+    status: StatusCode,
+    code: &Code,
+    message: &str,
+    details: Option<&str>,
+) -> Response {
+    let body =
+        json!({ "code": code.as_str(), "message": message, "details": details, "hint": null });
+    (status, Json(body)).into_response()
+}
+
+/// The shape errors take under a route prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    /// GoTrue's legacy `{code: <status>, error_code, msg}`: `/auth/v1` by default, the stream
+    /// (`/realtime/v1`), and everything else.
+    GoTrue,
+    /// GoTrue's `{code: <error_code>, message}`, under `/auth/v1` with
+    /// `X-Supabase-Api-Version: 2024-01-01` (echoed back).
+    GoTrue2024,
+    /// PostgREST's `{code, message, details, hint}`, under `/rest/v1`.
+    PostgRest,
+}
+
+impl ErrorShape {
+    fn of(request: &Request) -> ErrorShape {
+        let path = request.uri().path();
+        if path.starts_with("/rest/") {
+            ErrorShape::PostgRest
+        } else if path.starts_with("/auth/")
+            && request
+                .headers()
+                .get(API_VERSION_HEADER)
+                .is_some_and(|v| v.as_bytes() == API_VERSION_2024.as_bytes())
+        {
+            ErrorShape::GoTrue2024
+        } else {
+            ErrorShape::GoTrue
         }
     }
-    response
+}
+
+/// How an auth-kind error is answered under `/rest/v1`: PostgREST's status, code and
+/// `details` where PostgREST has its own (no JWT, a bad or expired one, an ended session, an
+/// unreadable body), else the same status and the GoTrue code itself (`insufficient_aal`,
+/// `over_request_rate_limit`, `no_api_key`, `request_timeout` when busy, …).
+fn postgrest_error(
+    status: StatusCode,
+    code: ErrorCode,
+) -> (StatusCode, Code, Option<&'static str>) {
+    match code {
+        ErrorCode::NoAuthorization => (
+            StatusCode::UNAUTHORIZED,
+            RestCode::AnonymousAccess.into(),
+            None,
+        ),
+        ErrorCode::BadJwt | ErrorCode::SessionExpired => {
+            (StatusCode::UNAUTHORIZED, RestCode::InvalidJwt.into(), None)
+        }
+        // 401, not GoTrue's 403: the client must sign in again, which `details` tells apart
+        // from an expired token (refresh).
+        ErrorCode::SessionNotFound => (
+            StatusCode::UNAUTHORIZED,
+            RestCode::InvalidJwt.into(),
+            Some(RestError::SESSION_ENDED.as_str()),
+        ),
+        ErrorCode::BadJson | ErrorCode::RequestTooLarge | ErrorCode::ValidationFailed => {
+            (status, RestCode::InvalidBody.into(), None)
+        }
+        ErrorCode::RequestTimeout if status == StatusCode::REQUEST_TIMEOUT => {
+            (status, RestCode::InvalidBody.into(), None)
+        }
+        other => (status, other.into(), None),
+    }
+}
+
+/// The outermost middleware: answers every auth-kind error in the shape of its route prefix
+/// ([`ErrorShape`]), so handlers, extractors and the middlewares in front of all routes raise
+/// one [`ApiError`] and never choose a shape.
+pub async fn render_errors(request: Request, next: Next) -> Response {
+    let shape = ErrorShape::of(&request);
+    let mut response = next.run(request).await;
+    if shape == ErrorShape::GoTrue2024 {
+        response.headers_mut().insert(
+            API_VERSION_HEADER,
+            HeaderValue::from_static(API_VERSION_2024),
+        );
+    }
+    let Some(parts) = response.extensions_mut().remove::<ErrorParts>() else {
+        return response;
+    };
+    let (head, _) = match shape {
+        // Rendered so already.
+        ErrorShape::GoTrue => return response,
+        ErrorShape::GoTrue2024 | ErrorShape::PostgRest => response.into_parts(),
+    };
+    let mut rendered = if shape == ErrorShape::PostgRest {
+        let (status, code, details) = postgrest_error(head.status, parts.code);
+        postgrest_response(status, &code, &parts.message, details)
+    } else {
+        let mut rendered =
+            Json(json!({ "code": parts.code.as_str(), "message": parts.message })).into_response();
+        *rendered.status_mut() = head.status;
+        rendered
+    };
+    // The first rendering's headers (`Retry-After`, the version echo), not its body's.
+    for (name, value) in &head.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rendered.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    rendered
 }

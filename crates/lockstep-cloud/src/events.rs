@@ -2,11 +2,13 @@
 //! recorded by [`crate::sync`]). Each function appends inside the caller's transaction; the
 //! caller publishes after commit.
 
-use lockstep_protocol::feed::{Change, DeviceRecord, FeedRecord, SessionRecord};
+use lockstep_protocol::{
+    feed::{Change, FeedRecord, SessionRecord},
+    timestamp::rfc3339_millis,
+};
 use sqlx::AnyConnection;
 
 use crate::{
-    clock::from_millis,
     db::{devices::DeviceRow, sessions::SessionRow, users::UserRow},
     error::ApiResult,
     feed::{self, Entry, EventType},
@@ -58,10 +60,6 @@ pub async fn user_updated(
     Ok(())
 }
 
-fn device_record(device: &DeviceRow) -> DeviceRecord {
-    device.to_wire("").into()
-}
-
 /// A device was registered, renamed or revoked.
 pub async fn device_changed(
     state: &AppState,
@@ -76,8 +74,8 @@ pub async fn device_changed(
     };
     let record = FeedRecord::Device(Change {
         event_type,
-        new: after.map(device_record),
-        old: before.map(device_record),
+        new: after.map(DeviceRow::record),
+        old: before.map(DeviceRow::record),
     });
     feed::append(state, conn, &user_id, entry(record, actor)).await?;
     Ok(())
@@ -89,11 +87,7 @@ fn session_record(session: &SessionRow) -> SessionRecord {
         device_id: Some(session.device_id.clone()),
         aal: session.aal.clone(),
         user_id: Some(session.user_id.clone()),
-        created_at: Some(
-            from_millis(session.created_at)
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        ),
+        created_at: Some(rfc3339_millis(session.created_at)),
         reason: None,
     }
 }

@@ -1,7 +1,6 @@
 //! Request extractors and the API-key gate: everything a handler needs from a request, with
 //! every rejection turned into an [`ApiError`] that names the problem.
 
-use lockstep_protocol::errors::RestCode;
 use std::net::SocketAddr;
 
 use axum::{
@@ -21,7 +20,7 @@ use lockstep_protocol::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    db::{devices, sessions},
+    db::{audit, devices, sessions},
     error::ApiError,
     state::AppState,
     token::{JwtError, verify_access_token},
@@ -41,13 +40,8 @@ pub async fn read_whole_body(
     request: Request,
     next: Next,
 ) -> Response {
-    let rest = request.uri().path().starts_with("/rest/");
     let refuse = |status: StatusCode, code: ErrorCode, message: String| {
-        if rest {
-            ApiError::rest(status, RestCode::InvalidBody, message).into_response()
-        } else {
-            ApiError::new(status, code, message).into_response()
-        }
+        ApiError::new(status, code, message).into_response()
     };
     if has_nul(request.uri().path()) || request.uri().query().is_some_and(has_nul) {
         return refuse(
@@ -440,6 +434,31 @@ impl FromRequestParts<AppState> for AuthSession {
 }
 
 impl AuthSession {
+    /// Records `action`, done by this caller's device from `meta`'s address, in the user's audit
+    /// log, in `conn`'s transaction.
+    pub async fn audit(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        meta: &ClientMeta,
+        action: lockstep_protocol::audit::AuditAction,
+        payload: serde_json::Value,
+        now: i64,
+    ) -> sqlx::Result<()> {
+        audit::insert(
+            conn,
+            audit::NewEntry {
+                user_id: Some(&self.user_id),
+                action,
+                device_id: Some(&self.device_id),
+                device_name: self.device_name.as_deref(),
+                ip_address: &meta.ip,
+                payload,
+                now,
+            },
+        )
+        .await
+    }
+
     /// Checks an access token: signature, expiry (by the injected clock) and that its session
     /// still exists. Also refreshes the device's last-seen time.
     pub async fn from_token(state: &AppState, token: &str) -> Result<AuthSession, ApiError> {

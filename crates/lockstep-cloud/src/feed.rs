@@ -16,14 +16,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use lockstep_protocol::{feed::FeedRecord, sync::ChangeEvent};
+use lockstep_protocol::{feed::FeedRecord, sync::ChangeEvent, timestamp::rfc3339_millis};
 use serde_json::{Value, json};
 use sqlx::AnyConnection;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
 use crate::{
-    clock::from_millis,
     db::{Backend, feed as log},
     error::ApiResult,
     state::AppState,
@@ -183,11 +181,7 @@ pub async fn read_after(
             value.insert("schema".into(), json!("public"));
             value.insert(
                 "commit_timestamp".into(),
-                json!(
-                    from_millis(row.created_at)
-                        .format(&Rfc3339)
-                        .unwrap_or_default()
-                ),
+                json!(rfc3339_millis(row.created_at)),
             );
             Ok(serde_json::from_value(Value::Object(value)).map_err(anyhow::Error::from)?)
         })

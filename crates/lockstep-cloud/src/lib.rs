@@ -56,10 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(landing))
         .route("/health", get(health))
         .route("/auth/v1/verify", get(auth::verify_link))
-        .nest(
-            "/auth/v1",
-            auth::router().layer(middleware::from_fn(error::negotiate_error_shape)),
-        )
+        .nest("/auth/v1", auth::router())
         .nest("/rest/v1", rest::router())
         .nest("/realtime/v1", realtime::router());
     if state.config.dev {
@@ -71,6 +68,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), extract::require_api_key))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), extract::read_whole_body))
+        // Outside every layer that can refuse a request, so all errors get their prefix's shape.
+        .layer(middleware::from_fn(error::render_errors))
         .layer(
             // Spans carry the path only: query strings can hold one-time tokens.
             TraceLayer::new_for_http().make_span_with(|request: &Request| {

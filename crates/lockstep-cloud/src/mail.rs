@@ -92,10 +92,11 @@ impl Mailer {
                 Ok(())
             }
             Mailer::Directory { dir } => {
+                // Whole or not at all, and readable by the owner only: links carry tokens.
                 let name = format!("{}-{}.json", mail.sent_at.unix_timestamp_nanos(), mail.id);
-                let tmp = dir.join(format!(".{name}.tmp"));
-                tokio::fs::write(&tmp, serde_json::to_vec_pretty(mail)?).await?;
-                tokio::fs::rename(&tmp, dir.join(name)).await?;
+                let (path, text) = (dir.join(name), serde_json::to_vec_pretty(mail)?);
+                tokio::task::spawn_blocking(move || crate::keys::write_private(&path, &text))
+                    .await??;
                 Ok(())
             }
         }
@@ -106,22 +107,27 @@ impl Mailer {
         let Mailer::Directory { dir } = self else {
             return Ok(Vec::new());
         };
-        let mut messages = Vec::new();
-        let mut entries = tokio::fs::read_dir(dir).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let bytes = tokio::fs::read(&path).await?;
-            let Ok(mail) = serde_json::from_slice::<OutgoingMail>(&bytes) else {
-                continue;
-            };
-            if to.is_none_or(|to| mail.to.eq_ignore_ascii_case(to)) {
-                messages.push(mail);
-            }
-        }
-        messages.sort_by(|a, b| b.sent_at.cmp(&a.sent_at).then_with(|| b.id.cmp(&a.id)));
-        Ok(messages)
+        let (dir, to) = (dir.clone(), to.map(str::to_owned));
+        tokio::task::spawn_blocking(move || read_mail_dir(&dir, to.as_deref())).await?
     }
+}
+
+/// The messages in a mail directory, newest first, optionally only those to `to` (files that do
+/// not read as a message are passed over).
+pub fn read_mail_dir(dir: &Path, to: Option<&str>) -> anyhow::Result<Vec<OutgoingMail>> {
+    let mut messages = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(mail) = serde_json::from_slice::<OutgoingMail>(&std::fs::read(&path)?) else {
+            continue;
+        };
+        if to.is_none_or(|to| mail.to.eq_ignore_ascii_case(to)) {
+            messages.push(mail);
+        }
+    }
+    messages.sort_by(|a, b| b.sent_at.cmp(&a.sent_at).then_with(|| b.id.cmp(&a.id)));
+    Ok(messages)
 }

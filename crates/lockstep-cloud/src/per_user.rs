@@ -16,7 +16,7 @@ use std::{
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -108,7 +108,7 @@ pub async fn take_a_slot(State(state): State<AppState>, request: Request, next: 
         return next.run(request).await;
     };
     let Some(slot) = state.user_slots.take(&user_id, SLOT_WAIT).await else {
-        return too_many_at_once(request.uri().path().starts_with("/rest/"));
+        return too_many_at_once();
     };
     let response = next.run(request).await;
     // The slot goes with the body, so it is held until the last byte is written.
@@ -120,30 +120,19 @@ pub async fn take_a_slot(State(state): State<AppState>, request: Request, next: 
     })
 }
 
-fn too_many_at_once(rest: bool) -> Response {
-    let message = format!(
-        "Too many requests of this account at once: try again in {} seconds.",
-        SLOT_WAIT.as_secs()
-    );
-    let mut response = if rest {
-        ApiError::rest(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::OverRequestRateLimit,
-            message,
+fn too_many_at_once() -> Response {
+    ApiError::Auth {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: ErrorCode::OverRequestRateLimit,
+        message: format!(
+            "Too many requests of this account at once: try again in {} seconds.",
+            SLOT_WAIT.as_secs()
         )
-        .into_response()
-    } else {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::OverRequestRateLimit,
-            message,
-        )
-        .into_response()
-    };
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(SLOT_WAIT.as_secs()));
-    response
+        .into(),
+        retry_after: Some(SLOT_WAIT.as_secs()),
+        reasons: None,
+    }
+    .into_response()
 }
 
 #[cfg(test)]

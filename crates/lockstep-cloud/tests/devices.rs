@@ -16,6 +16,7 @@ backend_tests! {
     users_never_see_or_touch_each_others_rows,
     audit_log_records_the_security_events,
     rest_queries_follow_postgrest,
+    errors_take_the_shape_of_their_route_prefix,
 }
 
 fn ids(rows: &Value) -> Vec<&str> {
@@ -371,4 +372,71 @@ async fn rest_queries_follow_postgrest(backend: Backend) {
         .get("/rest/v1/devices?order=id.desc&limit=1", Some(token))
         .await;
     assert_eq!(ids(&limited.body), ["laptop"]);
+}
+
+/// Every refusal, wherever it is raised (a middleware in front of all routes, an extractor, a
+/// handler), is answered in the shape of its prefix: PostgREST's under `/rest/v1`, GoTrue's under
+/// `/auth/v1` (its 2024 shape when asked for) and under the stream.
+async fn errors_take_the_shape_of_their_route_prefix(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.max_body_bytes = 4096).await;
+    let s = app.signup("ada@example.com", "laptop").await;
+    let token = access_token(&s);
+    let url = |path: &str| format!("{}{path}", app.url);
+    let big = json!({ "key": "custom.big", "value": "x".repeat(8192) });
+    let version_2024 = ("X-Supabase-Api-Version", "2024-01-01");
+
+    // No apikey: refused in front of every route.
+    app.send(app.http.get(url("/rest/v1/devices")))
+        .await
+        .expect_rest_error(StatusCode::UNAUTHORIZED, "no_api_key");
+    app.send(app.http.get(url("/auth/v1/user")))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "no_api_key");
+    let reply = app
+        .send(
+            app.http
+                .get(url("/auth/v1/user"))
+                .header(version_2024.0, version_2024.1),
+        )
+        .await;
+    reply.expect(StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.body["code"], "no_api_key", "{}", reply.text);
+    assert!(reply.body["message"].is_string(), "{}", reply.text);
+    assert_eq!(reply.headers[version_2024.0], version_2024.1);
+
+    // A body over the limit: refused before any handler runs.
+    app.send(
+        app.request(Method::POST, "/rest/v1/user_settings", Some(token))
+            .json(&big),
+    )
+    .await
+    .expect_rest_error(StatusCode::PAYLOAD_TOO_LARGE, "PGRST102");
+    let reply = app
+        .send(
+            app.request(Method::PUT, "/auth/v1/user", Some(token))
+                .header(version_2024.0, version_2024.1)
+                .json(&big),
+        )
+        .await;
+    reply.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.body["code"], "request_too_large", "{}", reply.text);
+
+    // A token that is not one: refused by the extractor, in each prefix's words.
+    app.get("/rest/v1/devices", Some("not-a-jwt"))
+        .await
+        .expect_rest_error(StatusCode::UNAUTHORIZED, "PGRST301");
+    app.get("/auth/v1/user", Some("not-a-jwt"))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "bad_jwt");
+    app.get("/realtime/v1/sse", Some("not-a-jwt"))
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "bad_jwt");
+
+    // An ended session: PostgREST's PGRST301, its details saying the session ended.
+    app.call(Method::POST, "/auth/v1/logout", Some(token))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    let reply = app.get("/rest/v1/devices", Some(token)).await;
+    reply.expect_rest_error(StatusCode::UNAUTHORIZED, "PGRST301");
+    assert_eq!(reply.body["details"], "session_not_found", "{}", reply.text);
 }

@@ -62,8 +62,11 @@ pub struct Profile {
     pub device: DeviceInfo,
 }
 
-/// How this device is connected to the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How this device is connected to the server. Serialised in snake case (`step_up_required`)
+/// for the CLI's `--json` and the desktop window (see [`crate::report`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
+#[serde(rename_all = "snake_case")]
+#[ts(export)]
 pub enum Connection {
     /// Not started, or between attempts.
     Connecting,

@@ -10,8 +10,11 @@ use lockstep_protocol::{
 };
 use serde_json::Value;
 
-/// A security-relevant change to the account, for notifications and the UI.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A security-relevant change to the account, for notifications and the UI. Serialised as
+/// `{"kind": "<snake_case name>", …fields}` (see [`crate::report`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[ts(export)]
 pub enum SecurityEvent {
     /// The account's email address was confirmed (on any device or in a browser).
     EmailVerified { email: String },

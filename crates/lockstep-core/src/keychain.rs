@@ -20,6 +20,9 @@ use keyring_core::{CredentialStore, Entry, Error};
 
 use crate::store::LocalSeal;
 
+/// When `1` (`cargo xtask test` sets it), a test that needs the OS keychain fails without one
+/// instead of skipping (see [`Keychain::use_platform_store_or_skip`]).
+pub const REQUIRE_PLATFORM_STORE_VAR: &str = "LOCKSTEP_REQUIRE_SECRET_SERVICE";
 /// Which secret of a profile an entry holds (the entry's "user" part).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SecretKind {
@@ -119,6 +122,24 @@ impl Keychain {
         keyring_core::set_default_store(store);
         *installed = Some(Installed::Platform);
         Ok(())
+    }
+
+    /// For tests that need the OS keychain: [`Keychain::use_platform_store`], and `true`; or
+    /// `false` (the test should return) when there is none and none is required. `cargo xtask
+    /// test` sets [`REQUIRE_PLATFORM_STORE_VAR`]`=1`, which makes a missing one a failure.
+    pub fn use_platform_store_or_skip() -> bool {
+        match Keychain::use_platform_store() {
+            Ok(()) => true,
+            Err(KeychainError::Unavailable(why))
+                if std::env::var(REQUIRE_PLATFORM_STORE_VAR).map_or(true, |value| value != "1") =>
+            {
+                println!("skipped: no OS keychain (run via cargo xtask test): {why}");
+                false
+            }
+            Err(err) => {
+                panic!("{err} (${REQUIRE_PLATFORM_STORE_VAR} requires a working OS keychain)")
+            }
+        }
     }
 
     /// Makes an in-memory store the store for every [`Keychain`] of this process, for tests.
@@ -431,28 +452,18 @@ mod tests {
     async fn profiles_are_isolated() {
         let home = mock_keychain("home");
         let work = mock_keychain("work");
-        home.set(SecretKind::TotpSecret, "home-totp")
-            .await
-            .expect("set");
-        work.set(SecretKind::TotpSecret, "work-totp")
-            .await
-            .expect("set");
+        let totp = SecretKind::TotpSecret;
+        home.set(totp, "home-totp").await.expect("set");
+        work.set(totp, "work-totp").await.expect("set");
+        let homes = || async { home.get(totp).await.expect("get") };
+        assert_eq!(homes().await.as_deref(), Some("home-totp"));
+        work.delete(totp).await.expect("delete");
         assert_eq!(
-            home.get(SecretKind::TotpSecret)
-                .await
-                .expect("get")
-                .as_deref(),
-            Some("home-totp")
+            homes().await.as_deref(),
+            Some("home-totp"),
+            "untouched by work's delete"
         );
-        work.delete(SecretKind::TotpSecret).await.expect("delete");
-        assert_eq!(
-            home.get(SecretKind::TotpSecret)
-                .await
-                .expect("get")
-                .as_deref(),
-            Some("home-totp")
-        );
-        assert_eq!(work.get(SecretKind::TotpSecret).await.expect("get"), None);
+        assert_eq!(work.get(totp).await.expect("get"), None);
     }
 
     #[tokio::test]

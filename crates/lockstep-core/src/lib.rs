@@ -12,8 +12,10 @@
 //! - [`live`]: the live loop: change stream, reconnects, polling fallback, revocation.
 //! - [`account`]: sign-up, sign-in, two-factor authentication, devices, activity.
 //! - [`totp`]: checking a code offline against the keychain's secret (app lock).
-//! - [`profile`]: a device identity and its directory; [`transfer`]: export and import;
-//!   [`typed`]: the known settings as typed keys.
+//! - [`profile`]: a device identity, its directory and the front ends' shared arguments;
+//!   [`transfer`]: export and import; [`typed`]: the known settings as typed keys.
+//! - [`report`]: the engine's events and status in the one serialisable form the CLI's `--json`
+//!   and the desktop window share.
 //!
 //! It knows nothing of Tauri or of any UI: front ends consume its API and its event channel.
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ pub mod keychain;
 pub mod live;
 pub mod plan;
 pub mod profile;
+pub mod report;
 pub mod session;
 pub mod store;
 pub mod totp;
@@ -34,5 +37,5 @@ pub mod typed;
 
 /// Now, in Unix milliseconds.
 pub fn clock_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    lockstep_protocol::timestamp::to_millis(time::OffsetDateTime::now_utc())
 }

@@ -66,28 +66,17 @@ pub fn validate_name(name: &str) -> Result<(), ProfileError> {
     }
 }
 
-/// Where profiles live by default: `$LOCKSTEP_HOME`, else `$XDG_DATA_HOME/lockstep`, else
-/// `~/.local/share/lockstep` (`%APPDATA%\lockstep` on Windows, `~/Library/Application
-/// Support/lockstep` on macOS).
+/// Where profiles live by default: `$LOCKSTEP_HOME`, else `lockstep` in the platform's data
+/// directory (`directories`): `$XDG_DATA_HOME` or `~/.local/share` on Linux, `~/Library/Application
+/// Support` on macOS, `%APPDATA%` on Windows. With no home directory at all, `./lockstep`.
 pub fn default_base_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LOCKSTEP_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = || {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-    };
-    if cfg!(target_os = "windows") {
-        if let Some(appdata) = std::env::var_os("APPDATA") {
-            return PathBuf::from(appdata).join("lockstep");
-        }
-    } else if cfg!(target_os = "macos") {
-        return home().join("Library/Application Support/lockstep");
-    } else if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(data).join("lockstep");
-    }
-    home().join(".local/share/lockstep")
+    directories::BaseDirs::new().map_or_else(
+        || PathBuf::from("lockstep"),
+        |dirs| dirs.data_dir().join("lockstep"),
+    )
 }
 
 /// The directory of profile `name` under `base`.
@@ -144,6 +133,59 @@ pub struct OpenOptions {
     pub anon_key: Option<String>,
     /// Name this device (remembered; the default is `"<profile> on <platform>"`).
     pub device_name: Option<String>,
+}
+
+/// Which profile a front end opens, and how: the command-line arguments (and their environment
+/// variables) that the CLI and the desktop app share: a `clap::Args` group that each front end
+/// flattens into its own parser.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ProfileArgs {
+    /// The profile (device identity) to use.
+    #[arg(
+        id = "profile",
+        long = "profile",
+        global = true,
+        env = "LOCKSTEP_PROFILE",
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pub name: String,
+    /// The server's URL (remembered by the profile).
+    #[arg(long, global = true, env = "LOCKSTEP_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The server's anon key (remembered by the profile).
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_ANON_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub anon_key: Option<String>,
+    /// Where profiles live [default: `lockstep` in the platform's data directory, e.g.
+    /// ~/.local/share/lockstep].
+    #[arg(long, global = true, env = "LOCKSTEP_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Name this device (remembered by the profile; other devices see it).
+    #[arg(long, global = true, env = "LOCKSTEP_DEVICE_NAME", value_name = "NAME")]
+    pub device_name: Option<String>,
+}
+
+impl ProfileArgs {
+    /// The directory profiles live in: `--home`, else [`default_base_dir`].
+    pub fn base_dir(&self) -> PathBuf {
+        self.home.clone().unwrap_or_else(default_base_dir)
+    }
+
+    /// What to open the profile with (an empty server or key counts as not given).
+    pub fn open_options(&self) -> OpenOptions {
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        OpenOptions {
+            server_url: given(&self.server),
+            anon_key: given(&self.anon_key),
+            device_name: given(&self.device_name),
+        }
+    }
 }
 
 /// An opened profile: its engine and what was found wrong on the way.

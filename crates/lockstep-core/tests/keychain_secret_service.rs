@@ -6,25 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lockstep_core::keychain::{Keychain, KeychainError, SecretKind};
-
-/// Set by `cargo xtask test`: a missing Secret Service is a failure, not a skip.
-const REQUIRE_VAR: &str = "LOCKSTEP_REQUIRE_SECRET_SERVICE";
-
-/// Installs the platform store; `false` (the test should return) when there is no keychain and
-/// none is required.
-fn platform_store_or_skip() -> bool {
-    match Keychain::use_platform_store() {
-        Ok(()) => true,
-        Err(KeychainError::Unavailable(why))
-            if std::env::var(REQUIRE_VAR).map_or(true, |value| value != "1") =>
-        {
-            println!("skipped: no Secret Service (run via cargo xtask test): {why}");
-            false
-        }
-        Err(err) => panic!("{err} (${REQUIRE_VAR} requires a working OS keychain)"),
-    }
-}
+use lockstep_core::keychain::{Keychain, SecretKind};
 
 /// A profile no other run uses, so parallel or interrupted runs cannot collide.
 fn unique_profile() -> String {
@@ -40,7 +22,7 @@ fn unique_profile() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_round_trip_through_the_secret_service() {
-    if !platform_store_or_skip() {
+    if !Keychain::use_platform_store_or_skip() {
         return;
     }
     // Idempotent: a second call keeps the store.

@@ -78,9 +78,9 @@ fn check_text(what: &str, value: &str, min: usize, max: usize) -> Result<(), Str
     Ok(())
 }
 
-/// A row of `GET /rest/v1/devices`.
+/// A device of an account, as stored (a `devices` row): what the change feed carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Device {
+pub struct DeviceRecord {
     pub id: String,
     pub user_id: uuid::Uuid,
     pub name: String,
@@ -90,7 +90,14 @@ pub struct Device {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen_at: OffsetDateTime,
-    /// Whether this is the device making the request.
+}
+
+/// A row of `GET /rest/v1/devices`: the device's record, and whether it is the device making
+/// the request (which only means something to the one asking, so the feed does not carry it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    #[serde(flatten)]
+    pub record: DeviceRecord,
     pub current: bool,
 }
 

@@ -6,13 +6,11 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use time::OffsetDateTime;
-use uuid::Uuid;
 
+pub use crate::devices::DeviceRecord;
 use crate::{
     audit::AuditAction,
     auth::User,
-    devices::Device,
     sync::{ChangeEvent, SettingRow},
 };
 
@@ -52,35 +50,6 @@ pub struct SettingRecord {
     #[serde(flatten)]
     pub row: SettingRow,
     pub user_id: String,
-}
-
-/// A `devices` row on the feed (a [`Device`] without `current`, which only means something to
-/// the device asking).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceRecord {
-    pub id: String,
-    pub user_id: Uuid,
-    pub name: String,
-    pub platform: String,
-    pub app_version: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub last_seen_at: OffsetDateTime,
-}
-
-impl From<Device> for DeviceRecord {
-    fn from(device: Device) -> DeviceRecord {
-        DeviceRecord {
-            id: device.id,
-            user_id: device.user_id,
-            name: device.name,
-            platform: device.platform,
-            app_version: device.app_version,
-            created_at: device.created_at,
-            last_seen_at: device.last_seen_at,
-        }
-    }
 }
 
 /// A `sessions` row on the feed: a session started, stepped up (`aal`) or ended (`reason`).
@@ -270,6 +239,8 @@ impl FeedRecord {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
 
     use super::*;
     use crate::hlc::Hlc;

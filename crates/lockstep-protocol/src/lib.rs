@@ -77,3 +77,4 @@ pub mod hlc;
 pub mod password;
 pub mod settings;
 pub mod sync;
+pub mod timestamp;

@@ -42,50 +42,50 @@ export function effectiveTheme(choice, systemDark) {
     return systemDark ? "dark" : "light";
 }
 /** A one-line description of an engine event for the in-app log (settings named by their
- * schema `label`, which the shell sends with the key). */
+ * schema `label`, which the event carries with the key). Empty for a status change. */
 export function describe(event) {
-    const on = (d) => (typeof d === "string" && d ? ` on ${d}` : "");
-    switch (event.kind) {
+    switch (event.event) {
         case "remote_change":
-            return `${String(event.label)} changed${on(event.device_name)}`;
+            return `${event.label} changed${on(event.device_name)}`;
         case "superseded":
-            return `Your change to ${String(event.label)} was replaced by a newer one${on(event.winner_device)}`;
+            return `Your change to ${event.label} was replaced by a newer one${on(event.device_name ?? event.device_id)}`;
         case "security":
-            return securityText(String(event.event), event.device_name, event.detail);
+            return securityText(event);
         case "set_aside":
-            return `The server refused your change to ${String(event.label)}: ${String(event.reason)}. It is kept aside; the rest keeps syncing`;
+            return `The server refused your change to ${event.label}: ${event.reason}. It is kept aside; the rest keeps syncing`;
         case "problem":
-            return String(event.message);
-        default:
+            return event.message;
+        case "status":
             return "";
     }
 }
-export function securityText(name, device, detail) {
-    const on = device ? ` on ${device}` : "";
-    const by = device ? ` by ${device}` : "";
-    switch (name) {
+/** A security event as people say it. */
+export function securityText(event) {
+    switch (event.kind) {
         case "email_verified":
             return "Your email address is verified";
         case "email_changed":
-            return `Your email address is now ${detail ?? ""}`;
+            return `Your email address is now ${event.email}`;
         case "mfa_enabled":
-            return `Two-factor authentication was turned on${on}`;
+            return `Two-factor authentication was turned on${on(event.device_name)}`;
         case "mfa_disabled":
-            return `An authenticator was removed${on}`;
+            return `An authenticator was removed${on(event.device_name)}`;
+        case "mfa":
+            return mfaText(event.action) + on(event.device_name);
         case "device_signed_in":
-            return `${device ?? "A new device"} signed in`;
+            return `${event.name} signed in`;
         case "device_revoked":
-            return `${detail ?? "A device"} was signed out${by}`;
+            return `${event.name} was signed out${by(event.by)}`;
+        case "session_ended_here":
+            return `This device's session was ended${by(event.by)}`;
         case "step_up_required":
             return "Enter a code from your authenticator to keep syncing";
         case "signed_out":
-            return `This device was signed out${by}`;
-        case "mfa":
-            return mfaText(detail) + on;
-        default:
-            return detail ? `${name}: ${detail}` : name;
+            return `This device was signed out${by(event.by)}`;
     }
 }
+const on = (device) => (device ? ` on ${device}` : "");
+const by = (device) => (device ? ` by ${device}` : "");
 /** A two-factor event (an audit action) as people say it. */
 function mfaText(action) {
     switch (action) {
@@ -102,6 +102,6 @@ function mfaText(action) {
         case "mfa_secret_handed_over":
             return "The authenticator secret was copied to a device";
         default:
-            return `Two-factor authentication: ${action ?? "changed"}`;
+            return `Two-factor authentication: ${action}`;
     }
 }

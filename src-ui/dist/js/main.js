@@ -301,7 +301,7 @@ async function render() {
     root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body));
 }
 function onEngineEvent(event) {
-    if (event.kind === "status") {
+    if (event.event === "status") {
         state.status = event;
         if (!state.locked)
             document.querySelector("header")?.replaceWith(header());
@@ -315,7 +315,7 @@ function onEngineEvent(event) {
     if (text) {
         state.log.unshift(text);
         state.log = state.log.slice(0, 50);
-        if (event.kind !== "remote_change")
+        if (event.event !== "remote_change")
             toast(text);
     }
     void refresh();

@@ -164,19 +164,9 @@ async fn audit_mfa(
     action: AuditAction,
     payload: serde_json::Value,
 ) -> ApiResult<()> {
-    audit::insert(
-        conn,
-        audit::NewEntry {
-            user_id: Some(&caller.user_id),
-            action,
-            device_id: Some(&caller.device_id),
-            device_name: caller.device_name.as_deref(),
-            ip_address: &meta.ip,
-            payload,
-            now: state.now_ms(),
-        },
-    )
-    .await?;
+    caller
+        .audit(conn, meta, action, payload, state.now_ms())
+        .await?;
     Ok(())
 }
 
@@ -227,6 +217,45 @@ pub async fn record_event(
             event_type: EventType::Insert,
             new: Some(event),
             old: None,
+        }),
+    )
+    .await
+}
+
+/// Audits `action` on a factor and announces the factor's change on the feed, in `conn`'s
+/// transaction: an insert without `old`, a delete without `new`, else an update.
+async fn factor_changed(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    caller: &AuthSession,
+    meta: &ClientMeta,
+    action: AuditAction,
+    old: Option<&FactorRow>,
+    new: Option<&FactorRow>,
+) -> ApiResult<()> {
+    let event_type = match (old, new) {
+        (None, _) => EventType::Insert,
+        (Some(_), None) => EventType::Delete,
+        (Some(_), Some(_)) => EventType::Update,
+    };
+    let factor_id = new.or(old).map(|f| f.id.clone());
+    audit_mfa(
+        state,
+        &mut *conn,
+        caller,
+        meta,
+        action,
+        json!({ "factor_id": factor_id }),
+    )
+    .await?;
+    announce(
+        state,
+        conn,
+        caller,
+        FeedRecord::MfaFactor(Change {
+            event_type,
+            new: new.map(factor_record),
+            old: old.map(factor_record),
         }),
     )
     .await
@@ -404,24 +433,14 @@ pub async fn enroll(
     // At most one unverified factor: a new enrollment replaces an abandoned one.
     mfa::delete_unverified(&mut tx, &caller.user_id).await?;
     mfa::insert_factor(&mut tx, &row).await?;
-    audit_mfa(
+    factor_changed(
         &state,
         &mut tx,
         &caller,
         &meta,
         AuditAction::MfaEnrolled,
-        json!({ "factor_id": row.id }),
-    )
-    .await?;
-    announce(
-        &state,
-        &mut tx,
-        &caller,
-        FeedRecord::MfaFactor(Change {
-            event_type: EventType::Insert,
-            new: Some(factor_record(&row)),
-            old: None,
-        }),
+        None,
+        Some(&row),
     )
     .await?;
     tx.commit().await?;
@@ -708,26 +727,16 @@ pub async fn verify(
     if mfa::mark_verified(&mut tx, &factor.id, now).await? {
         // First verification: MFA is now on for the account. Abandoned enrollments go.
         mfa::delete_unverified(&mut tx, &caller.user_id).await?;
-        audit_mfa(
+        let mut verified = factor.clone();
+        verified.status = "verified".into();
+        factor_changed(
             &state,
             &mut tx,
             &caller,
             &meta,
             AuditAction::MfaEnabled,
-            json!({ "factor_id": factor.id }),
-        )
-        .await?;
-        let mut verified = factor.clone();
-        verified.status = "verified".into();
-        announce(
-            &state,
-            &mut tx,
-            &caller,
-            FeedRecord::MfaFactor(Change {
-                event_type: EventType::Update,
-                new: Some(factor_record(&verified)),
-                old: Some(factor_record(&factor)),
-            }),
+            Some(&factor),
+            Some(&verified),
         )
         .await?;
     }
@@ -769,24 +778,14 @@ pub async fn unenroll(
         mfa::delete_recovery_set(&mut tx, &caller.user_id).await?;
         sessions::drop_all_to_aal1(&mut tx, &caller.user_id).await?;
     }
-    audit_mfa(
+    factor_changed(
         &state,
         &mut tx,
         &caller,
         &meta,
         AuditAction::MfaUnenrolled,
-        json!({ "factor_id": factor.id }),
-    )
-    .await?;
-    announce(
-        &state,
-        &mut tx,
-        &caller,
-        FeedRecord::MfaFactor(Change {
-            event_type: EventType::Delete,
-            new: None,
-            old: Some(factor_record(&factor)),
-        }),
+        Some(&factor),
+        None,
     )
     .await?;
     tx.commit().await?;

@@ -271,19 +271,10 @@ pub async fn logout(
     let removed = ended.len();
     let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
     events::sessions_ended(&state, &mut tx, &ended, "signed_out", &actor).await?;
-    audit::insert(
-        &mut tx,
-        audit::NewEntry {
-            user_id: Some(&caller.user_id),
-            action: AuditAction::Logout,
-            device_id: Some(&caller.device_id),
-            device_name: None,
-            ip_address: &meta.ip,
-            payload: serde_json::json!({ "scope": scope, "sessions_ended": removed }),
-            now: state.now_ms(),
-        },
-    )
-    .await?;
+    let payload = serde_json::json!({ "scope": scope, "sessions_ended": removed });
+    caller
+        .audit(&mut tx, &meta, AuditAction::Logout, payload, state.now_ms())
+        .await?;
     tx.commit().await?;
     state.publish(&caller.user_id);
     Ok(StatusCode::NO_CONTENT)

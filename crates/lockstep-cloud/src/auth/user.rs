@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     db::{
-        audit, sessions,
+        sessions,
         users::{self, UserRow},
     },
     error::{ApiError, ApiResult},
@@ -91,15 +91,6 @@ pub async fn update_user(
     let now = state.now_ms();
     let actor = Actor::device(&caller.device_id, caller.device_name.as_deref());
     let mut tx = state.db.pool.begin().await?;
-    let entry = |action, payload| audit::NewEntry {
-        user_id: Some(&caller.user_id),
-        action,
-        device_id: Some(&caller.device_id),
-        device_name: None,
-        ip_address: &meta.ip,
-        payload,
-        now,
-    };
     if let Some(data) = metadata {
         let mut merged = user.metadata();
         for (key, value) in data {
@@ -129,14 +120,10 @@ pub async fn update_user(
         }
         events::sessions_ended(&state, &mut tx, &ended, "password_changed", &actor).await?;
         let ended = ended.len();
-        audit::insert(
-            &mut tx,
-            entry(
-                AuditAction::PasswordChanged,
-                serde_json::json!({ "other_sessions_ended": ended }),
-            ),
-        )
-        .await?;
+        let payload = serde_json::json!({ "other_sessions_ended": ended });
+        caller
+            .audit(&mut tx, &meta, AuditAction::PasswordChanged, payload, now)
+            .await?;
     }
     let mut mail = None;
     if let Some(new_email) = new_email.filter(|e| *e != user.email) {
@@ -166,14 +153,16 @@ pub async fn update_user(
             )
             .await?,
         );
-        audit::insert(
-            &mut tx,
-            entry(
+        let payload = serde_json::json!({ "new_email": new_email });
+        caller
+            .audit(
+                &mut tx,
+                &meta,
                 AuditAction::EmailChangeRequested,
-                serde_json::json!({ "new_email": new_email }),
-            ),
-        )
-        .await?;
+                payload,
+                now,
+            )
+            .await?;
     }
     let updated = load(&mut tx, &user.id).await?;
     events::user_updated(&state, &mut tx, &user, &updated, &actor).await?;

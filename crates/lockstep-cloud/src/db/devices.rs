@@ -1,7 +1,7 @@
 //! The `devices` table: one row per (user, device id). Deleting a row revokes the device: its
 //! sessions go with it (foreign key cascade).
 
-use lockstep_protocol::devices::{Device, DeviceInfo};
+use lockstep_protocol::devices::{Device, DeviceInfo, DeviceRecord};
 use sqlx::AnyConnection;
 use uuid::Uuid;
 
@@ -19,8 +19,9 @@ pub struct DeviceRow {
 }
 
 impl DeviceRow {
-    pub fn to_wire(&self, current_device: &str) -> Device {
-        Device {
+    /// The row as the feed carries it.
+    pub fn record(&self) -> DeviceRecord {
+        DeviceRecord {
             id: self.id.clone(),
             user_id: Uuid::parse_str(&self.user_id).unwrap_or_default(),
             name: self.name.clone(),
@@ -28,6 +29,13 @@ impl DeviceRow {
             app_version: self.app_version.clone(),
             created_at: from_millis(self.created_at),
             last_seen_at: from_millis(self.last_seen_at),
+        }
+    }
+
+    /// The row as `GET /rest/v1/devices` answers it to the device `current_device`.
+    pub fn to_wire(&self, current_device: &str) -> Device {
+        Device {
+            record: self.record(),
             current: self.id == current_device,
         }
     }

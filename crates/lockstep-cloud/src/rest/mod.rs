@@ -12,18 +12,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use lockstep_protocol::{
-    audit::AuditAction,
-    auth::ErrorCode,
-    devices::validate_device_name,
-    errors::{RestCode, RestError},
-};
+use lockstep_protocol::{audit::AuditAction, devices::validate_device_name, errors::RestCode};
 use serde_json::Value;
 
 pub use query::RowQuery;
 
 use crate::{
-    clock::from_millis,
     db::{audit, devices, sessions},
     error::{ApiError, ApiResult},
     events::{self, Actor},
@@ -54,7 +48,9 @@ pub fn router() -> Router<AppState> {
         .route("/{table}", axum::routing::any(unknown_table))
 }
 
-/// The signed-in caller, with auth failures answered in PostgREST's shape.
+/// The signed-in caller whose session may read and write data (`aal2` when the account has
+/// two-factor authentication). Its errors are answered in PostgREST's shape like every error
+/// under `/rest/v1` (see [`crate::error::render_errors`]).
 #[derive(Debug, Clone)]
 pub struct RestSession(pub AuthSession);
 
@@ -62,35 +58,8 @@ impl FromRequestParts<AppState> for RestSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = AuthSession::from_request_parts(parts, state).await.map_err(|e| match e {
-            ApiError::Auth { code: ErrorCode::NoAuthorization, .. } => ApiError::rest(
-                StatusCode::UNAUTHORIZED,
-                RestCode::AnonymousAccess,
-                "Anonymous access is not allowed: send Authorization: Bearer <access token>",
-            ),
-            ApiError::Auth { code: ErrorCode::SessionNotFound, .. } => ApiError::Rest {
-                status: StatusCode::UNAUTHORIZED,
-                code: RestCode::InvalidJwt.into(),
-                message: "The session of this JWT has ended (signed out or device revoked): sign in again"
-                    .into(),
-                details: Some(RestError::SESSION_ENDED.as_str().to_owned()),
-            },
-            ApiError::Auth { message, status: StatusCode::UNAUTHORIZED, .. } => {
-                ApiError::rest(StatusCode::UNAUTHORIZED, RestCode::InvalidJwt, message)
-            }
-            other => other,
-        })?;
-        caller
-            .require_data_access(state)
-            .await
-            .map_err(|e| match e {
-                ApiError::Auth {
-                    code: ErrorCode::InsufficientAal,
-                    message,
-                    ..
-                } => ApiError::rest(StatusCode::FORBIDDEN, ErrorCode::InsufficientAal, message),
-                other => other,
-            })?;
+        let caller = AuthSession::from_request_parts(parts, state).await?;
+        caller.require_data_access(state).await?;
         Ok(RestSession(caller))
     }
 }
@@ -269,19 +238,11 @@ async fn rename_devices(
             &actor,
         )
         .await?;
-        audit::insert(
-            &mut tx,
-            audit::NewEntry {
-                user_id: Some(&caller.user_id),
-                action: AuditAction::DeviceRenamed,
-                device_id: Some(&caller.device_id),
-                device_name: None,
-                ip_address: &meta.ip,
-                payload: serde_json::json!({ "device_id": id, "old_name": row["name"], "new_name": name }),
-                now,
-            },
-        )
-        .await?;
+        let payload =
+            serde_json::json!({ "device_id": id, "old_name": row["name"], "new_name": name });
+        caller
+            .audit(&mut tx, &meta, AuditAction::DeviceRenamed, payload, now)
+            .await?;
     }
     tx.commit().await?;
     state.publish(&caller.user_id);
@@ -339,19 +300,10 @@ async fn revoke_devices(
             &actor,
         )
         .await?;
-        audit::insert(
-            &mut tx,
-            audit::NewEntry {
-                user_id: Some(&caller.user_id),
-                action: AuditAction::DeviceRevoked,
-                device_id: Some(&caller.device_id),
-                device_name: None,
-                ip_address: &meta.ip,
-                payload: serde_json::json!({ "device_id": id, "device_name": row["name"] }),
-                now,
-            },
-        )
-        .await?;
+        let payload = serde_json::json!({ "device_id": id, "device_name": row["name"] });
+        caller
+            .audit(&mut tx, &meta, AuditAction::DeviceRevoked, payload, now)
+            .await?;
     }
     tx.commit().await?;
     state.publish(&caller.user_id);
@@ -422,11 +374,7 @@ async fn list_sessions(
     let rows = rows
         .iter()
         .map(|s| {
-            let fmt = |ms| {
-                from_millis(ms)
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
-            };
+            let fmt = lockstep_protocol::timestamp::rfc3339_millis;
             serde_json::json!({
                 "id": s.id,
                 "device_id": s.device_id,

@@ -10,12 +10,11 @@
 //! compiled once into an automaton that matches in time linear in the text (the `regex`
 //! crate), and callers run [`RowQuery::apply`] off the async workers.
 
-use lockstep_protocol::errors::RestCode;
+use lockstep_protocol::{errors::RestCode, timestamp::parse_rfc3339};
 use std::cmp::Ordering;
 
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::error::ApiError;
 
@@ -403,16 +402,12 @@ fn as_text(v: &Value) -> String {
     }
 }
 
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
-}
-
 /// Compares a cell with a filter's text, by the cell's type.
 fn compare_text(cell: &Value, text: &str) -> Option<Ordering> {
     match cell {
         Value::Number(n) => n.as_f64()?.partial_cmp(&text.parse::<f64>().ok()?),
         Value::Bool(b) => Some(b.cmp(&text.parse::<bool>().ok()?)),
-        Value::String(s) => match (parse_time(s), parse_time(text)) {
+        Value::String(s) => match (parse_rfc3339(s), parse_rfc3339(text)) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             _ => Some(s.as_str().cmp(text)),
         },
@@ -424,7 +419,7 @@ fn compare_values(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
-        (Value::String(x), Value::String(y)) => match (parse_time(x), parse_time(y)) {
+        (Value::String(x), Value::String(y)) => match (parse_rfc3339(x), parse_rfc3339(y)) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             _ => Some(x.cmp(y)),
         },

@@ -30,7 +30,6 @@ use lockstep_protocol::sync::{MergeOutcome, SettingRow, merge};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
 
 use super::outbox::OutboxEntry;
 use super::seal::{LocalSeal, open_value, seal_value};
@@ -101,9 +100,7 @@ impl CacheData {
     /// `device_id` pushes it (same merge rule as [`CacheData::apply_remote`]). The push's
     /// answer then changes nothing, or replaces it with the newer version that won.
     pub fn apply_local(&mut self, entry: &OutboxEntry, device_id: &str) -> bool {
-        let updated_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(entry.recorded_at_ms) * 1_000_000)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let updated_at = lockstep_protocol::timestamp::from_millis(entry.recorded_at_ms);
         self.apply_remote(SettingRow {
             key: entry.key.clone(),
             value: if entry.deleted {
@@ -414,7 +411,7 @@ mod tests {
             hlc: Hlc::new(millis, 0),
             device_id: device.into(),
             device_name: Some("Laptop".into()),
-            updated_at: OffsetDateTime::from_unix_timestamp(1_763_920_000).unwrap(),
+            updated_at: time::OffsetDateTime::from_unix_timestamp(1_763_920_000).unwrap(),
             deleted: false,
         }
     }

@@ -35,7 +35,6 @@ pub mod seal;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use cache::{CACHE_FILE, CACHE_FORMAT_VERSION, CacheData, LoadOutcome, SettingsCache};
 pub use outbox::{OUTBOX_FILE, OUTBOX_LOCK_FILE, OpenReport, Outbox, OutboxEntry, Refusal};
@@ -257,41 +256,55 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temporary file next to it (`<path>.tmp`,
-/// mode `0600`), `fsync`, rename over `path`, `fsync` of the directory.
+/// Writes `bytes` to `path` atomically and durably: a new temporary file beside it
+/// (`.<name>.<random>.tmp`, created exclusively and, on Unix, readable by its owner only, by
+/// `tempfile`), `fsync`, rename over `path`, `fsync` of the directory.
 ///
-/// After a crash `path` holds either the old or the new content, never a mix. A stale
-/// `<path>.tmp` left by a crash is simply overwritten next time.
+/// After a crash `path` holds either the old or the new content, never a mix; a temporary file
+/// a crash left behind is removed by [`remove_stale_temp_files`] when the store next opens.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
+    use std::io::Write as _;
 
     let dir = parent_dir(path);
-    let tmp = tmp_path(path);
-    let write = || -> io::Result<()> {
-        let mut file = private_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::io("write", &tmp, e));
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::io("replace", path, e));
-    }
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(TEMP_SUFFIX)
+        .tempfile_in(dir)
+        .map_err(|e| StoreError::io("create a temporary file in", dir, e))?;
+    // On failure the temporary file is deleted when `tmp` drops.
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| StoreError::io("write", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| StoreError::io("replace", path, e.error))?;
     sync_dir(dir)
 }
 
-/// `<path>.tmp`.
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
+/// How the temporary files of [`write_atomic`] end.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Removes the temporary files (`.<name>.<random>.tmp`) that an interrupted [`write_atomic`]
+/// left in `dir`. Only the process holding the profile's lock may call this: another one could
+/// be in the middle of a write.
+fn remove_stale_temp_files(dir: &Path) -> Result<(), StoreError> {
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove the stale", &path, e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -302,17 +315,10 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// A path in `dir` named `<stem>.corrupt-<unix ms><ext>` that does not exist yet (a `-<n>`
 /// suffix is added after the time when needed).
 fn quarantine_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
-    let ms = now_unix_ms();
+    let ms = crate::clock_ms();
     let mut n = 0u32;
     loop {
         let name = if n == 0 {
@@ -346,8 +352,18 @@ fn describe_json_error(error: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The names of the files in `dir`, sorted.
+    pub(crate) fn file_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 
     #[test]
     fn profile_store_opens_both_and_locks_the_profile() {
@@ -405,7 +421,26 @@ mod tests {
         write_atomic(&path, b"first version, rather long").unwrap();
         write_atomic(&path, b"second").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second");
-        assert!(!tmp_path(&path).exists());
+        assert_eq!(
+            file_names(dir.path()),
+            ["f.json"],
+            "no temporary file is left"
+        );
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".cache.json.x1Yz.tmp",
+            ".outbox.jsonl.Ab3d.tmp",
+            "cache.json",
+            "notes.tmp",
+        ] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_temp_files(dir.path()).unwrap();
+        assert_eq!(file_names(dir.path()), ["cache.json", "notes.tmp"]);
     }
 
     #[test]

@@ -38,7 +38,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::seal::{LocalSeal, open_value, seal_value};
-use super::{StoreError, private_options, quarantine_path, sync_dir, tmp_path, write_atomic};
+use super::{
+    StoreError, private_options, quarantine_path, remove_stale_temp_files, sync_dir, write_atomic,
+};
 
 /// File name of the journal inside the profile directory.
 pub const OUTBOX_FILE: &str = "outbox.jsonl";
@@ -188,12 +190,8 @@ impl Outbox {
         let lock = acquire_lock(dir)?;
         let path = dir.join(OUTBOX_FILE);
 
-        let tmp = tmp_path(&path);
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("remove the stale", &tmp, e)),
-        }
+        // Holding the lock, no write of this profile can be in progress.
+        remove_stale_temp_files(dir)?;
 
         let bytes = match fs::read(&path) {
             Ok(bytes) => Some(bytes),
@@ -211,20 +209,8 @@ impl Outbox {
 
         let parsed = parse_journal_with(&bytes, seal.as_ref());
         let mut report = OpenReport::default();
-        match parsed.damage {
-            Damage::None => {
-                let file = open_journal(&path, false)?;
-                let outbox = Outbox::from_parts(
-                    dir,
-                    path,
-                    file,
-                    parsed.good_len,
-                    parsed.entries,
-                    lock,
-                    seal,
-                );
-                Ok((outbox, report))
-            }
+        let committed_len = match parsed.damage {
+            Damage::None => parsed.good_len,
             Damage::TornTail => {
                 let file = open_journal(&path, false)?;
                 file.set_len(parsed.good_len)
@@ -235,16 +221,7 @@ impl Outbox {
                     path = %path.display(),
                     "cut off an interrupted, never acknowledged write at the end of the outbox"
                 );
-                let outbox = Outbox::from_parts(
-                    dir,
-                    path,
-                    file,
-                    parsed.good_len,
-                    parsed.entries,
-                    lock,
-                    seal,
-                );
-                Ok((outbox, report))
+                parsed.good_len
             }
             Damage::Corrupt {
                 bad_lines,
@@ -265,14 +242,12 @@ impl Outbox {
                 report.torn_tail_dropped = torn_tail;
                 report.corrupt_lines = bad_lines;
                 report.quarantined = Some(quarantined);
-                let file = open_journal(&path, false)?;
-                let len = text.len() as u64;
-                Ok((
-                    Outbox::from_parts(dir, path, file, len, parsed.entries, lock, seal),
-                    report,
-                ))
+                text.len() as u64
             }
-        }
+        };
+        let file = open_journal(&path, false)?;
+        let outbox = Outbox::from_parts(dir, path, file, committed_len, parsed.entries, lock, seal);
+        Ok((outbox, report))
     }
 
     fn from_parts(
@@ -691,6 +666,18 @@ mod tests {
         Outbox::open(dir).unwrap()
     }
 
+    /// The outbox in `dir` with `n` entries appended (`custom.k0`, …), and those entries.
+    fn open_with_entries(dir: &Path, n: u64) -> (Outbox, Vec<OutboxEntry>) {
+        let (mut outbox, _) = open(dir);
+        let written: Vec<_> = (0..n)
+            .map(|i| entry(&format!("custom.k{i}"), json!(i), i))
+            .collect();
+        for e in &written {
+            outbox.append(e.clone()).unwrap();
+        }
+        (outbox, written)
+    }
+
     #[test]
     fn entries_survive_reopening_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -807,13 +794,7 @@ mod tests {
     #[test]
     fn a_corrupt_middle_line_is_quarantined_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
-        let written: Vec<_> = (0..4)
-            .map(|i| entry(&format!("custom.k{i}"), json!(i), i))
-            .collect();
-        for e in &written {
-            outbox.append(e.clone()).unwrap();
-        }
+        let (outbox, written) = open_with_entries(dir.path(), 4);
         drop(outbox);
         let path = dir.path().join(OUTBOX_FILE);
         let original = fs::read_to_string(&path).unwrap();
@@ -916,13 +897,7 @@ mod tests {
     #[test]
     fn remove_acknowledged_keeps_the_others_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
-        let written: Vec<_> = (0..5)
-            .map(|i| entry(&format!("custom.k{i}"), json!(i), i))
-            .collect();
-        for e in &written {
-            outbox.append(e.clone()).unwrap();
-        }
+        let (mut outbox, written) = open_with_entries(dir.path(), 5);
         outbox
             .remove_acknowledged(&[
                 written[1].id.clone(),
@@ -944,7 +919,12 @@ mod tests {
         let mut all = expected.clone();
         all.push(extra);
         assert_eq!(outbox.entries(), all.as_slice());
-        assert!(!tmp_path(outbox.path()).exists());
+        assert!(
+            !crate::store::tests::file_names(dir.path())
+                .iter()
+                .any(|name| name.ends_with(".tmp")),
+            "no temporary file is left"
+        );
 
         outbox.remove_acknowledged(&ids(&all)).unwrap();
         assert!(outbox.is_empty());
@@ -961,7 +941,7 @@ mod tests {
         let a = entry("custom.a", json!(1), 1);
         outbox.append(a.clone()).unwrap();
         drop(outbox);
-        let tmp = tmp_path(&dir.path().join(OUTBOX_FILE));
+        let tmp = dir.path().join(".outbox.jsonl.k3Xq9a.tmp");
         fs::write(&tmp, b"half a rewrite").unwrap();
         let (outbox, report) = open(dir.path());
         assert!(report.is_clean());
