@@ -292,7 +292,7 @@ fn postgrest_error(
 }
 
 /// The outermost middleware: answers every auth-kind error in the shape of its route prefix
-/// ([`ErrorShape`]), so handlers, extractors and the middlewares in front of all routes raise
+/// (`ErrorShape`), so handlers, extractors and the middlewares in front of all routes raise
 /// one [`ApiError`] and never choose a shape.
 pub async fn render_errors(request: Request, next: Next) -> Response {
     let shape = ErrorShape::of(&request);
