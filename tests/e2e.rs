@@ -134,12 +134,23 @@ impl Instance {
         let Value::Object(capabilities) = capabilities else {
             unreachable!()
         };
-        // tauri-driver speaks plain HTTP on loopback: no TLS stack in the test build.
-        let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .unwrap_or_else(|e| panic!("{name}: no WebDriver session: {e}"));
+        // tauri-driver speaks plain HTTP on loopback: no TLS stack in the test build. It may
+        // drop the first requests while its native driver starts: retry for up to 30 s.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let session = ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await;
+            match session {
+                Ok(client) => break client,
+                Err(e) if Instant::now() < deadline => {
+                    println!("{name}: no WebDriver session yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{name}: no WebDriver session within 30 s: {e}"),
+            }
+        };
         client
             .set_window_rect(left, 0, WINDOW.0, WINDOW.1)
             .await
