@@ -22,11 +22,35 @@ pub fn workspace_root() -> PathBuf {
 
 /// A `cargo` command that runs in the repository root.
 ///
-/// Uses the same cargo that runs xtask (`$CARGO`), so the toolchain matches.
+/// Uses the same cargo that runs xtask (`$CARGO`), so the toolchain matches. Without the
+/// variables `cargo run` set for xtask itself ([`RUN_ONLY_VARS`]): a build script that watches
+/// one (ring's watches `CARGO_MANIFEST_DIR`) would otherwise run again, and rebuild everything
+/// above it, each time a plain `cargo` follows an xtask command or the reverse.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    for (name, _) in env::vars_os() {
+        if is_run_only_var(&name.to_string_lossy()) {
+            cmd.env_remove(&name);
+        }
+    }
     cmd
+}
+
+/// The variables `cargo run` sets for the program it runs (xtask here), by name or prefix.
+const RUN_ONLY_VARS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_PKG_",
+];
+
+fn is_run_only_var(name: &str) -> bool {
+    RUN_ONLY_VARS
+        .iter()
+        .any(|var| name == *var || (var.ends_with('_') && name.starts_with(var)))
 }
 
 /// Looks `name` up in `PATH`, like `command -v` does.
@@ -133,6 +157,37 @@ fn quote(word: &OsStr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cargo_runs_without_the_variables_cargo_run_set_for_xtask() {
+        for var in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_BIN_NAME",
+        ] {
+            assert!(is_run_only_var(var), "{var}");
+        }
+        for var in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_PKGX",
+            "RUSTFLAGS",
+        ] {
+            assert!(!is_run_only_var(var), "{var}");
+        }
+        // `cargo test` runs this test with CARGO_MANIFEST_DIR set, as `cargo run` runs xtask.
+        let removed: Vec<_> = cargo()
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.contains(&"CARGO_MANIFEST_DIR".to_owned()),
+            "{removed:?}"
+        );
+    }
 
     #[test]
     fn display_quotes_only_what_needs_it() {
