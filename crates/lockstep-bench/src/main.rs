@@ -1,7 +1,12 @@
 //! `lockstep-bench`: starts a real `lockstep-cloud` process on loopback, puts a bounded load on
 //! it from this process, and prints what it measured (the server's resident memory from
-//! `/proc`, other users' latencies, the answers by status). It asserts nothing: figures on a
-//! noisy machine are for people to read and compare (`--server` points at another build).
+//! `/proc`, other users' latencies, the answers by status, pushes per second). It asserts
+//! nothing: figures on a noisy machine are for people to read and compare (`--server` points at
+//! another build).
+//!
+//! Scenarios (`--scenario`): `sign-in`, a burst of failed sign-ins while another user signs in;
+//! `pushes`, settings writes (`rpc/push_settings`) from 8, 32 and 128 concurrent writers, each
+//! its own user, for a few seconds each.
 //!
 //! Run it through `cargo xtask bench`, which builds both in release mode.
 
@@ -29,11 +34,46 @@ struct Args {
     /// Bursts, one after another (memory that is not returned grows with them).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Which scenarios to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Concurrent writers of the `pushes` scenario, one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 32, 128])]
+    writers: Vec<usize>,
+    /// How long each `pushes` run lasts.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The server's database (e.g. the PostgreSQL of `cargo xtask postgres`); SQLite in a
+    /// throwaway data dir by default.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    All,
+    SignIn,
+    Pushes,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let database: Vec<String> = args
+        .database_url
+        .iter()
+        .flat_map(|url| ["--database-url".to_owned(), url.clone()])
+        .collect();
+    let database: Vec<&str> = database.iter().map(String::as_str).collect();
+    if args.scenario != Scenario::SignIn {
+        let server = Server::start(&args.server, &database).await?;
+        let result = push_throughput(&server, &args).await;
+        drop(server);
+        println!("{}", result?);
+    }
+    if args.scenario == Scenario::Pushes {
+        return Ok(());
+    }
     println!(
         "sign-in burst: {} concurrent failed sign-ins from 127.0.0.1, {} rounds; a second user signs in from 127.0.0.2 and /health is polled meanwhile",
         args.burst, args.rounds
@@ -48,7 +88,8 @@ async fn main() -> Result<()> {
             ][..],
         ),
     ] {
-        let server = Server::start(&args.server, extra).await?;
+        let extra: Vec<&str> = extra.iter().chain(&database).copied().collect();
+        let server = Server::start(&args.server, &extra).await?;
         let result = sign_in_burst(&server, &args).await;
         drop(server);
         println!("\n## {case}\n{}", result?);
@@ -231,15 +272,7 @@ async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
         let (rss, peak) = server.memory()?;
         out.push_str(&format!(
             "| {round} | {} | {peak:.0} | {rss:.0} | {} | {} |\n",
-            answers
-                .iter()
-                .map(|(s, n)| if *s == 0 {
-                    format!("{n}×closed")
-                } else {
-                    format!("{n}×{s}")
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
+            answers_text(&answers),
             with_refusals(p50_max(&mut bob), &bob_refused),
             p50_max(&mut health),
         ));
@@ -255,7 +288,12 @@ fn with_refusals(figures: String, refused: &BTreeMap<u16, usize>) -> String {
     if refused.is_empty() {
         return figures;
     }
-    let refused: Vec<String> = refused
+    format!("{figures} ({})", answers_text(refused))
+}
+
+/// Answers by status, `120×200 3×503`; `closed` counts requests that got no answer.
+fn answers_text(answers: &BTreeMap<u16, usize>) -> String {
+    answers
         .iter()
         .map(|(status, n)| {
             if *status == 0 {
@@ -264,8 +302,8 @@ fn with_refusals(figures: String, refused: &BTreeMap<u16, usize>) -> String {
                 format!("{n}×{status}")
             }
         })
-        .collect();
-    format!("{figures} ({})", refused.join(" "))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn p50_max(samples: &mut [Duration]) -> String {
@@ -280,4 +318,117 @@ fn p50_max(samples: &mut [Duration]) -> String {
         ms(samples[samples.len() - 1]),
         samples.len()
     )
+}
+
+/// Pushes per second and their latency with `writers` concurrent writers, each its own user
+/// pushing one setting per request (a new stamp each time, so every push writes), for
+/// `args.seconds` per run.
+async fn push_throughput(server: &Server, args: &Args) -> Result<String> {
+    let most = args.writers.iter().copied().max().unwrap_or(0);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(most)
+        .build()?;
+    // Every run's users are new, so a PostgreSQL database can be reused.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let tokens = futures::future::try_join_all((0..most).map(|i| {
+        let http = &http;
+        async move {
+            let reply: Value = http
+                .post(format!("{}/auth/v1/signup", server.url))
+                .header("apikey", &server.anon_key)
+                .json(&json!({ "email": format!("writer{i}-{run}@example.com"), "password": PASSWORD }))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            reply["access_token"]
+                .as_str()
+                .map(str::to_owned)
+                .context("signup answered no session (is --mailer-autoconfirm on?)")
+        }
+    }))
+    .await?;
+    let mut out = format!(
+        "## pushes: each writer its own user, one setting per push, {} s per run\n\n\
+         | writers | pushes/s | p50 ms | p99 ms | max ms | answers |\n|---|---|---|---|---|---|\n",
+        args.seconds
+    );
+    for &writers in &args.writers {
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let results =
+            futures::future::join_all(tokens[..writers].iter().enumerate().map(|(w, token)| {
+                let http = &http;
+                async move {
+                    let mut samples = Vec::new();
+                    let mut answers = BTreeMap::<u16, usize>::new();
+                    let mut n: u64 = 0;
+                    while Instant::now() < deadline {
+                        n += 1;
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis());
+                        let body = json!({
+                            "mutation_id": format!("bench-{run}-{writers}-{w}-{n}"),
+                            "changes": [{
+                                "key": "custom.bench",
+                                "value": n,
+                                "hlc": format!("{now_ms:015}-{n:010}"),
+                                "deleted": false,
+                            }],
+                        });
+                        let sent = Instant::now();
+                        let status = match http
+                            .post(format!("{}/rest/v1/rpc/push_settings", server.url))
+                            .header("apikey", &server.anon_key)
+                            .bearer_auth(token)
+                            .json(&body)
+                            .send()
+                            .await
+                        {
+                            Ok(reply) => {
+                                let status = reply.status().as_u16();
+                                let _ = reply.bytes().await;
+                                status
+                            }
+                            Err(_) => 0,
+                        };
+                        if status == 200 {
+                            samples.push(sent.elapsed());
+                        }
+                        *answers.entry(status).or_default() += 1;
+                    }
+                    (samples, answers)
+                }
+            }))
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut samples = Vec::new();
+        let mut answers = BTreeMap::<u16, usize>::new();
+        for (s, a) in results {
+            samples.extend(s);
+            for (status, n) in a {
+                *answers.entry(status).or_default() += n;
+            }
+        }
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let at = |q: f64| {
+            samples
+                .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+                .map_or(f64::NAN, |d| ms(*d))
+        };
+        out.push_str(&format!(
+            "| {writers} | {:.0} | {:.1} | {:.1} | {:.1} | {} |\n",
+            samples.len() as f64 / elapsed,
+            at(0.5),
+            at(0.99),
+            samples.last().map_or(f64::NAN, |d| ms(*d)),
+            answers_text(&answers),
+        ));
+    }
+    Ok(out)
 }
