@@ -2,9 +2,12 @@
 //! failure.
 
 use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 
 use crate::postgres::{self, Cluster};
 use crate::{cmd, e2e, keyring, system};
@@ -90,12 +93,54 @@ pub fn run(args: &Args) -> Result<()> {
     let test = e2e::on_virtual_display(&test);
     Stage::new("cargo test", keyring::wrap(&test)?).run()?;
 
+    // `tsc` rewrites every file of the committed UI build, changed or not, and the desktop app
+    // embeds them: put back the times of those it rewrote unchanged, so the next `cargo build`
+    // (or `cargo xtask run`) does not compile the app again.
+    let dist = cmd::workspace_root().join("src-ui").join("dist");
+    let before = FileTimes::read(&dist)?;
     for stage in ui_stages() {
         stage.run()?;
     }
+    before.restore_unchanged()?;
 
     println!("==> all checks passed");
     Ok(())
+}
+
+/// The files under a directory, with their contents and modification times.
+struct FileTimes(Vec<(PathBuf, Vec<u8>, SystemTime)>);
+
+impl FileTimes {
+    fn read(dir: &Path) -> Result<FileTimes> {
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.to_owned()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let modified = fs::metadata(&path)?.modified()?;
+                    files.push((path.clone(), fs::read(&path)?, modified));
+                }
+            }
+        }
+        Ok(FileTimes(files))
+    }
+
+    /// Gives each file whose content is what it was its old modification time back.
+    fn restore_unchanged(&self) -> Result<()> {
+        for (path, bytes, modified) in &self.0 {
+            if fs::read(path).is_ok_and(|now| now == *bytes) {
+                fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .and_then(|file| file.set_modified(*modified))
+                    .with_context(|| format!("restoring the time of {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Fails when the UI build or the bindings differ from what is committed (outside a git
@@ -155,4 +200,38 @@ fn lint_stages() -> Vec<Stage> {
         Stage::new("cargo clippy", clippy),
         Stage::new("cargo doc", doc),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_files_rewritten_unchanged_get_their_old_time_back() {
+        let dir = env::temp_dir().join(format!("xtask-file-times-{}", std::process::id()));
+        fs::create_dir_all(dir.join("js")).unwrap();
+        let (same, changed) = (dir.join("js/same.js"), dir.join("changed.js"));
+        fs::write(&same, "a").unwrap();
+        fs::write(&changed, "b").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for path in [&same, &changed] {
+            fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let before = FileTimes::read(&dir).unwrap();
+        // What `tsc` does: it writes every file again.
+        fs::write(&same, "a").unwrap();
+        fs::write(&changed, "c").unwrap();
+        before.restore_unchanged().unwrap();
+        let modified = |path: &Path| fs::metadata(path).unwrap().modified().unwrap();
+        assert_eq!(modified(&same), old);
+        assert!(modified(&changed) > old);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
