@@ -52,8 +52,9 @@ enum Task {
     /// faults against real engines and a real server) and print its figures.
     Sim(sim::Args),
     /// Print load figures for the cloud server (release build, a real server process on
-    /// loopback, bounded load): pushes per second at 8/32/128 writers, and memory and other
-    /// users' latency under a sign-in burst.
+    /// loopback, bounded load): propagation from one device's push to another's stream, pushes
+    /// per second at 8/32/128 writers, and memory and other users' latency under a sign-in
+    /// burst.
     Bench(bench::Args),
 }
 

@@ -6,7 +6,8 @@
 //!
 //! Scenarios (`--scenario`): `sign-in`, a burst of failed sign-ins while another user signs in;
 //! `pushes`, settings writes (`rpc/push_settings`) from 8, 32 and 128 concurrent writers, each
-//! its own user, for a few seconds each.
+//! its own user, for a few seconds each; `propagation`, how long a push made on one device takes
+//! to reach another device's change stream (`/realtime/v1/sse`).
 //!
 //! Run it through `cargo xtask bench`, which builds both in release mode.
 
@@ -44,6 +45,9 @@ struct Args {
     /// How long each `pushes` run lasts.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Pushes timed by the `propagation` scenario, one after another.
+    #[arg(long, default_value_t = 300)]
+    samples: usize,
     /// The server's database (e.g. the PostgreSQL of `cargo xtask postgres`); SQLite in a
     /// throwaway data dir by default.
     #[arg(long)]
@@ -55,6 +59,7 @@ enum Scenario {
     All,
     SignIn,
     Pushes,
+    Propagation,
 }
 
 #[tokio::main]
@@ -66,7 +71,13 @@ async fn main() -> Result<()> {
         .flat_map(|url| ["--database-url".to_owned(), url.clone()])
         .collect();
     let database: Vec<&str> = database.iter().map(String::as_str).collect();
-    if args.scenario != Scenario::SignIn {
+    if matches!(args.scenario, Scenario::All | Scenario::Propagation) {
+        let server = Server::start(&args.server, &database).await?;
+        let result = propagation(&server, args.samples).await;
+        drop(server);
+        println!("{}", result?);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Pushes) {
         // One address signs every writer up.
         let extra: Vec<&str> = ["--signups-per-ip=100000/3600"]
             .iter()
@@ -78,7 +89,7 @@ async fn main() -> Result<()> {
         drop(server);
         println!("{}", result?);
     }
-    if args.scenario == Scenario::Pushes {
+    if !matches!(args.scenario, Scenario::All | Scenario::SignIn) {
         return Ok(());
     }
     println!(
@@ -441,4 +452,106 @@ async fn push_throughput(server: &Server, args: &Args) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// The time from sending a push on device A until device B's change stream delivers it, for
+/// `samples` pushes one after another (no other load: the floor of propagation).
+async fn propagation(server: &Server, samples: usize) -> Result<String> {
+    use eventsource_stream::Eventsource as _;
+
+    let http = reqwest::Client::new();
+    let email = format!("propagation-{}@example.com", std::process::id());
+    let session = |path: &'static str| {
+        let (http, email) = (&http, &email);
+        async move {
+            let reply: Value = http
+                .post(format!("{}{path}", server.url))
+                .header("apikey", &server.anon_key)
+                .json(&json!({ "email": email, "password": PASSWORD }))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            reply["access_token"]
+                .as_str()
+                .map(str::to_owned)
+                .context("no session in the answer")
+        }
+    };
+    let writer = session("/auth/v1/signup").await?;
+    let reader = session("/auth/v1/token?grant_type=password").await?;
+    let mut stream = http
+        .get(format!("{}/realtime/v1/sse", server.url))
+        .header("apikey", &server.anon_key)
+        .bearer_auth(&reader)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes_stream()
+        .eventsource();
+    loop {
+        let event: Option<Result<eventsource_stream::Event, _>> = stream.next().await;
+        match event {
+            Some(Ok(event)) if event.event == "ready" => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => bail!("the stream failed before it was ready: {e}"),
+            None => bail!("the stream ended before it was ready"),
+        }
+    }
+    let mut took = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let body = json!({
+            "mutation_id": format!("propagation-{}-{i}", std::process::id()),
+            "changes": [{
+                "key": "custom.propagation",
+                "value": i,
+                "hlc": format!("{now_ms:015}-{i:010}"),
+                "deleted": false,
+            }],
+        });
+        let sent = Instant::now();
+        http.post(format!("{}/rest/v1/rpc/push_settings", server.url))
+            .header("apikey", &server.anon_key)
+            .bearer_auth(&writer)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .context("no change reached the stream within 10 s")?;
+            let event = match event {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => bail!("the stream failed: {e}"),
+                None => bail!("the stream ended"),
+            };
+            if event.event != "change" {
+                continue;
+            }
+            let change: Value = serde_json::from_str(&event.data)?;
+            if change["new"]["key"] == "custom.propagation" && change["new"]["value"] == json!(i) {
+                took.push(sent.elapsed());
+                break;
+            }
+        }
+    }
+    took.sort();
+    let ms = |q: f64| {
+        took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(format!(
+        "## propagation: A pushes, B's stream receives (no other load), {samples} pushes\n\n\
+         | idle streams | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|\n\
+         | 0 | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(1.0),
+    ))
 }
