@@ -181,6 +181,24 @@ impl Server {
         Ok((field("VmRSS:"), field("VmHWM:")))
     }
 
+    /// Signs `email` up or in (`path`: [`SIGN_UP`] or [`SIGN_IN`]) and returns the session's
+    /// access token. The server confirms addresses at signup (`--mailer-autoconfirm`).
+    async fn session(&self, http: &reqwest::Client, path: &str, email: &str) -> Result<String> {
+        let reply: Value = http
+            .post(format!("{}{path}", self.url))
+            .header("apikey", &self.anon_key)
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        reply["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no session in the answer")
+    }
+
     async fn sign_in(
         &self,
         http: &reqwest::Client,
@@ -201,6 +219,24 @@ impl Server {
 }
 
 const PASSWORD: &str = "Correct horse 42";
+const SIGN_UP: &str = "/auth/v1/signup";
+const SIGN_IN: &str = "/auth/v1/token?grant_type=password";
+
+/// A push of one setting, stamped now with `counter` (a new stamp each time, so it writes).
+fn push_body(mutation_id: String, key: &str, value: u64, counter: u64) -> Value {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    json!({
+        "mutation_id": mutation_id,
+        "changes": [{
+            "key": key,
+            "value": value,
+            "hlc": format!("{now_ms:015}-{counter:010}"),
+            "deleted": false,
+        }],
+    })
+}
 
 async fn sign_in_burst(server: &Server, args: &Args) -> Result<String> {
     let attacker = reqwest::Client::builder()
@@ -354,19 +390,8 @@ async fn push_throughput(server: &Server, args: &Args) -> Result<String> {
     let tokens: Vec<String> = futures::stream::iter((0..most).map(|i| {
         let http = &http;
         async move {
-            let reply: Value = http
-                .post(format!("{}/auth/v1/signup", server.url))
-                .header("apikey", &server.anon_key)
-                .json(&json!({ "email": format!("writer{i}-{run}@example.com"), "password": PASSWORD }))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            reply["access_token"]
-                .as_str()
-                .map(str::to_owned)
-                .context("signup answered no session (is --mailer-autoconfirm on?)")
+            let email = format!("writer{i}-{run}@example.com");
+            server.session(http, SIGN_UP, &email).await
         }
     }))
     .buffer_unordered(4)
@@ -389,18 +414,8 @@ async fn push_throughput(server: &Server, args: &Args) -> Result<String> {
                     let mut n: u64 = 0;
                     while Instant::now() < deadline {
                         n += 1;
-                        let now_ms = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis());
-                        let body = json!({
-                            "mutation_id": format!("bench-{run}-{writers}-{w}-{n}"),
-                            "changes": [{
-                                "key": "custom.bench",
-                                "value": n,
-                                "hlc": format!("{now_ms:015}-{n:010}"),
-                                "deleted": false,
-                            }],
-                        });
+                        let id = format!("bench-{run}-{writers}-{w}-{n}");
+                        let body = push_body(id, "custom.bench", n, n);
                         let sent = Instant::now();
                         let status = match http
                             .post(format!("{}/rest/v1/rpc/push_settings", server.url))
@@ -461,26 +476,8 @@ async fn propagation(server: &Server, samples: usize) -> Result<String> {
 
     let http = reqwest::Client::new();
     let email = format!("propagation-{}@example.com", std::process::id());
-    let session = |path: &'static str| {
-        let (http, email) = (&http, &email);
-        async move {
-            let reply: Value = http
-                .post(format!("{}{path}", server.url))
-                .header("apikey", &server.anon_key)
-                .json(&json!({ "email": email, "password": PASSWORD }))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            reply["access_token"]
-                .as_str()
-                .map(str::to_owned)
-                .context("no session in the answer")
-        }
-    };
-    let writer = session("/auth/v1/signup").await?;
-    let reader = session("/auth/v1/token?grant_type=password").await?;
+    let writer = server.session(&http, SIGN_UP, &email).await?;
+    let reader = server.session(&http, SIGN_IN, &email).await?;
     let mut stream = http
         .get(format!("{}/realtime/v1/sse", server.url))
         .header("apikey", &server.anon_key)
@@ -501,18 +498,8 @@ async fn propagation(server: &Server, samples: usize) -> Result<String> {
     }
     let mut took = Vec::with_capacity(samples);
     for i in 0..samples {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let body = json!({
-            "mutation_id": format!("propagation-{}-{i}", std::process::id()),
-            "changes": [{
-                "key": "custom.propagation",
-                "value": i,
-                "hlc": format!("{now_ms:015}-{i:010}"),
-                "deleted": false,
-            }],
-        });
+        let id = format!("propagation-{}-{i}", std::process::id());
+        let body = push_body(id, "custom.propagation", i as u64, i as u64);
         let sent = Instant::now();
         http.post(format!("{}/rest/v1/rpc/push_settings", server.url))
             .header("apikey", &server.anon_key)
