@@ -18,8 +18,8 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Database URL: `sqlite://…` or `postgres://…`. Default: SQLite in the data dir.
-    #[arg(long, env = "LOCKSTEP_DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[arg(long, env = "LOCKSTEP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<CredentialUrl>,
 
     /// Public base URL of this server, used in links sent by email. Default: `http://<bind>`.
     #[arg(long, env = "LOCKSTEP_PUBLIC_URL")]
@@ -45,7 +45,7 @@ pub struct Config {
     /// SMTP server URL for outgoing mail, e.g. `smtps://user:pass@smtp.example.com:465`.
     /// Without it, mail is written to `<data dir>/mail/`.
     #[arg(long, env = "LOCKSTEP_SMTP_URL", hide_env_values = true)]
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<CredentialUrl>,
 
     /// Sender address of outgoing mail.
     #[arg(
@@ -294,12 +294,15 @@ impl Config {
 
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("lockstep.sqlite3").display()
-            )
-        })
+        self.database_url.as_ref().map_or_else(
+            || {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    self.data_dir.join("lockstep.sqlite3").display()
+                )
+            },
+            |url| url.expose().to_owned(),
+        )
     }
 
     /// The public base URL, without a trailing slash.
@@ -316,6 +319,48 @@ impl Config {
         self.site_url
             .clone()
             .unwrap_or_else(|| format!("{}/", self.public_url()))
+    }
+}
+
+/// A URL that may carry credentials (`postgres://user:password@host/db`,
+/// `smtps://user:password@host`): its `Debug` form shows the password as `***`, so printing a
+/// [`Config`] never prints one. [`CredentialUrl::expose`] gives the URL itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialUrl(String);
+
+impl CredentialUrl {
+    /// The URL, credentials included: for connecting, never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for CredentialUrl {
+    fn from(url: String) -> CredentialUrl {
+        CredentialUrl(url)
+    }
+}
+
+impl FromStr for CredentialUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<CredentialUrl, Self::Err> {
+        Ok(CredentialUrl(url.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for CredentialUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    // Only fails for URLs that cannot have credentials, which this one has.
+                    let _ = url.set_password(Some("***"));
+                }
+                write!(f, "{:?}", url.as_str())
+            }
+            Err(_) => f.write_str("\"<not a URL: hidden>\""),
+        }
     }
 }
 
@@ -340,6 +385,35 @@ mod tests {
         assert_eq!(parse(&["x", "--dev=no"]).ok(), Some(false));
         assert!(Config::try_parse_from(["x", "--jwt-expiry-seconds=0"]).is_err());
         assert!(Config::try_parse_from(["x", "--jwt-expiry-seconds=-60"]).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_the_passwords_in_urls() {
+        let config = Config::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://app:hunter2@db.internal:5432/lockstep",
+            "--smtp-url",
+            "smtps://mailer:s3cret@smtp.example.com:465",
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/lockstep"),
+            "{shown}"
+        );
+        assert_eq!(
+            config.database_url(),
+            "postgres://app:hunter2@db.internal:5432/lockstep"
+        );
+        assert_eq!(
+            format!("{:?}", CredentialUrl::from("not a url".to_owned())),
+            "\"<not a URL: hidden>\""
+        );
     }
 
     #[test]

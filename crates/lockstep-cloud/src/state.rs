@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     clock::{Clock, to_millis},
-    config::Config,
+    config::{Config, CredentialUrl},
     db::{Backend, Db},
     feed::Hub,
     keys::ServerKeys,
@@ -87,7 +87,7 @@ impl AppState {
         .await?;
         crate::nodes::check_keys(&db, &keys, to_millis(clock.now())).await?;
         let mailer = Mailer::from_config(
-            config.smtp_url.as_deref(),
+            config.smtp_url.as_ref().map(CredentialUrl::expose),
             &config.smtp_from,
             &config.data_dir,
         )?;

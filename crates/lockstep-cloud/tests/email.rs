@@ -404,7 +404,7 @@ async fn recover_answers_before_any_work_for_the_address_even_with_a_hung_mail_s
         }
     });
     let app = TestApp::start_with(backend, |c| {
-        c.smtp_url = Some(smtp);
+        c.smtp_url = Some(smtp.into());
         c.mailer_autoconfirm = true; // so signing up sends nothing
     })
     .await;

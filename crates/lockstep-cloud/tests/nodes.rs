@@ -25,7 +25,7 @@ async fn start_node_with(app: &TestApp, secrets: &ServerKeys) -> anyhow::Result<
     )
     .unwrap();
     let mut config = Config::for_data_dir(dir.path());
-    config.database_url = Some(app.database_url.clone());
+    config.database_url = Some(app.database_url.clone().into());
     let started = AppState::new(config, Arc::new(ManualClock::starting_now())).await;
     drop(dir);
     started

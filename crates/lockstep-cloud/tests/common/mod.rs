@@ -143,7 +143,7 @@ impl TestApp {
     ) -> TestApp {
         let mut config = Config::for_data_dir(dir.path());
         config.dev = true;
-        config.database_url = Some(database_url.clone());
+        config.database_url = Some(database_url.clone().into());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         config.bind = addr;
