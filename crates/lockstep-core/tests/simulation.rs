@@ -383,7 +383,7 @@ impl World {
             cloud_dir,
             Arc::new(move |config| {
                 config.dev = true;
-                config.database_url = database_url.clone();
+                config.database_url = database_url.clone().map(Into::into);
                 config.sse_heartbeat_seconds = 2;
                 // Every schedule signs up and in from 127.0.0.1.
                 let many = lockstep_cloud::config::Limit {
