@@ -173,11 +173,12 @@ impl Shell {
         }
     }
 
+    /// The launch's options without its server: that only prefills the connect form.
     fn default_options(&self) -> OpenOptions {
         OpenOptions {
             server_url: None,
             anon_key: None,
-            device_name: self.launch.device_name.clone(),
+            ..self.launch.open_options()
         }
     }
 

@@ -306,22 +306,22 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
     let Some(parts) = response.extensions_mut().remove::<ErrorParts>() else {
         return response;
     };
-    let (head, _) = match shape {
+    let status = response.status();
+    let mut rendered = match shape {
         // Rendered so already.
         ErrorShape::GoTrue => return response,
-        ErrorShape::GoTrue2024 | ErrorShape::PostgRest => response.into_parts(),
-    };
-    let mut rendered = if shape == ErrorShape::PostgRest {
-        let (status, code, details) = postgrest_error(head.status, parts.code);
-        postgrest_response(status, &code, &parts.message, details)
-    } else {
-        let mut rendered =
-            Json(json!({ "code": parts.code.as_str(), "message": parts.message })).into_response();
-        *rendered.status_mut() = head.status;
-        rendered
+        ErrorShape::GoTrue2024 => (
+            status,
+            Json(json!({ "code": parts.code.as_str(), "message": parts.message })),
+        )
+            .into_response(),
+        ErrorShape::PostgRest => {
+            let (status, code, details) = postgrest_error(status, parts.code);
+            postgrest_response(status, &code, &parts.message, details)
+        }
     };
     // The first rendering's headers (`Retry-After`, the version echo), not its body's.
-    for (name, value) in &head.headers {
+    for (name, value) in response.headers() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             rendered.headers_mut().append(name.clone(), value.clone());
         }
