@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 /// `cargo xtask postgres`: runs the throwaway cluster until stdin reaches EOF.
 fn postgres_task() -> Result<()> {
     system::ensure(&[postgres::PACKAGE])?;
-    let cluster = postgres::Cluster::start(postgres::DEV_CLUSTER)?;
+    let cluster = postgres::Cluster::start(postgres::DEV_CLUSTER, postgres::Durability::Throwaway)?;
     let url = cluster.url();
     println!();
     println!("PostgreSQL is running at {url}");

@@ -1,8 +1,9 @@
-//! A private, throwaway PostgreSQL cluster for the tests.
+//! A private, throwaway PostgreSQL cluster for the tests and the bench.
 //!
 //! The cluster lives in `target/xtask/<name>`, is wiped and re-created on
 //! every start, listens only on 127.0.0.1 (port 54329 unless that is taken),
-//! trusts every local connection and trades durability for speed. Its
+//! trusts every local connection and, for the tests, trades durability for
+//! speed (the bench's commits are durable: see [`Durability`]). Its
 //! superuser is `postgres`, so the URL is
 //! `postgres://postgres@127.0.0.1:<port>/postgres`.
 //!
@@ -31,6 +32,19 @@ pub const TEST_CLUSTER: &str = "postgres-test";
 /// both can run at the same time.
 pub const DEV_CLUSTER: &str = "postgres";
 
+/// The cluster of `cargo xtask bench`.
+pub const BENCH_CLUSTER: &str = "postgres-bench";
+
+/// Whether a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Tests and development: `fsync`, `synchronous_commit` and `full_page_writes` off.
+    Throwaway,
+    /// Benchmarks: PostgreSQL's defaults, so an acknowledged commit is on disk, as in
+    /// production.
+    Durable,
+}
+
 /// The system package with `initdb` and `pg_ctl`.
 pub const PACKAGE: Package = Package::check(|| find_bin_dir().is_some(), "postgresql");
 
@@ -56,6 +70,7 @@ pub struct Cluster {
     port: u16,
     /// Whether `drop` still has to stop the server.
     armed: bool,
+    durability: Durability,
 }
 
 impl Cluster {
@@ -63,7 +78,7 @@ impl Cluster {
     ///
     /// Stops a cluster left running in the same place by an earlier,
     /// interrupted run first.
-    pub fn start(name: &str) -> Result<Self> {
+    pub fn start(name: &str, durability: Durability) -> Result<Self> {
         let bin_dir = find_bin_dir().context(
             "cannot find PostgreSQL's `initdb` and `pg_ctl` (in PATH or /usr/lib/postgresql/*/bin); \
              install PostgreSQL (Debian: `apt-get install postgresql`), or point \
@@ -81,6 +96,7 @@ impl Cluster {
             owner,
             port: PREFERRED_PORT,
             armed: true,
+            durability,
         };
         // Before picking the port: a leftover cluster may hold the preferred one.
         cluster.stop_leftover();
@@ -176,15 +192,19 @@ impl Cluster {
             .args(["--no-locale", "--no-sync"]);
         cmd::output(&mut initdb).context("could not create the PostgreSQL cluster")?;
 
+        let durability = match self.durability {
+            Durability::Throwaway => {
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            }
+            Durability::Durable => "",
+        };
         let config = format!(
-            "\n# Added by cargo xtask: a private, throwaway test cluster.\n\
+            "\n# Added by cargo xtask: a private, throwaway cluster.\n\
              listen_addresses = '127.0.0.1'\n\
              port = {port}\n\
              unix_socket_directories = '{sockets}'\n\
              max_connections = 200\n\
-             fsync = off\n\
-             synchronous_commit = off\n\
-             full_page_writes = off\n",
+             {durability}",
             port = self.port,
             sockets = escape_config(&self.socket_dir().to_string_lossy()),
         );

@@ -76,7 +76,7 @@ pub fn run(args: &Args) -> Result<()> {
             url
         }
         None => {
-            cluster = Cluster::start(postgres::TEST_CLUSTER)?;
+            cluster = Cluster::start(postgres::TEST_CLUSTER, postgres::Durability::Throwaway)?;
             cluster.url()
         }
     };
