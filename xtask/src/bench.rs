@@ -36,15 +36,11 @@ pub fn run(args: &Args) -> Result<()> {
     packages.push(postgres::PACKAGE);
     system::ensure(&packages)?;
     let mut build = cmd::cargo();
-    build.args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "lockstep-cloud",
-        "-p",
-        "lockstep-bench",
-    ]);
+    build.args(["build", "--release", "--locked", "-p", "lockstep-bench"]);
+    // Another server binary needs no build of this one.
+    if args.server.is_none() {
+        build.args(["-p", "lockstep-cloud"]);
+    }
     cmd::run(&mut build)?;
     let root = cmd::workspace_root();
     let target = crate::server::target_dir(&root);

@@ -438,7 +438,10 @@ async fn sign_in_burst(server: &Server, burst: usize, rounds: usize) -> Result<S
             *answers.entry(status).or_default() += 1;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let server::Memory { rss_mib: rss, peak_mib: peak } = server.memory()?;
+        let server::Memory {
+            rss_mib: rss,
+            peak_mib: peak,
+        } = server.memory()?;
         out.push_str(&format!(
             "| {round} | {} | {peak:.0} | {rss:.0} | {} | {} |\n",
             answers_text(&answers),

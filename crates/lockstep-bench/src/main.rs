@@ -141,11 +141,14 @@ async fn main() -> Result<()> {
     if !args.skip_sqlite {
         databases.push(("SQLite".into(), Options::default()));
     }
+    // Every server on the PostgreSQL database shares the first one's keys.
+    let secrets = tempfile::tempdir()?;
     if let Some(url) = &args.postgres_url {
         databases.push((
             "PostgreSQL".into(),
             Options {
                 database_url: Some(url.clone()),
+                shared_secrets: Some(secrets.path().to_owned()),
                 ..Options::default()
             },
         ));

@@ -28,21 +28,14 @@ pub async fn run(bin: &Path, database_url: &str, plan: &Plan) -> Result<Nodes> {
     if plan.nodes < 2 {
         bail!("--nodes needs at least 2 nodes");
     }
-    let first = Server::start(
-        bin,
-        &Options {
-            database_url: Some(database_url.to_owned()),
-            ..Options::default()
-        },
-    )
-    .await?;
-    let mut nodes = vec![first];
-    for _ in 1..plan.nodes {
-        let options = Options {
-            database_url: Some(database_url.to_owned()),
-            secrets_from: Some(nodes[0].data_dir().to_owned()),
-            ..Options::default()
-        };
+    let secrets = tempfile::tempdir()?;
+    let options = Options {
+        database_url: Some(database_url.to_owned()),
+        shared_secrets: Some(secrets.path().to_owned()),
+        ..Options::default()
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..plan.nodes {
         nodes.push(Server::start(bin, &options).await?);
     }
     let tokens = server::sign_up_users(&nodes[0], &server::unique("nodes"), 100).await?;

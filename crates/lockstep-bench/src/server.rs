@@ -31,9 +31,10 @@ pub struct Options {
     pub database_url: Option<String>,
     /// More command-line arguments.
     pub extra: Vec<String>,
-    /// Another node's data dir whose `secrets.json` this node shares (nodes on one database
-    /// must sign and check tokens with the same keys).
-    pub secrets_from: Option<PathBuf>,
+    /// A directory whose `secrets.json` every server on one database shares (they must sign
+    /// and check tokens with the same keys): the first server's secrets are saved there, and
+    /// later servers start with them.
+    pub shared_secrets: Option<PathBuf>,
 }
 
 /// A `lockstep-cloud` process with its own data dir, stopped on drop.
@@ -54,9 +55,13 @@ impl Drop for Server {
 impl Server {
     pub async fn start(bin: &Path, options: &Options) -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        if let Some(from) = &options.secrets_from {
-            std::fs::copy(from.join("secrets.json"), dir.path().join("secrets.json"))
-                .context("copying the first node's secrets")?;
+        let shared = options
+            .shared_secrets
+            .as_ref()
+            .map(|d| d.join("secrets.json"));
+        if let Some(shared) = shared.as_ref().filter(|s| s.exists()) {
+            std::fs::copy(shared, dir.path().join("secrets.json"))
+                .context("copying the shared secrets")?;
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let bind = format!("127.0.0.1:{port}");
@@ -108,18 +113,17 @@ impl Server {
                 break secrets["anon_key"].as_str().unwrap_or_default().to_owned();
             }
         };
+        if let Some(shared) = shared.filter(|s| !s.exists()) {
+            std::fs::copy(server.dir.path().join("secrets.json"), shared)
+                .context("saving the shared secrets")?;
+        }
         Ok(server)
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The last lines the server logged (its warnings), for an error message.
+    /// The first lines the server logged (why it stopped at start), for an error message.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
+        log.lines().take(8).collect::<Vec<_>>().join("\n")
     }
 
     fn proc_file(&self, name: &str) -> Result<String> {
