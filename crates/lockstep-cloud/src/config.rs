@@ -147,7 +147,8 @@ pub struct Config {
     pub max_streams_per_session: u64,
 
     /// Change streams one user may hold open on this node, over all sessions; opening one
-    /// more closes the user's oldest. Each costs a feed read per change of that user.
+    /// more closes the user's oldest. Each sends every change of that user (the feed is read
+    /// once per change for all of them).
     #[arg(long, env = "LOCKSTEP_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_streams_per_user: u64,
 

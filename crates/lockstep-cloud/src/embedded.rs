@@ -62,8 +62,7 @@ fn boot(
             .enable_all()
             .build()?;
         let (addr, anon_key) = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = crate::serve::listen(addr)
                 .with_context(|| format!("could not listen on {addr}"))?;
             let mut config = Config::for_data_dir(&data_dir);
             config.bind = listener.local_addr()?;

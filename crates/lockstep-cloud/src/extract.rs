@@ -20,8 +20,9 @@ use lockstep_protocol::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    db::{audit, devices, sessions},
+    db::{audit, devices, mfa, sessions},
     error::ApiError,
+    session_cache::SessionFacts,
     state::AppState,
     token::{JwtError, verify_access_token},
 };
@@ -402,6 +403,34 @@ fn device_from_headers(headers: &HeaderMap) -> Result<Option<DeviceInfo>, ApiErr
     Ok(Some(info))
 }
 
+/// The session's facts from this node's cache, else from the database (then remembered).
+/// `None` when the session does not exist.
+async fn session_facts(
+    state: &AppState,
+    session_id: &str,
+) -> Result<Option<SessionFacts>, ApiError> {
+    if let Some(facts) = state.sessions.get(session_id) {
+        return Ok(Some(facts));
+    }
+    // Before the read: if the account changes while we read, what we read is not stored.
+    let ticket = state.sessions.ticket();
+    let mut conn = state.db.readers.acquire().await?;
+    let Some(row) = sessions::check(&mut conn, session_id).await? else {
+        return Ok(None);
+    };
+    drop(conn);
+    let facts = SessionFacts {
+        user_id: row.user_id,
+        device_id: row.device_id,
+        aal: Aal::parse(&row.aal).unwrap_or(Aal::Aal1),
+        mfa_verified_at: row.mfa_verified_at,
+        device_name: row.device_name,
+        has_verified_factor: row.verified_factors > 0,
+    };
+    state.sessions.store(ticket, session_id, facts.clone());
+    Ok(Some(facts))
+}
+
 /// A signed-in caller: a valid access token whose session still exists.
 #[derive(Debug, Clone)]
 pub struct AuthSession {
@@ -460,7 +489,13 @@ impl AuthSession {
     }
 
     /// Checks an access token: signature, expiry (by the injected clock) and that its session
-    /// still exists. Also refreshes the device's last-seen time.
+    /// still exists. Also refreshes the device's last-seen time (at most once a minute).
+    ///
+    /// The session's row is read through this node's [`SessionCache`]: a change to the user's
+    /// sessions, devices, factors or user row forgets it, so sign-out, revocation, a password
+    /// change or a reused refresh token still take effect on the next request.
+    ///
+    /// [`SessionCache`]: crate::session_cache::SessionCache
     pub async fn from_token(state: &AppState, token: &str) -> Result<AuthSession, ApiError> {
         let claims =
             verify_access_token(&state.keys.jwt_secret, token, state.now_secs()).map_err(|e| {
@@ -470,42 +505,49 @@ impl AuthSession {
                 };
                 ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::BadJwt, message)
             })?;
-        let mut conn = state.db.pool.acquire().await?;
-        let session = sessions::get(&mut conn, &claims.session_id).await?;
-        let Some(session) = session.filter(|s| s.user_id == claims.sub) else {
+        let facts = session_facts(state, &claims.session_id).await?;
+        let Some(facts) = facts.filter(|f| f.user_id == claims.sub) else {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::SessionNotFound,
                 "Session from session_id claim in JWT does not exist: sign in again",
             ));
         };
-        let device = devices::get(&mut conn, &session.user_id, &session.device_id).await?;
-        devices::touch(
-            &mut conn,
-            &session.user_id,
-            &session.device_id,
-            state.now_ms(),
-        )
-        .await?;
+        if state.sessions.claim_touch(&facts.user_id, &facts.device_id) {
+            let mut conn = state.db.pool.acquire().await?;
+            devices::touch(&mut conn, &facts.user_id, &facts.device_id, state.now_ms()).await?;
+        }
         Ok(AuthSession {
-            aal: Aal::parse(&session.aal).unwrap_or(Aal::Aal1),
-            user_id: session.user_id,
-            session_id: session.id,
-            device_id: session.device_id,
-            device_name: device.map(|d| d.name),
+            aal: facts.aal,
+            user_id: facts.user_id,
+            session_id: claims.session_id,
+            device_id: facts.device_id,
+            device_name: facts.device_name,
             email: claims.email,
             expires_at: claims.exp,
-            mfa_verified_at: session.mfa_verified_at,
+            mfa_verified_at: facts.mfa_verified_at,
         })
     }
 
     /// Refuses an aal1 session of a user who has a verified factor: their data needs aal2.
+    /// Reads through this node's session cache, like [`AuthSession::from_token`].
     pub async fn require_data_access(&self, state: &AppState) -> Result<(), ApiError> {
         if self.aal == Aal::Aal2 {
             return Ok(());
         }
-        let mut conn = state.db.pool.acquire().await?;
-        if crate::db::mfa::has_verified_factor(&mut conn, &self.user_id).await? {
+        let cached = state
+            .sessions
+            .get(&self.session_id)
+            .filter(|f| f.user_id == self.user_id)
+            .map(|f| f.has_verified_factor);
+        let has_verified_factor = match cached {
+            Some(has) => has,
+            None => {
+                let mut conn = state.db.readers.acquire().await?;
+                mfa::has_verified_factor(&mut conn, &self.user_id).await?
+            }
+        };
+        if has_verified_factor {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::InsufficientAal,

@@ -18,8 +18,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     let state = AppState::new(config, Arc::new(SystemClock)).await?;
-    let listener = tokio::net::TcpListener::bind(state.config.bind)
-        .await
+    let listener = lockstep_cloud::serve::listen(state.config.bind)
         .with_context(|| format!("cannot listen on {}", state.config.bind))?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(prune_feed_hourly(state.clone()));

@@ -8,6 +8,9 @@
 //!   `max_connections`; past either, a new connection is closed at once.
 //! - When `accept` fails for lack of descriptors (EMFILE, ENFILE) or memory, the loop pauses
 //!   briefly and goes on: it never spins, and it serves again as soon as sockets free up.
+//! - [`listen`] opens the listening socket with a backlog of [`LISTEN_BACKLOG`], so a storm of
+//!   connects (thousands of streams reconnecting after a restart) waits in the kernel's queue
+//!   instead of having its SYNs dropped and retransmitted a second later.
 //! - On shutdown it stops accepting, tells open change streams to end (`event: session`,
 //!   `{"reason":"server_shutdown"}`; clients reconnect with `Last-Event-ID`), lets requests
 //!   in flight and the work they handed off ([`crate::deferred`]) finish, and returns after at most `shutdown_grace`. Every write is one database
@@ -30,6 +33,26 @@ use hyper_util::{
 use tower::ServiceExt;
 
 use crate::{AppState, router};
+
+/// How many connections the kernel queues for [`listen`]'s socket before `accept` takes them.
+/// `std` and tokio's `TcpListener::bind` ask for 128, which a storm of reconnecting streams
+/// overflows (each dropped SYN costs its client a one-second retransmit). Linux caps it at
+/// `net.core.somaxconn` (4096 by default since 5.4).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Opens the server's listening socket on `addr` (port 0: any free port) with a backlog of
+/// [`LISTEN_BACKLOG`]. Like `std`, it sets `SO_REUSEADDR` on Unix, so a restarted server can
+/// bind its port again while old connections linger in `TIME_WAIT`. Call it on a tokio runtime.
+pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves until the listener is dropped with the future.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
@@ -177,6 +200,46 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More connects than `std`'s backlog of 128, none accepted yet: all of them complete (with
+    /// 128 the kernel drops the SYNs past the queue and the connects hang).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_connect_storm_waits_in_the_listen_queue() {
+        // The kernel caps every backlog at this (128 before Linux 5.4).
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        if cap.is_none_or(|cap| cap < 1024) {
+            eprintln!("skipped: net.core.somaxconn is {cap:?}, below the backlog asked for");
+            return;
+        }
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..600).map(|_| tokio::net::TcpStream::connect(addr));
+        let connected = tokio::time::timeout(
+            Duration::from_secs(15),
+            futures::future::try_join_all(connects),
+        )
+        .await
+        .expect("every connect is queued, none dropped")
+        .unwrap();
+        assert_eq!(connected.len(), 600);
+        drop(listener);
+    }
+
+    #[test]
+    fn an_ipv6_address_gets_an_ipv6_socket() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let Ok(listener) = listen("[::1]:0".parse().unwrap()) else {
+            return; // no IPv6 loopback on this machine
+        };
+        assert!(listener.local_addr().unwrap().is_ipv6());
+    }
 
     #[test]
     fn slots_cap_each_ip_and_the_total_and_free_on_drop() {

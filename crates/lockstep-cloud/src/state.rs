@@ -20,6 +20,7 @@ use crate::{
     password::Passwords,
     ratelimit::{Bucket, RateLimiter},
     sealing::DataKeys,
+    session_cache::SessionCache,
 };
 
 /// Cheap to clone: everything sits behind one `Arc`.
@@ -44,6 +45,8 @@ pub struct AppInner {
     pub sealing: DataKeys,
     /// Wake-ups for this node's open streams.
     pub hub: Arc<Hub>,
+    /// What the session check read, per session, until the user's account changes.
+    pub sessions: Arc<SessionCache>,
     /// Each user's share of the requests running on this node.
     pub user_slots: Arc<crate::per_user::UserSlots>,
     /// The change streams open on this node, capped per session and per user.
@@ -114,6 +117,7 @@ impl AppState {
         let token_key = keys.token_key();
         let sealing = keys.sealing()?;
         let hub = Arc::new(Hub::default());
+        let sessions = Arc::new(SessionCache::new(clock.clone()));
         let user_slots = Arc::new(crate::per_user::UserSlots::new(
             usize::try_from(config.max_requests_per_user).unwrap_or(usize::MAX),
         ));
@@ -125,6 +129,7 @@ impl AppState {
         if db.backend == Backend::Postgres {
             tasks.push(tokio::spawn(crate::feed::listen(
                 hub.clone(),
+                sessions.clone(),
                 config.database_url(),
             )));
         }
@@ -140,6 +145,7 @@ impl AppState {
             passwords,
             sealing,
             hub,
+            sessions,
             streams,
             deferred: Arc::default(),
             user_slots,
@@ -173,8 +179,18 @@ impl AppState {
         }
     }
 
-    /// Wakes the user's streams after a transaction that appended to their feed committed.
+    /// After a transaction that appended to the user's feed committed: forgets this node's
+    /// session checks of the user (the transaction may have changed their sessions, devices,
+    /// factors or user row; other nodes learn of it from the `NOTIFY`), then wakes the user's
+    /// streams, which may check their session again.
     pub fn publish(&self, user_id: &str) {
+        self.sessions.invalidate_user(user_id);
+        self.hub.wake(user_id);
+    }
+
+    /// [`AppState::publish`] after a transaction that appended only settings entries: their
+    /// session checks stay.
+    pub fn publish_settings(&self, user_id: &str) {
         self.hub.wake(user_id);
     }
 

@@ -1,7 +1,8 @@
 //! The change streams open on this node, and their caps.
 //!
-//! Every stream costs a feed read per change of its user, so one account holding thousands
-//! would make each of its writes cost thousands of reads and slow every other user. A session
+//! A stream costs memory, a connection, and the bytes of every change of its user (the log is
+//! read once per change for all of a user's streams on the node, [`crate::feed`], but each
+//! stream sends it), so one account holding thousands would slow every other user. A session
 //! may hold at most `per_session` streams and a user at most `per_user` on this node; opening
 //! one more closes the oldest (of that session first, else of the user), which ends with
 //! `event: session`, `{"reason": "too_many_streams"}`. The newest wins because it is the one a
@@ -26,13 +27,13 @@ pub struct Streams {
 struct Open {
     next_id: u64,
     /// Each user's streams, oldest first.
-    by_user: HashMap<String, Vec<OpenStream>>,
+    by_user: HashMap<Arc<str>, Vec<OpenStream>>,
 }
 
 #[derive(Debug)]
 struct OpenStream {
     id: u64,
-    session_id: String,
+    session_id: Arc<str>,
     close: oneshot::Sender<()>,
 }
 
@@ -40,7 +41,7 @@ struct OpenStream {
 #[derive(Debug)]
 pub struct StreamTicket {
     id: u64,
-    user_id: String,
+    user_id: Arc<str>,
     streams: Arc<Streams>,
     /// Resolves when a newer stream took this one's place.
     pub closed: oneshot::Receiver<()>,
@@ -56,16 +57,21 @@ impl Streams {
     }
 
     /// Registers a new stream of `session_id` (of `user_id`), closing the oldest ones past the
-    /// caps.
-    pub fn open(self: &Arc<Self>, user_id: &str, session_id: &str) -> StreamTicket {
+    /// caps. The ids are shared, not copied, by the streams that hold them.
+    pub fn open(
+        self: &Arc<Self>,
+        user_id: impl Into<Arc<str>>,
+        session_id: impl Into<Arc<str>>,
+    ) -> StreamTicket {
+        let (user_id, session_id) = (user_id.into(), session_id.into());
         let (close, closed) = oneshot::channel();
         let mut open = self.lock();
         open.next_id += 1;
         let id = open.next_id;
-        let streams = open.by_user.entry(user_id.to_owned()).or_default();
+        let streams = open.by_user.entry(user_id.clone()).or_default();
         streams.push(OpenStream {
             id,
-            session_id: session_id.to_owned(),
+            session_id: session_id.clone(),
             close,
         });
         let mut evicted = Vec::new();
@@ -89,7 +95,7 @@ impl Streams {
         }
         StreamTicket {
             id,
-            user_id: user_id.to_owned(),
+            user_id,
             streams: self.clone(),
             closed,
         }
@@ -151,7 +157,7 @@ mod tests {
         let streams = Arc::new(Streams::new(5, 3));
         let mut tickets: Vec<_> = ["a", "b", "c", "d"]
             .iter()
-            .map(|session| streams.open("ada", session))
+            .map(|&session| streams.open("ada", session))
             .collect();
         let mut bob = streams.open("bob", "x");
         let closed: Vec<bool> = tickets.iter_mut().map(is_closed).collect();

@@ -36,6 +36,8 @@ pub struct Outcome {
     pub applied: Vec<SettingRow>,
     /// Writes that lost to a newer version.
     pub superseded: Vec<Superseded>,
+    /// The sequence number of the last feed entry appended, if any was.
+    pub last_seq: Option<i64>,
 }
 
 fn invalid(message: String) -> ApiError {
@@ -69,6 +71,8 @@ pub fn check(state: &AppState, change: &SettingChange) -> ApiResult<()> {
 }
 
 /// Applies writes in order (all are checked first; the first invalid one refuses the batch).
+/// The caller's transaction holds the user's lock ([`crate::db::feed::lock_user`]), taken
+/// before anything it decides on was read.
 pub async fn apply(
     state: &AppState,
     conn: &mut AnyConnection,
@@ -78,7 +82,6 @@ pub async fn apply(
     for change in changes {
         check(state, change)?;
     }
-    crate::db::feed::lock_user(&mut *conn, state.db.backend, &writer.user_id).await?;
     let mut outcome = Outcome::default();
     for change in changes {
         state.observe_stamp(&writer.user_id, change.hlc);
@@ -115,7 +118,7 @@ pub async fn apply(
                     (false, false) => EventType::Insert,
                     (true, false) => EventType::Update,
                 };
-                feed::append(
+                let seq = feed::append(
                     state,
                     &mut *conn,
                     &writer.user_id,
@@ -133,6 +136,7 @@ pub async fn apply(
                     },
                 )
                 .await?;
+                outcome.last_seq = Some(seq);
                 outcome.applied.push(row);
             }
             MergeOutcome::Unchanged => {

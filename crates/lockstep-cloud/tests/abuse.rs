@@ -835,11 +835,19 @@ async fn streams_past_the_caps_close_the_oldest_with_a_reason(backend: Backend) 
     assert_eq!(bobs.next_change().await["new"]["value"], "light");
 }
 
-/// Holds every database connection of the node, so requests that reach the database wait.
+/// Holds every database connection of the node, so requests that reach the database wait:
+/// the writer's, and on SQLite the readers' too (on PostgreSQL they are the same pool).
 async fn hold_the_pool(app: &TestApp) -> Vec<sqlx::pool::PoolConnection<sqlx::Any>> {
+    let db = &app.state.db;
+    let mut pools = vec![&db.pool];
+    if db.backend == lockstep_cloud::db::Backend::Sqlite {
+        pools.push(&db.readers);
+    }
     let mut held = Vec::new();
-    for _ in 0..app.state.db.pool.options().get_max_connections() {
-        held.push(app.state.db.pool.acquire().await.unwrap());
+    for pool in pools {
+        for _ in 0..pool.options().get_max_connections() {
+            held.push(pool.acquire().await.unwrap());
+        }
     }
     held
 }

@@ -26,6 +26,7 @@ backend_tests! {
     changes_endpoint_pages_through_the_log,
     the_stream_sends_a_retry_hint_and_heartbeats,
     an_expiring_token_loses_no_events,
+    every_stream_of_a_user_gets_a_burst_of_pushes_whole_and_in_order,
 }
 
 fn theme(app: &TestApp, value: &str, offset_ms: i64) -> Value {
@@ -889,6 +890,75 @@ async fn an_expiring_token_loses_no_events(backend: Backend) {
     let mut feed = app.stream(access_token(&desktop), Some(last)).await;
     let change = feed.next_change().await;
     assert_eq!(change["new"]["value"], "dark");
+}
+
+/// Five streams of one user (three of one session, two of another) and a burst of 50 pushes
+/// from 8 concurrent tasks on a third device: every stream delivers exactly the log's entries
+/// after its start, each once, in order, as `rpc/changes` lists them.
+async fn every_stream_of_a_user_gets_a_burst_of_pushes_whole_and_in_order(backend: Backend) {
+    const PUSHES: usize = 50;
+    const TASKS: usize = 8;
+    let app = TestApp::start(backend).await;
+    let (laptop, desktop) = app.ada_on_two_devices().await;
+    let writer = app.sign_in("ada@example.com", "tablet").await;
+    let mut feeds = Vec::new();
+    let mut start = None;
+    for session in [&laptop, &laptop, &laptop, &desktop, &desktop] {
+        let mut feed = app.stream(access_token(session), None).await;
+        let ready = feed.ready().await;
+        assert_eq!(
+            *start.get_or_insert(ready),
+            ready,
+            "no write while the streams open"
+        );
+        feeds.push(feed);
+    }
+    let start = start.unwrap();
+
+    let (app, token) = (&app, access_token(&writer));
+    let tasks = (0..TASKS).map(|task| async move {
+        for i in (task..PUSHES).step_by(TASKS) {
+            let change =
+                json!([{ "key": format!("custom.burst.{i}"), "value": i, "hlc": hlc_at(app, 0, i as u32) }]);
+            app.push(token, &format!("burst-{i}"), change)
+                .await
+                .expect(StatusCode::OK);
+        }
+    });
+    futures::future::join_all(tasks).await;
+
+    let page = app
+        .get(&format!("/rest/v1/rpc/changes?since={start}"), Some(token))
+        .await;
+    page.expect(StatusCode::OK);
+    let logged: Vec<i64> = page.body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(logged.len(), PUSHES, "one entry per push");
+    let expected: Vec<i64> = (start + 1..=start + PUSHES as i64).collect();
+    assert_eq!(logged, expected, "the log itself has no gap");
+    for (n, feed) in feeds.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        while seen.len() < PUSHES {
+            let change = feed.next_change().await;
+            assert_eq!(
+                change["new"]["key"],
+                format!("custom.burst.{}", change["new"]["value"])
+            );
+            seen.push(change["seq"].as_i64().unwrap());
+        }
+        assert_eq!(seen, logged, "stream {n}: every entry once, in order");
+    }
+    // Nothing more: the next event of every stream is a new push's change.
+    app.push(token, "after-burst", theme(app, "dark", 0))
+        .await
+        .expect(StatusCode::OK);
+    for feed in &mut feeds {
+        assert_eq!(feed.next_change().await["seq"], start + PUSHES as i64 + 1);
+    }
 }
 
 mod reuse {

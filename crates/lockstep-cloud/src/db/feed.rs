@@ -24,12 +24,14 @@ async fn ensure_head(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<()
     Ok(())
 }
 
-/// Hands out the user's next sequence number. In PostgreSQL the row lock taken here is held to
-/// commit, so one user's entries commit in sequence order (a reader never sees n+1 before n).
+/// Hands out the user's next sequence number, creating the user's feed head on their first
+/// entry, in one statement. In PostgreSQL the row lock taken here is held to commit, so one
+/// user's entries commit in sequence order (a reader never sees n+1 before n).
 pub async fn next_seq(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<i64> {
-    ensure_head(&mut *conn, user_id).await?;
     sqlx::query_scalar(
-        "UPDATE feed_heads SET last_seq = last_seq + 1 WHERE user_id = $1 RETURNING last_seq",
+        "INSERT INTO feed_heads (user_id, last_seq, pruned_through) VALUES ($1, 1, 0) \
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = feed_heads.last_seq + 1 \
+         RETURNING last_seq",
     )
     .bind(user_id)
     .fetch_one(conn)
@@ -39,19 +41,30 @@ pub async fn next_seq(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<i
 /// Serialises writers of one user's data until the transaction ends: PostgreSQL locks the
 /// user's feed head row (SQLite runs one transaction at a time anyway). Merges read, decide and
 /// write under this lock, so two concurrent pushes can never both win against a stale read.
+/// Take it once per transaction.
+///
+/// Returns the user's last sequence number as read under the lock (PostgreSQL), `None` where
+/// nothing was read (SQLite).
 pub async fn lock_user(
     conn: &mut AnyConnection,
     backend: Backend,
     user_id: &str,
-) -> sqlx::Result<()> {
-    if backend == Backend::Postgres {
-        ensure_head(&mut *conn, user_id).await?;
-        sqlx::query("SELECT last_seq FROM feed_heads WHERE user_id = $1 FOR UPDATE")
-            .bind(user_id)
-            .execute(conn)
-            .await?;
+) -> sqlx::Result<Option<i64>> {
+    if backend != Backend::Postgres {
+        return Ok(None);
     }
-    Ok(())
+    let lock = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT last_seq FROM feed_heads WHERE user_id = $1 FOR UPDATE",
+        )
+        .bind(user_id)
+    };
+    if let Some(last_seq) = lock().fetch_optional(&mut *conn).await? {
+        return Ok(Some(last_seq));
+    }
+    // The user's first write: make the row to lock (a concurrent first write makes the same).
+    ensure_head(&mut *conn, user_id).await?;
+    lock().fetch_one(conn).await.map(Some)
 }
 
 /// PostgreSQL only: `NOTIFY channel, payload`, sent when the transaction commits.

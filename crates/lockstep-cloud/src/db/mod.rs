@@ -51,10 +51,20 @@ impl Backend {
     }
 }
 
-/// The connection pool and what it talks to.
+/// How many read-only connections SQLite gets besides its one writer.
+const SQLITE_READERS: u32 = 4;
+
+/// The connection pools and what they talk to.
 #[derive(Debug, Clone)]
 pub struct Db {
+    /// Every write, and every read that needs a transaction with a write. On SQLite this is one
+    /// connection, which serialises every transaction.
     pub pool: AnyPool,
+    /// Reads that need no transaction with a write: a few read-only connections on SQLite (in
+    /// write-ahead-log mode they read beside the writer and see every commit made before their
+    /// read began); on PostgreSQL, and for an in-memory SQLite database (which no second
+    /// connection could open), the same pool as [`Db::pool`].
+    pub readers: AnyPool,
     pub backend: Backend,
 }
 
@@ -102,13 +112,45 @@ impl Db {
             .run(&pool)
             .await
             .context("cannot apply database migrations")?;
-        Ok(Db { pool, backend })
+        let readers = match backend {
+            Backend::Sqlite if !is_in_memory(url) => {
+                // Opened after the migrations, so the file exists and is in WAL mode.
+                AnyPoolOptions::new()
+                    .acquire_timeout(wait)
+                    .max_connections(SQLITE_READERS)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("PRAGMA query_only = ON")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA busy_timeout = 5000")
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await
+                    .context("cannot open the sqlite database for reading")?
+            }
+            _ => pool.clone(),
+        };
+        Ok(Db {
+            pool,
+            readers,
+            backend,
+        })
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// Whether a SQLite URL names an in-memory database, which each connection would open afresh.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
 }
 
 /// Whether an error is a violated unique constraint.

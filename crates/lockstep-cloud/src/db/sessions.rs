@@ -55,6 +55,31 @@ pub async fn get(conn: &mut AnyConnection, id: &str) -> sqlx::Result<Option<Sess
         .await
 }
 
+/// What the session check of a request needs: the session, its device's name and whether the
+/// user has a verified factor, in one statement.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionCheck {
+    pub user_id: String,
+    pub device_id: String,
+    pub aal: String,
+    pub mfa_verified_at: Option<i64>,
+    pub device_name: Option<String>,
+    pub verified_factors: i64,
+}
+
+pub async fn check(conn: &mut AnyConnection, id: &str) -> sqlx::Result<Option<SessionCheck>> {
+    sqlx::query_as(
+        "SELECT s.user_id, s.device_id, s.aal, s.mfa_verified_at, d.name AS device_name, \
+         (SELECT COUNT(*) FROM mfa_factors f WHERE f.user_id = s.user_id \
+         AND f.status = 'verified') AS verified_factors \
+         FROM sessions s LEFT JOIN devices d ON d.user_id = s.user_id AND d.id = s.device_id \
+         WHERE s.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
 pub async fn list(conn: &mut AnyConnection, user_id: &str) -> sqlx::Result<Vec<SessionRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY created_at DESC"

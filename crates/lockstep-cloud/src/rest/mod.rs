@@ -142,7 +142,7 @@ const DEVICE_COLUMNS: &[&str] = &[
 ];
 
 async fn device_rows(state: &AppState, caller: &AuthSession) -> ApiResult<Vec<Value>> {
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.readers.acquire().await?;
     let rows = devices::list(&mut conn, &caller.user_id).await?;
     rows.iter()
         .map(|d| {
@@ -369,7 +369,7 @@ async fn list_sessions(
     RestSession(caller): RestSession,
 ) -> ApiResult<Response> {
     let query = RowQuery::parse(&query_pairs(raw.as_deref()), "sessions", SESSION_COLUMNS)?;
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.readers.acquire().await?;
     let rows = sessions::list(&mut conn, &caller.user_id).await?;
     let rows = rows
         .iter()

@@ -42,7 +42,7 @@ fn bad_json(message: String) -> ApiError {
 }
 
 async fn all_rows(state: &AppState, user_id: &str) -> ApiResult<Vec<Value>> {
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.readers.acquire().await?;
     Ok(sync::rows(state, &mut conn, user_id)
         .await?
         .iter()
@@ -115,7 +115,7 @@ fn parse_rows(body: &[u8]) -> ApiResult<Vec<RowWrite>> {
 
 /// Stamps with this node's clock, after the version being replaced.
 async fn server_stamp(state: &AppState, user_id: &str, key: &str) -> ApiResult<Hlc> {
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.readers.acquire().await?;
     let current = crate::db::settings::get(&mut conn, user_id, key).await?;
     let observed = current.and_then(|c| c.hlc.parse().ok());
     Ok(state.stamp(user_id, observed))
@@ -130,9 +130,10 @@ async fn write_rows(
     created: bool,
 ) -> ApiResult<Response> {
     let mut tx = state.db.pool.begin().await?;
+    log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
     let outcome = sync::apply(state, &mut tx, &caller.writer(), &changes).await?;
     tx.commit().await?;
-    state.publish(&caller.user_id);
+    state.publish_settings(&caller.user_id);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -202,7 +203,7 @@ pub async fn upsert(
             ));
         }
         if !merge {
-            let mut conn = state.db.pool.acquire().await?;
+            let mut conn = state.db.readers.acquire().await?;
             let existing = crate::db::settings::get(&mut conn, &caller.user_id, &row.key).await?;
             if existing.is_some_and(|e| e.deleted == 0) {
                 return Err(ApiError::rest(
@@ -326,7 +327,7 @@ pub async fn push(
     })?;
     let mut tx = state.db.pool.begin().await?;
     // Under the user's lock, so a retry racing its original sees the original's receipt.
-    log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
+    let locked_head = log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
     // What was pushed, so a retry can be told apart from a reused mutation id.
     let canonical = serde_json::to_vec(&push.changes).map_err(anyhow::Error::from)?;
     let request_hash = crate::token::fingerprint(&canonical);
@@ -360,7 +361,12 @@ pub async fn push(
         return Ok(Json(response));
     }
     let outcome = sync::apply(&state, &mut tx, &caller.writer(), &push.changes).await?;
-    let (head, _) = log::head(&mut tx, &caller.user_id).await?;
+    // The last entry this push appended, else the head read under the lock; only a push that
+    // changed nothing on SQLite (which reads nothing to lock) asks for the head.
+    let head = match outcome.last_seq.or(locked_head) {
+        Some(head) => head,
+        None => log::head(&mut tx, &caller.user_id).await?.0,
+    };
     let response = PushResponse {
         mutation_id: push.mutation_id.clone(),
         seq: head,
@@ -392,7 +398,7 @@ pub async fn push(
     )
     .await?;
     tx.commit().await?;
-    state.publish(&caller.user_id);
+    state.publish_settings(&caller.user_id);
     Ok(Json(response))
 }
 
@@ -428,7 +434,7 @@ pub async fn changes(
                 )
             })?,
     };
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.readers.acquire().await?;
     let (head, pruned_through) = log::head(&mut conn, &caller.user_id).await?;
     if since < pruned_through || since > head {
         return Ok(Json(ChangesPage {
@@ -438,6 +444,8 @@ pub async fn changes(
         }));
     }
     let changes = feed::read_after(&state, &mut conn, &caller.user_id, since, limit).await?;
+    // Entries committed between the two reads may be on the page: the head is never behind it.
+    let head = changes.last().map_or(head, |last| head.max(last.seq));
     Ok(Json(ChangesPage {
         changes,
         head,

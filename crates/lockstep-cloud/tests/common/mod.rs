@@ -144,7 +144,7 @@ impl TestApp {
         let mut config = Config::for_data_dir(dir.path());
         config.dev = true;
         config.database_url = Some(database_url.clone().into());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = lockstep_cloud::serve::listen(([127, 0, 0, 1], 0).into()).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         config.bind = addr;
         configure(&mut config);
