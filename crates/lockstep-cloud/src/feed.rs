@@ -220,7 +220,7 @@ async fn read_for(
         // wakes us after its commit.
         woken.borrow_and_update();
         let (mut last, _) = {
-            let mut conn = state.db.pool.acquire().await?;
+            let mut conn = state.db.readers.acquire().await?;
             log::head(&mut conn, &user_id).await?
         };
         feed.reader.send_replace(Reader::From(last));
@@ -363,7 +363,7 @@ impl Batch {
         since: i64,
         check_mfa: bool,
     ) -> ApiResult<Option<Batch>> {
-        let mut conn = state.db.pool.acquire().await?;
+        let mut conn = state.db.readers.acquire().await?;
         let changes = read_after(state, &mut conn, user_id, since, READ_LIMIT).await?;
         if changes.is_empty() {
             return Ok(None);
@@ -833,6 +833,7 @@ pub(crate) mod tests {
         let mut subscription = Hub::subscribe(&state, "ada");
         started(&mut subscription).await;
         state.db.pool.close().await;
+        state.db.readers.close().await;
         state.hub.wake("ada");
         assert!(matches!(next(&mut subscription, 0).await, Next::Failed));
         assert_eq!(

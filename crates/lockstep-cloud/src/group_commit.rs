@@ -12,10 +12,12 @@
 //! A write that arrives while a batch commits waits for the next batch; under no load a batch
 //! is one write, so the latency is that of a plain transaction.
 //!
-//! There are one or more lanes, each a task with its own transaction: SQLite has one (it has
-//! one writer anyway); PostgreSQL has several, so batches run side by side on several
-//! connections. A write names a key (the user), and a key always goes to the same lane, so one
-//! user's writes never wait on each other's row locks across lanes.
+//! There are one or more lanes, each a task with its own transaction, and a write names a key
+//! (the user) that always goes to the same lane, so one user's writes never wait on each
+//! other's row locks across lanes. SQLite gets one lane (it has one writer anyway).
+//! PostgreSQL gets none ([`GroupCommit::direct`]): each write is its own transaction on its own
+//! pooled connection, as PostgreSQL already flushes concurrent commits together, and batches
+//! of several users' row locks could deadlock against another node's batches.
 
 use futures::future::BoxFuture;
 use sqlx::{Acquire as _, AnyConnection, AnyPool};
@@ -41,7 +43,14 @@ type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Done> 
 /// The queues of writes to commit in groups, one per lane; cloning shares them.
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
-    lanes: Vec<mpsc::Sender<Job>>,
+    mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    Lanes(Vec<mpsc::Sender<Job>>),
+    /// A transaction per write.
+    Direct(AnyPool),
 }
 
 impl std::fmt::Debug for Done {
@@ -63,7 +72,16 @@ impl GroupCommit {
                 jobs
             })
             .collect();
-        GroupCommit { lanes }
+        GroupCommit {
+            mode: Mode::Lanes(lanes),
+        }
+    }
+
+    /// No batching: each write runs in a transaction of its own.
+    pub fn direct(pool: &AnyPool) -> GroupCommit {
+        GroupCommit {
+            mode: Mode::Direct(pool.clone()),
+        }
     }
 
     /// Runs `work` in the next batch's transaction of `key`'s lane and returns its result once
@@ -74,6 +92,15 @@ impl GroupCommit {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, ApiResult<T>> + Send + 'static,
     {
+        let lanes = match &self.mode {
+            Mode::Lanes(lanes) => lanes,
+            Mode::Direct(pool) => {
+                let mut tx = pool.begin().await?;
+                let result = work(&mut tx).await?;
+                tx.commit().await?;
+                return Ok(result);
+            }
+        };
         let (reply, answer) = oneshot::channel::<ApiResult<T>>();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
@@ -98,9 +125,9 @@ impl GroupCommit {
         let lane = {
             use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
             let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
-            usize::try_from(hash % self.lanes.len() as u64).unwrap_or(0)
+            usize::try_from(hash % lanes.len() as u64).unwrap_or(0)
         };
-        self.lanes[lane]
+        lanes[lane]
             .send(job)
             .await
             .map_err(|_| ApiError::from(anyhow::anyhow!("the writer has stopped")))?;

@@ -311,7 +311,7 @@ fn follow(
 }
 
 async fn head(state: &AppState, user_id: &str) -> ApiResult<(i64, i64)> {
-    let mut conn = state.db.pool.acquire().await?;
+    let mut conn = state.db.readers.acquire().await?;
     Ok(log::head(&mut conn, user_id).await?)
 }
 

@@ -15,6 +15,7 @@ use crate::{
     config::{Config, CredentialUrl},
     db::{Backend, Db},
     feed::Hub,
+    group_commit::GroupCommit,
     keys::ServerKeys,
     mail::Mailer,
     password::Passwords,
@@ -43,8 +44,10 @@ pub struct AppInner {
     pub passwords: Passwords,
     /// Master keys for encryption at rest.
     pub sealing: DataKeys,
-    /// Wake-ups for this node's open streams.
+    /// This node's open streams of each user, and the one read per change they share.
     pub hub: Arc<Hub>,
+    /// Writes that commit together (pushes): one flush for many on SQLite.
+    pub writes: GroupCommit,
     /// What the session check read, per session, until the user's account changes.
     pub sessions: Arc<SessionCache>,
     /// Each user's share of the requests running on this node.
@@ -117,6 +120,10 @@ impl AppState {
         let token_key = keys.token_key();
         let sealing = keys.sealing()?;
         let hub = Arc::new(Hub::default());
+        let writes = match db.backend {
+            Backend::Sqlite => GroupCommit::start(&db.pool, 1),
+            Backend::Postgres => GroupCommit::direct(&db.pool),
+        };
         let sessions = Arc::new(SessionCache::new(clock.clone()));
         let user_slots = Arc::new(crate::per_user::UserSlots::new(
             usize::try_from(config.max_requests_per_user).unwrap_or(usize::MAX),
@@ -145,6 +152,7 @@ impl AppState {
             passwords,
             sealing,
             hub,
+            writes,
             sessions,
             streams,
             deferred: Arc::default(),

@@ -15,6 +15,7 @@ use lockstep_protocol::{
 };
 use serde::Deserialize;
 use serde_json::Value;
+use sqlx::AnyConnection;
 
 use super::{RestSession, RowQuery, answer_rows, prefers, rows_response, wants_representation};
 use crate::{
@@ -325,15 +326,35 @@ pub async fn push(
             e.to_string(),
         )
     })?;
-    let mut tx = state.db.pool.begin().await?;
+    // Committed together with other users' concurrent pushes (one flush for all on SQLite),
+    // and answered only once committed.
+    let writer = caller.writer();
+    let work_state = state.clone();
+    let response = state
+        .writes
+        .write(&caller.user_id, move |conn| {
+            Box::pin(async move { record_push(&work_state, conn, &writer, &push).await })
+        })
+        .await?;
+    state.publish_settings(&caller.user_id);
+    Ok(Json(response))
+}
+
+/// A push's work inside its transaction: the receipt of an earlier try with the same
+/// mutation id, else the merge, the feed entries and the receipt.
+async fn record_push(
+    state: &AppState,
+    tx: &mut AnyConnection,
+    writer: &sync::Writer,
+    push: &PushRequest,
+) -> ApiResult<PushResponse> {
+    let user_id = &writer.user_id;
     // Under the user's lock, so a retry racing its original sees the original's receipt.
-    let locked_head = log::lock_user(&mut tx, state.db.backend, &caller.user_id).await?;
+    let locked_head = log::lock_user(&mut *tx, state.db.backend, user_id).await?;
     // What was pushed, so a retry can be told apart from a reused mutation id.
     let canonical = serde_json::to_vec(&push.changes).map_err(anyhow::Error::from)?;
     let request_hash = crate::token::fingerprint(&canonical);
-    if let Some((stored, stored_hash)) =
-        log::receipt(&mut tx, &caller.user_id, &push.mutation_id).await?
-    {
+    if let Some((stored, stored_hash)) = log::receipt(&mut *tx, user_id, &push.mutation_id).await? {
         if stored_hash != request_hash {
             return Err(ApiError::rest(
                 StatusCode::CONFLICT,
@@ -347,25 +368,20 @@ pub async fn push(
         let stored = if crate::sealing::DataKeys::is_sealed(&stored) {
             let bytes = state
                 .sealing
-                .open(
-                    caller.user_id.as_bytes(),
-                    push.mutation_id.as_bytes(),
-                    &stored,
-                )
+                .open(user_id.as_bytes(), push.mutation_id.as_bytes(), &stored)
                 .map_err(anyhow::Error::from)?;
             String::from_utf8(bytes).map_err(anyhow::Error::from)?
         } else {
             stored
         };
-        let response = serde_json::from_str(&stored).map_err(anyhow::Error::from)?;
-        return Ok(Json(response));
+        return Ok(serde_json::from_str(&stored).map_err(anyhow::Error::from)?);
     }
-    let outcome = sync::apply(&state, &mut tx, &caller.writer(), &push.changes).await?;
+    let outcome = sync::apply(state, &mut *tx, writer, &push.changes).await?;
     // The last entry this push appended, else the head read under the lock; only a push that
     // changed nothing on SQLite (which reads nothing to lock) asks for the head.
     let head = match outcome.last_seq.or(locked_head) {
         Some(head) => head,
-        None => log::head(&mut tx, &caller.user_id).await?.0,
+        None => log::head(&mut *tx, user_id).await?.0,
     };
     let response = PushResponse {
         mutation_id: push.mutation_id.clone(),
@@ -381,7 +397,7 @@ pub async fn push(
         .any(|c| lockstep_protocol::settings::is_sensitive(&c.key))
     {
         state.sealing.seal(
-            caller.user_id.as_bytes(),
+            user_id.as_bytes(),
             push.mutation_id.as_bytes(),
             stored.as_bytes(),
         )
@@ -389,17 +405,15 @@ pub async fn push(
         stored
     };
     log::store_receipt(
-        &mut tx,
-        &caller.user_id,
+        &mut *tx,
+        user_id,
         &push.mutation_id,
         &request_hash,
         &stored,
         state.now_ms(),
     )
     .await?;
-    tx.commit().await?;
-    state.publish_settings(&caller.user_id);
-    Ok(Json(response))
+    Ok(response)
 }
 
 /// `GET /rest/v1/rpc/changes?since=<seq>&limit=<n>`: the change log after `since`, for clients
