@@ -27,6 +27,7 @@ backend_tests! {
     the_stream_sends_a_retry_hint_and_heartbeats,
     an_expiring_token_loses_no_events,
     every_stream_of_a_user_gets_a_burst_of_pushes_whole_and_in_order,
+    pushes_clicked_twice_at_once_apply_once_beside_refused_ones,
 }
 
 fn theme(app: &TestApp, value: &str, offset_ms: i64) -> Value {
@@ -958,6 +959,86 @@ async fn every_stream_of_a_user_gets_a_burst_of_pushes_whole_and_in_order(backen
         .expect(StatusCode::OK);
     for feed in &mut feeds {
         assert_eq!(feed.next_change().await["seq"], start + PUSHES as i64 + 1);
+    }
+}
+
+/// People click twice: every push is sent twice at the same moment (same mutation id), from
+/// several devices at once, while other pushes reuse a mutation id for other changes (refused)
+/// in the same instant, so that on SQLite they share transactions (group commit). Each pair
+/// gets one answer twice, each push is in the log exactly once, and a refused push leaves
+/// nothing behind and takes nothing from the pushes committed with it.
+async fn pushes_clicked_twice_at_once_apply_once_beside_refused_ones(backend: Backend) {
+    const PUSHES: usize = 40;
+    let app = TestApp::start(backend).await;
+    app.signup("ada@example.com", "setup").await;
+    let mut tokens = Vec::new();
+    for device in ["dev-a", "dev-b", "dev-c", "dev-d"] {
+        tokens.push(access_token(&app.sign_in("ada@example.com", device).await).to_owned());
+    }
+    let head = app
+        .get("/rest/v1/rpc/changes?since=0", Some(&tokens[0]))
+        .await
+        .body["head"]
+        .as_i64()
+        .unwrap();
+    let change = |i: usize| json!([{ "key": format!("custom.click.{i}"), "value": i, "hlc": hlc_at(&app, 0, i as u32) }]);
+    // The ids that others will reuse exist first.
+    for i in 0..PUSHES / 4 {
+        app.push(&tokens[0], &format!("taken-{i}"), change(1000 + i))
+            .await
+            .expect(StatusCode::OK);
+    }
+    let (app, tokens) = (&app, &tokens);
+    let pairs = (0..PUSHES).map(|i| async move {
+        let token = &tokens[i % tokens.len()];
+        let id = format!("click-{i}");
+        let (first, second, refused) = futures::future::join3(
+            app.push(token, &id, change(i)),
+            app.push(token, &id, change(i)),
+            app.push(token, &format!("taken-{}", i % (PUSHES / 4)), change(i)),
+        )
+        .await;
+        (i, first, second, refused)
+    });
+    let answers = futures::future::join_all(pairs).await;
+    for (i, first, second, refused) in &answers {
+        first.expect(StatusCode::OK);
+        second.expect(StatusCode::OK);
+        assert_eq!(
+            first.body, second.body,
+            "push {i}: one answer for both clicks"
+        );
+        refused.expect(StatusCode::CONFLICT);
+    }
+    let page = app
+        .get(
+            &format!("/rest/v1/rpc/changes?since={}", head + (PUSHES / 4) as i64),
+            Some(&tokens[0]),
+        )
+        .await;
+    page.expect(StatusCode::OK);
+    let mut keys: Vec<String> = page.body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["new"]["key"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    let mut expected: Vec<String> = (0..PUSHES).map(|i| format!("custom.click.{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        keys, expected,
+        "each push once; nothing from the refused ones"
+    );
+    for (i, first, _, _) in &answers {
+        let seq = first.body["seq"].as_i64().unwrap();
+        let entry = page.body["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["seq"] == seq)
+            .unwrap_or_else(|| panic!("push {i}: its answer's seq {seq} is in the log"));
+        assert_eq!(entry["new"]["key"], format!("custom.click.{i}"));
     }
 }
 
