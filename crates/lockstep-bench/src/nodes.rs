@@ -14,7 +14,7 @@ use crate::{
     streams::Storm,
 };
 
-/// Source addresses per holder (127.0.0.<first>…): 4,000 streams each.
+/// Source addresses per holder (`127.0.0.<first>` on), 4,000 streams each.
 const ADDRESSES_PER_NODE: usize = 8;
 
 pub struct Plan {
