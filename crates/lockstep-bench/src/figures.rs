@@ -162,6 +162,14 @@ fn level(n: usize) -> String {
     }
 }
 
+/// The distinct values `of` finds in any run (stream levels, writer counts), in order.
+fn distinct(runs: &[Figures], of: impl Fn(&Figures) -> Vec<usize>) -> Vec<usize> {
+    let mut all: Vec<usize> = runs.iter().flat_map(of).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// One table: a row per figure, a column per database.
 pub fn table(runs: &[Figures]) -> String {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
@@ -174,15 +182,7 @@ pub fn table(runs: &[Figures]) -> String {
             rows.push((label, cells));
         }
     };
-    let levels: Vec<usize> = {
-        let mut all: Vec<usize> = runs
-            .iter()
-            .flat_map(|f| f.idle.iter().map(|i| i.streams))
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        all
-    };
+    let levels = distinct(runs, |f| f.idle.iter().map(|i| i.streams).collect());
     for &n in &levels {
         row(format!("KiB per idle stream, {}", level(n)), &|f| {
             let idle = f.idle.iter().find(|i| i.streams == n)?;
@@ -222,15 +222,7 @@ pub fn table(runs: &[Figures]) -> String {
             },
         );
     }
-    let writer_counts: Vec<usize> = {
-        let mut all: Vec<usize> = runs
-            .iter()
-            .flat_map(|f| f.pushes.iter().map(|p| p.writers))
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        all
-    };
+    let writer_counts = distinct(runs, |f| f.pushes.iter().map(|p| p.writers).collect());
     for &w in &writer_counts {
         row(format!("pushes/s, {w} writers (p50 / p99 ms)"), &|f| {
             f.pushes.iter().find(|p| p.writers == w).map(pushes_text)

@@ -77,24 +77,14 @@ impl Db {
         let options = AnyPoolOptions::new().acquire_timeout(wait);
         // SQLite allows one writer at a time, and a transaction that upgrades from reading to
         // writing fails at once (SQLITE_BUSY) instead of waiting. One connection serialises
-        // every transaction, which is simple and fast enough for the embedded default.
+        // every write transaction; reads that need none go to `readers`, and concurrent pushes
+        // share transactions (`crate::group_commit`).
         let options = match backend {
+            // Write-ahead logging: readers never block the writer, and a commit is one append.
+            // `synchronous` stays FULL (the default), so a commit that was acknowledged
+            // survives power loss.
             Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
-                Box::pin(async move {
-                    // Write-ahead logging: readers never block the writer, and a commit is one
-                    // append. `synchronous` stays FULL (the default), so a commit that was
-                    // acknowledged survives power loss.
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA foreign_keys = ON")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 5000")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
+                Box::pin(pragmas(conn, &["journal_mode = WAL", "foreign_keys = ON"]))
             }),
             Backend::Postgres => options.max_connections(16),
         };
@@ -118,17 +108,7 @@ impl Db {
                 AnyPoolOptions::new()
                     .acquire_timeout(wait)
                     .max_connections(SQLITE_READERS)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query("PRAGMA query_only = ON")
-                                .execute(&mut *conn)
-                                .await?;
-                            sqlx::query("PRAGMA busy_timeout = 5000")
-                                .execute(&mut *conn)
-                                .await?;
-                            Ok(())
-                        })
-                    })
+                    .after_connect(|conn, _| Box::pin(pragmas(conn, &["query_only = ON"])))
                     .connect(url)
                     .await
                     .context("cannot open the sqlite database for reading")?
@@ -146,6 +126,17 @@ impl Db {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// Sets SQLite pragmas on a new connection, and a wait of up to 5 s for a lock (another
+/// process, or a reader checkpointing) instead of failing at once.
+async fn pragmas(conn: &mut sqlx::AnyConnection, pragmas: &[&str]) -> sqlx::Result<()> {
+    for pragma in pragmas.iter().chain(&["busy_timeout = 5000"]) {
+        sqlx::query(&format!("PRAGMA {pragma}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether a SQLite URL names an in-memory database, which each connection would open afresh.
