@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Backend, PASSWORD, TestApp, access_token};
+use common::{Backend, PASSWORD, TestApp, access_token, hlc_at};
 use lockstep_cloud::config::Limit;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -911,8 +911,24 @@ async fn a_saturated_database_pool_answers_503_with_retry_after(backend: Backend
         );
         assert!(reply.headers.contains_key("retry-after"), "{path}");
     }
+    // A push waits for a transaction (on SQLite, for its batch's) as long, then is told the
+    // same, and nothing of it stays behind.
+    let change = json!([{ "key": "appearance.theme", "value": "dark", "hlc": hlc_at(&app, 0, 0) }]);
+    let refused = app
+        .push(access_token(&ada), "while-busy", change.clone())
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text
+    );
+    assert!(refused.headers.contains_key("retry-after"));
     drop(held);
     app.get_as("/rest/v1/user_settings", &ada)
         .await
         .expect(StatusCode::OK);
+    let retried = app.push(access_token(&ada), "while-busy", change).await;
+    retried.expect(StatusCode::OK);
+    assert_eq!(retried.body["applied"][0]["value"], "dark");
 }
