@@ -20,7 +20,7 @@ use lockstep_protocol::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    db::{audit, devices, mfa, sessions},
+    db::{audit, devices, sessions},
     error::ApiError,
     session_cache::SessionFacts,
     state::AppState,
@@ -445,6 +445,9 @@ pub struct AuthSession {
     pub expires_at: i64,
     /// When this session last proved a second factor (Unix milliseconds).
     pub mfa_verified_at: Option<i64>,
+    /// Whether the user has a verified factor (then their data needs `aal2`), read with the
+    /// session.
+    pub has_verified_factor: bool,
 }
 
 impl FromRequestParts<AppState> for AuthSession {
@@ -526,28 +529,14 @@ impl AuthSession {
             email: claims.email,
             expires_at: claims.exp,
             mfa_verified_at: facts.mfa_verified_at,
+            has_verified_factor: facts.has_verified_factor,
         })
     }
 
-    /// Refuses an aal1 session of a user who has a verified factor: their data needs aal2.
-    /// Reads through this node's session cache, like [`AuthSession::from_token`].
-    pub async fn require_data_access(&self, state: &AppState) -> Result<(), ApiError> {
-        if self.aal == Aal::Aal2 {
-            return Ok(());
-        }
-        let cached = state
-            .sessions
-            .get(&self.session_id)
-            .filter(|f| f.user_id == self.user_id)
-            .map(|f| f.has_verified_factor);
-        let has_verified_factor = match cached {
-            Some(has) => has,
-            None => {
-                let mut conn = state.db.readers.acquire().await?;
-                mfa::has_verified_factor(&mut conn, &self.user_id).await?
-            }
-        };
-        if has_verified_factor {
+    /// Refuses an aal1 session of a user who has a verified factor: their data needs aal2. The
+    /// fact was read with the session ([`AuthSession::from_token`]).
+    pub fn require_data_access(&self) -> Result<(), ApiError> {
+        if self.aal != Aal::Aal2 && self.has_verified_factor {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::InsufficientAal,

@@ -93,7 +93,7 @@ async fn stream(
             ),
             _ => e,
         })?;
-    caller.require_data_access(&state).await?;
+    caller.require_data_access()?;
     let since = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(id) => Some(id.to_owned()),
         None => query_param(raw.as_deref(), "since"),

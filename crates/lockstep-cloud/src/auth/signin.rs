@@ -252,7 +252,7 @@ pub async fn logout(
     if scope != "local" {
         // Ending other sessions is an account action: with MFA on, an aal1 session (a stolen
         // password) must not sign the owner's verified devices out.
-        caller.require_data_access(&state).await?;
+        caller.require_data_access()?;
     }
     let ends = |s: &sessions::SessionRow| match scope.as_str() {
         "local" => s.id == caller.session_id,

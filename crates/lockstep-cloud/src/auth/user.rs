@@ -55,7 +55,7 @@ pub async fn update_user(
 ) -> ApiResult<Json<User>> {
     // Changing the password or email of an account with two-factor authentication on needs a
     // session that proved the second factor: a stolen password alone must not take it over.
-    caller.require_data_access(&state).await?;
+    caller.require_data_access()?;
     if body.email.is_none() && body.password.is_none() && body.data.is_none() {
         return Err(ApiError::validation(
             "Nothing to update: send email, password or data",

@@ -59,7 +59,7 @@ impl FromRequestParts<AppState> for RestSession {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = AuthSession::from_request_parts(parts, state).await?;
-        caller.require_data_access(state).await?;
+        caller.require_data_access()?;
         Ok(RestSession(caller))
     }
 }
