@@ -35,7 +35,6 @@ use std::{
 use lockstep_protocol::{
     devices::DeviceInfo,
     errors::Code,
-    hlc::Hlc,
     settings::{self, SettingError},
     sync::{ChangeEvent, PushResponse, SettingRow},
 };
@@ -48,7 +47,7 @@ use crate::{
     keychain::{Keychain, KeychainError},
     plan::{self, PlannedPush},
     session::{SessionError, SessionKeeper},
-    store::{CacheData, LoadOutcome, OutboxEntry, ProfileStore, Refusal, StoreError},
+    store::{self, HistoryEntry, OutboxEntry, ProfileStore, Refusal, StoreError, Tx, View},
 };
 
 /// Changes read per page when catching up.
@@ -78,6 +77,10 @@ pub enum Connection {
     Offline,
     /// Sync is paused by the user.
     Paused,
+    /// Another Lockstep process on this profile (the desktop app, or `lockstep watch`) holds
+    /// the connection; what it receives shows here at once, and edits made here are queued for
+    /// it to send.
+    Shared,
     /// Two-factor authentication is on for the account and this session must verify a code.
     StepUpRequired,
     /// Not signed in (never, signed out here, or signed out by another device).
@@ -93,6 +96,7 @@ impl Connection {
             Connection::Polling => "Polling",
             Connection::Offline => "Offline",
             Connection::Paused => "Paused",
+            Connection::Shared => "Shared",
             Connection::StepUpRequired => "Code needed",
             Connection::SignedOut => "Signed out",
         }
@@ -203,23 +207,29 @@ pub struct SyncReport {
 /// Where "now" comes from, in Unix milliseconds; injected so tests control time.
 pub type ClockMs = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-pub(crate) struct Local {
-    pub(crate) store: ProfileStore,
-    pub(crate) cache: CacheData,
-    hlc: Hlc,
-    pub(crate) needs_full_pull: bool,
+/// What the engine keeps in memory beside the store: decisions of this process alone.
+#[derive(Debug, Default)]
+struct Flags {
+    /// The next pull rebuilds the cache from the server's rows.
+    needs_full_pull: bool,
     /// A feed entry said this device's session may have ended (by the named device): the
     /// live loop checks with the server.
     session_check: Option<Option<String>>,
 }
 
-impl Local {
-    /// Applies a row from the server to the cache (by the merge rule) and lets this device's
-    /// clock observe its stamp, so that an edit made after seeing it wins over it. Returns
-    /// whether the cache changed.
-    fn apply_remote(&mut self, row: SettingRow) -> bool {
-        self.hlc = self.hlc.max(row.hlc);
-        self.cache.apply_remote(row)
+/// The outbox's counts, for the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pending: usize,
+    set_aside: usize,
+}
+
+impl Counts {
+    fn of(view: &View) -> Counts {
+        Counts {
+            pending: view.pending(),
+            set_aside: view.set_aside().count(),
+        }
     }
 }
 
@@ -228,7 +238,9 @@ pub struct Engine {
     profile: Profile,
     session: SessionKeeper,
     keychain: Keychain,
-    local: Mutex<Local>,
+    /// The profile's database, on its own thread.
+    store: ProfileStore,
+    flags: Mutex<Flags>,
     /// One network round (push or pull) at a time.
     round: tokio::sync::Mutex<()>,
     events: broadcast::Sender<EngineEvent>,
@@ -239,6 +251,8 @@ pub struct Engine {
     pub(crate) kick: Arc<Notify>,
     /// The app lock's code checker (remembers the last accepted step).
     pub(crate) codes: crate::totp::CodeChecker,
+    /// This engine's name in the live loop's lease (unique per open).
+    pub(crate) lease_holder: String,
     now_ms: ClockMs,
 }
 
@@ -251,78 +265,38 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Opens the profile's local state. Problems found on the way (a corrupt cache moved
-    /// aside, unreadable outbox lines kept aside) are returned for the front end to show.
+    /// Opens the profile's local state. Problems found on the way (a damaged database set
+    /// aside, edits that could not be read) are returned for the front end to show.
     pub fn open(
         profile: Profile,
         session: SessionKeeper,
         keychain: Keychain,
     ) -> Result<(Engine, Vec<String>), EngineError> {
         let seal = keychain.local_seal_blocking()?;
-        let opened = ProfileStore::open_sealed(&profile.dir, Some(seal))?;
-        let mut problems = Vec::new();
-        let report = &opened.outbox_report;
-        if report.corrupt_lines > 0 {
-            problems.push(format!(
-                "{} queued edit(s) could not be read from the outbox and were not sent; the \
-                 damaged file was kept at {}",
-                report.corrupt_lines,
-                report
-                    .quarantined
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(not kept)".into())
-            ));
-        }
-        if report.torn_tail_dropped {
-            tracing::info!("an interrupted, unacknowledged outbox append was cut off");
-        }
-        let (mut cache, needs_full_pull) = match opened.cache {
-            LoadOutcome::Loaded(data) => (data, false),
-            LoadOutcome::Missing => (CacheData::default(), true),
-            LoadOutcome::Corrupt { reason, moved_to } => {
-                problems.push(format!(
-                    "The local settings cache was damaged ({reason}); it was kept at {} and is \
-                     rebuilt from the server.",
-                    moved_to.display()
-                ));
-                (CacheData::default(), true)
-            }
-        };
-        let store = opened.store;
-        let mut hlc = Hlc::ZERO;
-        for entry in store.outbox().entries() {
-            // A refused stamp reached nobody: it neither shows nor pushes the clock on (a clock
-            // that was far ahead, once put right, stamps normally again).
-            if entry.set_aside.is_none() {
-                cache.apply_local(entry, &profile.device.id);
-                hlc = hlc.max(entry.hlc);
-            }
-        }
-        // The cache may still show a refused edit (saved before it was set aside): the next
+        let (store, report) = ProfileStore::open(
+            &profile.dir,
+            Some(seal),
+            &profile.device.id,
+            store::DEFAULT_HISTORY_LIMIT,
+        )?;
+        let problems = report.problems();
+        let counts = store.call_blocking(|db| db.read(Counts::of))?;
+        // The cache may still show a refused edit (written before it was set aside): the next
         // sync rebuilds it from the server.
-        let needs_full_pull = needs_full_pull || store.outbox().set_aside().next().is_some();
-        for row in cache.rows.values() {
-            // Observing every stamp keeps this device's next stamp after all it has seen.
-            hlc = hlc.max(row.hlc);
-        }
-        let pending = store.outbox().pending_by_key().len();
-        let set_aside = store.outbox().set_aside().count();
+        let needs_full_pull = report.needs_full_pull() || counts.set_aside > 0;
         let (events, _) = broadcast::channel(1024);
         let (status, _) = watch::channel(SyncStatus {
             connection: Connection::Connecting,
-            pending,
-            set_aside,
+            pending: counts.pending,
+            set_aside: counts.set_aside,
             last_synced_ms: None,
         });
         let engine = Engine {
             profile,
             session,
             keychain,
-            local: Mutex::new(Local {
-                store,
-                cache,
-                hlc,
+            store,
+            flags: Mutex::new(Flags {
                 needs_full_pull,
                 session_check: None,
             }),
@@ -332,6 +306,7 @@ impl Engine {
             edited: Notify::new(),
             kick: Arc::new(Notify::new()),
             codes: crate::totp::CodeChecker::default(),
+            lease_holder: uuid::Uuid::new_v4().to_string(),
             now_ms: Arc::new(crate::clock_ms),
         };
         Ok((engine, problems))
@@ -355,12 +330,75 @@ impl Engine {
         &self.keychain
     }
 
+    /// The profile's store (its database, on a thread of its own).
+    pub fn store(&self) -> &ProfileStore {
+        &self.store
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         (self.now_ms)()
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Local> {
-        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    fn flags(&self) -> MutexGuard<'_, Flags> {
+        self.flags.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the view (waiting for the store: for the synchronous API). A store that cannot
+    /// be read is reported and reads as `fallback`.
+    fn read<R: Send + 'static>(
+        &self,
+        fallback: R,
+        f: impl FnOnce(&View) -> R + Send + 'static,
+    ) -> R {
+        match self.store.call_blocking(move |db| db.read(f)) {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the profile");
+                self.emit(EngineEvent::Problem(error.to_string()));
+                fallback
+            }
+        }
+    }
+
+    /// Reads the view, awaiting the store.
+    async fn read_async<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&View) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        Ok(self.store.call(move |db| db.read(f)).await?)
+    }
+
+    /// Runs `f` as one durable transaction, awaiting the store; the status's counts follow.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (value, counts) = self
+            .store
+            .call(move |db| {
+                db.write(|tx| {
+                    let value = f(tx)?;
+                    Ok((value, Counts::of(tx.view())))
+                })
+            })
+            .await?;
+        self.publish_counts(counts);
+        Ok(value)
+    }
+
+    /// [`Engine::write`] for the synchronous API: waits for the store.
+    fn write_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (value, counts) = self.store.call_blocking(move |db| {
+            db.write(|tx| {
+                let value = f(tx)?;
+                Ok((value, Counts::of(tx.view())))
+            })
+        })?;
+        self.publish_counts(counts);
+        Ok(value)
     }
 
     /// Events from now on.
@@ -379,17 +417,10 @@ impl Engine {
 
     /// Updates the status and announces it when it changed.
     pub(crate) fn update_status(&self, change: impl FnOnce(&mut SyncStatus)) {
-        let (pending, set_aside) = {
-            let local = self.lock();
-            let outbox = local.store.outbox();
-            (outbox.pending_by_key().len(), outbox.set_aside().count())
-        };
         let mut announce = None;
         self.status.send_if_modified(|status| {
             let before = status.clone();
             change(status);
-            status.pending = pending;
-            status.set_aside = set_aside;
             let changed = *status != before;
             if changed {
                 announce = Some(status.clone());
@@ -401,79 +432,90 @@ impl Engine {
         }
     }
 
+    fn publish_counts(&self, counts: Counts) {
+        self.update_status(|s| {
+            s.pending = counts.pending;
+            s.set_aside = counts.set_aside;
+        });
+    }
+
     pub(crate) fn set_connection(&self, connection: Connection) {
         self.update_status(|s| s.connection = connection);
     }
 
     /// The effective value of a key (device-only value, else synced value, else default).
     pub fn get(&self, key: &str) -> Option<Value> {
-        self.lock().cache.effective(key)
+        let key = key.to_owned();
+        self.read(None, move |v| v.cache.effective(&key))
     }
 
     /// Every effective value.
     pub fn all(&self) -> BTreeMap<String, Value> {
-        self.lock().cache.effective_all()
+        self.read(BTreeMap::new(), |v| v.cache.effective_all())
     }
 
     /// The synced row of a key (who last changed it, and when), if it was ever written.
     pub fn row(&self, key: &str) -> Option<SettingRow> {
-        self.lock().cache.rows.get(key).cloned()
+        let key = key.to_owned();
+        self.read(None, move |v| v.cache.rows.get(&key).cloned())
+    }
+
+    /// Every synced row (tombstones included), by key.
+    pub fn rows(&self) -> BTreeMap<String, SettingRow> {
+        self.read(BTreeMap::new(), |v| v.cache.rows.clone())
     }
 
     /// Whether `key` is kept to this device.
     pub fn is_device_only(&self, key: &str) -> bool {
-        self.lock().cache.is_device_local(key)
+        let key = key.to_owned();
+        self.read(false, move |v| v.cache.is_device_local(&key))
+    }
+
+    /// The keys kept to this device.
+    pub fn device_only_keys(&self) -> std::collections::BTreeSet<String> {
+        self.read(Default::default(), |v| v.cache.device_local.clone())
     }
 
     /// Keys with an edit waiting for the server (set-aside edits not counted).
     pub fn pending(&self) -> usize {
-        self.lock().store.outbox().pending_by_key().len()
+        self.read(0, View::pending)
     }
 
     /// Whether an edit of `key` is queued to be sent (not yet acknowledged by the server).
     pub fn is_pending(&self, key: &str) -> bool {
-        self.lock()
-            .store
-            .outbox()
-            .pending_by_key()
-            .contains_key(key)
+        let key = key.to_owned();
+        self.read(false, move |v| {
+            v.outbox
+                .iter()
+                .any(|e| e.key == key && e.set_aside.is_none())
+        })
     }
 
     /// The edits the server refused for good, oldest first. They are kept (not sent) until
     /// [retried](Engine::retry_set_aside), [dropped](Engine::drop_set_aside) or replaced by a
     /// newer edit of the same key.
     pub fn set_aside(&self) -> Vec<SetAsideEdit> {
-        self.lock()
-            .store
-            .outbox()
-            .set_aside()
-            .filter_map(|e| {
-                e.set_aside.as_ref().map(|refusal| SetAsideEdit {
-                    key: e.key.clone(),
-                    value: (!e.deleted).then(|| feed::shown_value(&e.key, &e.value)),
-                    reason: refusal.reason.clone(),
-                    recorded_at_ms: e.recorded_at_ms,
-                    refused_at_ms: refusal.at_ms,
+        self.read(Vec::new(), |v| {
+            v.set_aside()
+                .filter_map(|e| {
+                    e.set_aside.as_ref().map(|refusal| SetAsideEdit {
+                        key: e.key.clone(),
+                        value: (!e.deleted).then(|| feed::shown_value(&e.key, &e.value)),
+                        reason: refusal.reason.clone(),
+                        recorded_at_ms: e.recorded_at_ms,
+                        refused_at_ms: refusal.at_ms,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Sends the set-aside edits of `key` (all when `None`) again at the next sync (after the
     /// server or the schema changed, say). Returns how many were released.
     pub fn retry_set_aside(&self, key: Option<&str>) -> Result<usize, EngineError> {
-        let released = {
-            let mut local = self.lock();
-            let released = local.store.outbox_mut().retry_set_aside(key)?;
-            for entry in &released {
-                local.cache.apply_local(entry, &self.profile.device.id);
-            }
-            if let Err(error) = local.store.save_cache(&local.cache) {
-                tracing::warn!(%error, "could not save the settings cache");
-            }
-            released.len()
-        };
-        self.update_status(|_| {});
+        let key = key.map(str::to_owned);
+        let released =
+            self.write_blocking(move |tx| Ok(tx.retry_set_aside(key.as_deref())?.len()))?;
         if released > 0 {
             self.edited.notify_one();
         }
@@ -483,14 +525,13 @@ impl Engine {
     /// Gives up on the set-aside edits of `key` (all when `None`): they are removed from the
     /// outbox for good. Returns how many were dropped.
     pub fn drop_set_aside(&self, key: Option<&str>) -> Result<usize, EngineError> {
-        let dropped = self.lock().store.outbox_mut().drop_set_aside(key)?;
-        self.update_status(|_| {});
-        Ok(dropped)
+        let key = key.map(str::to_owned);
+        self.write_blocking(move |tx| tx.drop_set_aside(key.as_deref()))
     }
 
     /// The feed position this device has applied.
     pub fn cursor(&self) -> i64 {
-        self.lock().cache.cursor
+        self.read(0, |v| v.cache.cursor)
     }
 
     /// Sets a key. Returns once the edit is durably queued (acknowledged); it syncs later.
@@ -517,52 +558,78 @@ impl Engine {
     /// Keeps `key` on this device only (its value never leaves the device), or shares it again.
     pub fn set_device_only(&self, key: &str, only_here: bool) -> Result<(), EngineError> {
         settings::spec(key)?;
-        let mut local = self.lock();
-        if only_here {
-            let current = local.cache.effective(key);
-            local.cache.set_device_local(key, current);
-        } else {
-            local.cache.clear_device_local(key);
+        let key = key.to_owned();
+        let now = self.now_ms();
+        self.write_blocking(move |tx| {
+            if only_here {
+                let current = tx.view().cache.effective(&key);
+                tx.set_device_local(&key, current, now)
+            } else {
+                tx.clear_device_local(&key)
+            }
+        })
+    }
+
+    /// The local history of `key`, newest first: every value it had on this device (set here
+    /// or arrived from elsewhere), up to the store's limit. Sensitive values are redacted.
+    pub fn history(&self, key: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        settings::spec(key)?;
+        let key = key.to_owned();
+        let mut versions = self.store.call_blocking(move |db| db.history(&key))?;
+        for version in &mut versions {
+            if let Some(value) = &version.value {
+                version.value = Some(feed::shown_value(&version.key, value));
+            }
         }
-        local.store.save_cache(&local.cache)?;
-        Ok(())
+        Ok(versions)
+    }
+
+    /// Sets `key` back to the value it had at history `version` (or, when `None`, to the value
+    /// before its current one), as a new edit that syncs like any other. Returns the version
+    /// restored.
+    pub fn restore(&self, key: &str, version: Option<i64>) -> Result<HistoryEntry, EngineError> {
+        settings::spec(key)?;
+        let owned = key.to_owned();
+        let versions = self.store.call_blocking(move |db| db.history(&owned))?;
+        let chosen = match version {
+            Some(n) => versions.into_iter().find(|v| v.version == n).ok_or_else(|| {
+                EngineError::State(format!(
+                    "{key} has no version {n} in this device's history; see `lockstep history {key}`"
+                ))
+            })?,
+            None => versions.into_iter().nth(1).ok_or_else(|| {
+                EngineError::State(format!(
+                    "{key} has no earlier value in this device's history"
+                ))
+            })?,
+        };
+        match &chosen.value {
+            Some(value) => self.set(key, value.clone())?,
+            None => self.reset(key)?,
+        }
+        let mut shown = chosen;
+        if let Some(value) = &shown.value {
+            shown.value = Some(feed::shown_value(&shown.key, value));
+        }
+        Ok(shown)
     }
 
     fn record(&self, edits: Vec<(String, Value, bool)>) -> Result<(), EngineError> {
         let now = self.now_ms();
-        let mut local = self.lock();
-        let (local_edits, synced): (Vec<_>, Vec<_>) = edits
-            .into_iter()
-            .partition(|(key, _, _)| local.cache.is_device_local(key));
-        if !local_edits.is_empty() {
-            // Device-only values live in the cache file alone: the edit is acknowledged only
-            // once that file is on disk, and a failed save leaves nothing changed.
-            let mut updated = local.cache.clone();
-            for (key, value, deleted) in local_edits {
-                updated.set_device_local(&key, if deleted { None } else { Some(value) });
+        self.write_blocking(move |tx| {
+            let mut queued = Vec::new();
+            for (key, value, deleted) in edits {
+                if tx.view().cache.is_device_local(&key) {
+                    // Device-only values never leave the device: stored, not queued.
+                    tx.set_device_local(&key, (!deleted).then_some(value), now)?;
+                } else {
+                    let hlc = tx.tick(now);
+                    queued.push(OutboxEntry::new(key, value, hlc, deleted, now));
+                }
             }
-            local.store.save_cache(&updated)?;
-            local.cache = updated;
-        }
-        let queued: Vec<OutboxEntry> = synced
-            .into_iter()
-            .map(|(key, value, deleted)| {
-                let hlc = local.hlc.tick(u64::try_from(now).unwrap_or(0));
-                local.hlc = hlc;
-                OutboxEntry::new(key, value, hlc, deleted, now)
-            })
-            .collect();
-        // The durability point: after this, the edits are acknowledged.
-        local.store.outbox_mut().append_all(queued.clone())?;
-        for entry in &queued {
-            local.cache.apply_local(entry, &self.profile.device.id);
-        }
-        if let Err(error) = local.store.save_cache(&local.cache) {
-            // The outbox holds the edits; the cache is rebuilt from it on the next open.
-            tracing::warn!(%error, "could not save the settings cache");
-        }
-        drop(local);
-        self.update_status(|_| {});
+            // Committed when this returns: the edits are acknowledged.
+            tx.queue(&queued)
+        })?;
         self.edited.notify_one();
         Ok(())
     }
@@ -573,7 +640,6 @@ impl Engine {
         let mut report = SyncReport::default();
         self.push_locked(&mut report).await?;
         self.pull_locked(&mut report).await?;
-        self.save_cache();
         let now = self.now_ms();
         self.update_status(|s| s.last_synced_ms = Some(now));
         Ok(report)
@@ -588,36 +654,24 @@ impl Engine {
         if report.set_aside > 0 {
             self.pull_locked(&mut report).await?;
         }
-        self.save_cache();
         let now = self.now_ms();
         self.update_status(|s| s.last_synced_ms = Some(now));
         Ok(report)
     }
 
-    /// Whether a session check is due (see [`Local::session_check`]).
+    /// Whether a session check is due (see [`Flags::session_check`]).
     pub(crate) fn session_check_due(&self) -> bool {
-        self.lock().session_check.is_some()
+        self.flags().session_check.is_some()
     }
 
     /// Takes the due session check: `Some(by)` if one was due.
     pub(crate) fn take_session_check(&self) -> Option<Option<String>> {
-        self.lock().session_check.take()
+        self.flags().session_check.take()
     }
 
     /// Wakes the live loop: sync now, retry what was waiting.
     pub fn kick(&self) {
         self.kick.notify_one();
-    }
-
-    /// Saves the cache (with its cursor) now; a failure is reported, not fatal (the cache is
-    /// rebuilt from the server if it is lost).
-    pub(crate) fn save_cache(&self) {
-        let local = self.lock();
-        if let Err(error) = local.store.save_cache(&local.cache) {
-            drop(local);
-            tracing::warn!(%error, "could not save the settings cache");
-            self.emit(EngineEvent::Problem(error.to_string()));
-        }
     }
 
     /// Calls the server with a fresh token, refreshing once if the token was refused as expired.
@@ -639,33 +693,27 @@ impl Engine {
     /// Sends the outbox, one planned push at a time, until nothing is left to send.
     async fn push_locked(&self, report: &mut SyncReport) -> Result<(), EngineError> {
         loop {
-            let (entries, next) = {
-                let local = self.lock();
-                let entries = local.store.outbox().entries().to_vec();
-                let next = plan::plan_push(&entries).into_iter().next();
-                (entries, next)
-            };
-            let Some(push) = next else {
+            let entries = self.read_async(|v| v.outbox.clone()).await?;
+            let Some(push) = plan::plan_push(&entries).into_iter().next() else {
                 return Ok(());
             };
             match self.send_push(&push).await {
-                Ok(answer) => self.settle(&push, answer, report)?,
+                Ok(answer) => self.settle(&push, answer, report).await?,
                 Err(error) if is_refusal(&error) && push.sent.len() > 1 => {
                     // Find the change the server refuses: one push per key.
                     for part in plan::split(&push, &entries) {
                         match self.send_push(&part).await {
-                            Ok(answer) => self.settle(&part, answer, report)?,
+                            Ok(answer) => self.settle(&part, answer, report).await?,
                             Err(error) if is_refusal(&error) => {
-                                self.put_aside(&part, &error, report)?;
+                                self.put_aside(&part, &error, report).await?;
                             }
                             Err(error) => return Err(error),
                         }
                     }
                 }
-                Err(error) if is_refusal(&error) => self.put_aside(&push, &error, report)?,
+                Err(error) if is_refusal(&error) => self.put_aside(&push, &error, report).await?,
                 Err(error) => return Err(error),
             }
-            self.update_status(|_| {});
         }
     }
 
@@ -679,35 +727,38 @@ impl Engine {
         .await
     }
 
-    /// Applies a push's answer and removes what it settled from the outbox.
-    fn settle(
+    /// Applies a push's answer and removes what it settled from the outbox, in one
+    /// transaction.
+    async fn settle(
         &self,
         push: &PlannedPush,
         answer: PushResponse,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
-        let mut superseded = Vec::new();
-        {
-            let mut local = self.lock();
-            for row in answer.applied {
-                local.apply_remote(row);
-            }
-            for lost in answer.superseded {
-                let mine = push.sent.iter().find(|e| e.key == lost.key);
-                local.apply_remote(lost.current.clone());
-                superseded.push(EngineEvent::Superseded {
-                    key: lost.key.clone(),
-                    lost: mine
-                        .map(|e| feed::shown_value(&e.key, &e.value))
-                        .unwrap_or(Value::Null),
-                    winner: feed::shown_row(lost.current),
-                });
-            }
-            local
-                .store
-                .outbox_mut()
-                .remove_acknowledged(&push.settles)?;
-        }
+        let now = self.now_ms();
+        let sent = push.sent.clone();
+        let settles = push.settles.clone();
+        let superseded = self
+            .write(move |tx| {
+                let mut superseded = Vec::new();
+                for row in answer.applied {
+                    tx.apply_remote(row, now)?;
+                }
+                for lost in answer.superseded {
+                    let mine = sent.iter().find(|e| e.key == lost.key);
+                    tx.apply_remote(lost.current.clone(), now)?;
+                    superseded.push(EngineEvent::Superseded {
+                        key: lost.key.clone(),
+                        lost: mine
+                            .map(|e| feed::shown_value(&e.key, &e.value))
+                            .unwrap_or(Value::Null),
+                        winner: feed::shown_row(lost.current),
+                    });
+                }
+                tx.remove_acknowledged(&settles)?;
+                Ok(superseded)
+            })
+            .await?;
         report.pushed += push.settles.len();
         report.superseded += superseded.len();
         for event in superseded {
@@ -718,7 +769,7 @@ impl Engine {
 
     /// Sets a refused push's edits aside (durably) and schedules a rebuild of the cache from
     /// the server, which undoes what they showed locally.
-    fn put_aside(
+    async fn put_aside(
         &self,
         push: &PlannedPush,
         error: &EngineError,
@@ -733,14 +784,10 @@ impl Engine {
             code,
             at_ms: self.now_ms(),
         };
-        {
-            let mut local = self.lock();
-            local
-                .store
-                .outbox_mut()
-                .mark_set_aside(&push.settles, &refusal)?;
-            local.needs_full_pull = true;
-        }
+        let settles = push.settles.clone();
+        self.write(move |tx| tx.mark_set_aside(&settles, &refusal))
+            .await?;
+        self.flags().needs_full_pull = true;
         tracing::warn!(keys = ?push.sent.iter().map(|e| &e.key).collect::<Vec<_>>(), %reason, "the server refused an edit; it is set aside");
         report.set_aside += push.settles.len();
         for entry in &push.sent {
@@ -755,14 +802,9 @@ impl Engine {
     async fn pull_locked(&self, report: &mut SyncReport) -> Result<(), EngineError> {
         let client = self.session.client().clone();
         loop {
-            let (full, since) = {
-                let local = self.lock();
-                (
-                    local.needs_full_pull || local.cache.cursor == 0,
-                    local.cache.cursor,
-                )
-            };
-            if full {
+            let needs_full_pull = self.flags().needs_full_pull;
+            let since = self.read_async(|v| v.cache.cursor).await?;
+            if needs_full_pull || since == 0 {
                 // The head first: changes after it are caught up next time (re-applying a
                 // row is harmless, the merge rule makes it a no-op).
                 let page = self
@@ -777,42 +819,43 @@ impl Engine {
                         async move { c.pull(&t).await }
                     })
                     .await?;
-                let mut changed = Vec::new();
-                {
-                    let mut local = self.lock();
-                    // The server's rows are the truth; the edits still queued here go on top.
-                    let mut rebuilt = local.cache.clone();
-                    rebuilt.rows = rows.into_iter().map(|row| (row.key.clone(), row)).collect();
-                    for entry in local.store.outbox().entries() {
-                        if entry.set_aside.is_none() {
-                            rebuilt.apply_local(entry, &self.profile.device.id);
+                let mine = self.profile.device.id.clone();
+                let now = self.now_ms();
+                let changed = self
+                    .write(move |tx| {
+                        // The server's rows are the truth; the edits still queued here go on
+                        // top.
+                        let before = tx.view().cache.clone();
+                        let mut rebuilt = before.clone();
+                        rebuilt.rows = rows.into_iter().map(|row| (row.key.clone(), row)).collect();
+                        for entry in &tx.view().outbox {
+                            if entry.set_aside.is_none() {
+                                rebuilt.apply_local(entry, &mine);
+                            }
                         }
-                    }
-                    let keys: std::collections::BTreeSet<String> = local
-                        .cache
-                        .rows
-                        .keys()
-                        .chain(rebuilt.rows.keys())
-                        .cloned()
-                        .collect();
-                    for key in keys {
-                        let before = local.cache.effective(&key);
-                        let after = rebuilt.effective(&key);
-                        let row = rebuilt.rows.get(&key);
-                        let from_elsewhere =
-                            row.is_some_and(|r| r.device_id != self.profile.device.id);
-                        if before != after && from_elsewhere {
-                            let device_name = row.and_then(|r| r.device_name.clone());
-                            changed.push(remote_change(key, before, after, device_name));
+                        let keys: std::collections::BTreeSet<String> = before
+                            .rows
+                            .keys()
+                            .chain(rebuilt.rows.keys())
+                            .cloned()
+                            .collect();
+                        let mut changed = Vec::new();
+                        for key in keys {
+                            let before = before.effective(&key);
+                            let after = rebuilt.effective(&key);
+                            let row = rebuilt.rows.get(&key);
+                            let from_elsewhere = row.is_some_and(|r| r.device_id != mine);
+                            if before != after && from_elsewhere {
+                                let device_name = row.and_then(|r| r.device_name.clone());
+                                changed.push(remote_change(key, before, after, device_name));
+                            }
                         }
-                    }
-                    for row in rebuilt.rows.values() {
-                        local.hlc = local.hlc.max(row.hlc);
-                    }
-                    local.cache = rebuilt;
-                    local.cache.cursor = page.head;
-                    local.needs_full_pull = false;
-                }
+                        tx.replace_rows(rebuilt.rows, now)?;
+                        tx.set_cursor(page.head)?;
+                        Ok(changed)
+                    })
+                    .await?;
+                self.flags().needs_full_pull = false;
                 report.full_pull = true;
                 report.remote_changes += changed.len();
                 for event in changed {
@@ -827,15 +870,11 @@ impl Engine {
                 })
                 .await?;
             if page.must_refetch {
-                self.lock().needs_full_pull = true;
+                self.flags().needs_full_pull = true;
                 continue;
             }
             let count = page.changes.len();
-            for change in page.changes {
-                if self.apply_change(change) {
-                    report.remote_changes += 1;
-                }
-            }
+            report.remote_changes += self.apply_changes(page.changes).await?;
             if count < PAGE as usize {
                 return Ok(());
             }
@@ -844,57 +883,141 @@ impl Engine {
 
     /// Marks the cache for a full pull at the next sync (the feed no longer reaches back).
     pub(crate) fn require_full_pull(&self) {
-        self.lock().needs_full_pull = true;
+        self.flags().needs_full_pull = true;
     }
 
-    /// Applies one feed entry (from the stream or the change log) and tells the front end what
-    /// it means. Returns whether a setting changed because of another device.
-    pub(crate) fn apply_change(&self, change: ChangeEvent) -> bool {
-        let seq = change.seq;
-        let mine = self.profile.device.id.clone();
-        let effect = feed::interpret(&change, &mine);
-        let mut events = Vec::new();
-        let mut changed = false;
-        {
-            let mut local = self.lock();
-            if seq <= local.cache.cursor {
-                // Already applied (a replay after a reconnect): nothing to do.
-                return false;
-            }
-            match effect {
-                FeedEffect::Setting(row) => {
-                    let key = row.key.clone();
-                    let before = local.cache.effective(&key);
-                    let from_elsewhere = change.device_id.as_deref() != Some(mine.as_str());
-                    if local.apply_remote(row) && from_elsewhere {
-                        let after = local.cache.effective(&key);
-                        if before != after {
-                            changed = true;
-                            events.push(remote_change(
-                                key,
-                                before,
-                                after,
-                                change.device_name.clone(),
-                            ));
-                        }
-                    }
-                }
-                FeedEffect::Security(SecurityEvent::SessionEndedHere { by }) => {
-                    local.session_check = Some(by);
-                }
-                FeedEffect::Security(event) => events.push(EngineEvent::Security(event)),
-                FeedEffect::Nothing => {}
-            }
-            local.cache.advance_cursor(seq);
+    /// Applies feed entries (from the stream or the change log) as one transaction and tells
+    /// the front end what they mean. Returns how many settings changed because of another
+    /// device.
+    pub(crate) async fn apply_changes(
+        &self,
+        changes: Vec<ChangeEvent>,
+    ) -> Result<usize, EngineError> {
+        if changes.is_empty() {
+            return Ok(0);
         }
+        let mine = self.profile.device.id.clone();
+        let now = self.now_ms();
+        let (events, session_check) = self
+            .write(move |tx| {
+                let mut events = Vec::new();
+                let mut session_check = None;
+                for change in changes {
+                    let seq = change.seq;
+                    if seq <= tx.view().cache.cursor {
+                        // Already applied (a replay after a reconnect): nothing to do.
+                        continue;
+                    }
+                    match feed::interpret(&change, &mine) {
+                        FeedEffect::Setting(row) => {
+                            let key = row.key.clone();
+                            let before = tx.view().cache.effective(&key);
+                            let from_elsewhere = change.device_id.as_deref() != Some(mine.as_str());
+                            if tx.apply_remote(row, now)? && from_elsewhere {
+                                let after = tx.view().cache.effective(&key);
+                                if before != after {
+                                    events.push(remote_change(
+                                        key,
+                                        before,
+                                        after,
+                                        change.device_name.clone(),
+                                    ));
+                                }
+                            }
+                        }
+                        FeedEffect::Security(SecurityEvent::SessionEndedHere { by }) => {
+                            session_check = Some(by);
+                        }
+                        FeedEffect::Security(event) => events.push(EngineEvent::Security(event)),
+                        FeedEffect::Nothing => {}
+                    }
+                    tx.advance_cursor(seq)?;
+                }
+                Ok((events, session_check))
+            })
+            .await?;
+        if let Some(by) = session_check {
+            self.flags().session_check = Some(by);
+        }
+        let changed = events
+            .iter()
+            .filter(|e| matches!(e, EngineEvent::RemoteChange { .. }))
+            .count();
         for event in events {
             self.emit(event);
         }
-        changed
+        Ok(changed)
+    }
+
+    /// Takes in what another process on this profile changed (an edit queued by a `lockstep`
+    /// command while the app runs, changes applied by the process that runs the live loop):
+    /// announces the settings it changed and, when the outbox changed, wakes the push.
+    pub(crate) async fn take_in_elsewhere(&self) -> Result<(), EngineError> {
+        let (elsewhere, view) = self
+            .store
+            .call(|db| {
+                let elsewhere = db.take_elsewhere()?;
+                let view = db.read(|v| {
+                    (
+                        elsewhere
+                            .changed
+                            .keys()
+                            .map(|k| {
+                                (
+                                    k.clone(),
+                                    v.cache.effective(k),
+                                    v.cache.rows.get(k).cloned(),
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                        Counts::of(v),
+                    )
+                })?;
+                Ok((elsewhere, view))
+            })
+            .await?;
+        let (now, counts) = view;
+        self.publish_counts(counts);
+        for (key, after, row) in now {
+            let before = elsewhere.changed.get(&key).cloned().flatten();
+            if before != after {
+                let device_name = match row {
+                    Some(row) if row.device_id != self.profile.device.id => row.device_name,
+                    _ => Some(self.profile.device.name.clone()),
+                };
+                self.emit(remote_change(key, before, after, device_name));
+            }
+        }
+        if elsewhere.outbox_changed {
+            self.edited.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Tries to take (or renew) the lease that lets this engine run the profile's live loop
+    /// (one process per profile runs it). Returns whether this engine holds it.
+    pub(crate) async fn take_live_lease(
+        &self,
+        ttl: std::time::Duration,
+    ) -> Result<bool, EngineError> {
+        let holder = self.lease_holder.clone();
+        let now = self.now_ms();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        Ok(self
+            .store
+            .call(move |db| db.take_lease(&holder, now, ttl_ms))
+            .await?)
+    }
+
+    /// Gives the live loop's lease up, if this engine holds it.
+    pub(crate) async fn release_live_lease(&self) -> Result<(), EngineError> {
+        let holder = self.lease_holder.clone();
+        Ok(self.store.call(move |db| db.release_lease(&holder)).await?)
     }
 
     /// Forgets everything this profile holds about the account: its secrets in the keychain,
-    /// its settings cache and its queued edits. Returns how many queued edits were dropped.
+    /// its settings cache, history and queued edits. Returns how many queued edits were
+    /// dropped.
     pub async fn wipe(&self) -> Result<usize, EngineError> {
         self.session.forget().await;
         self.keychain.wipe().await?;
@@ -903,14 +1026,19 @@ impl Engine {
         let seal = tokio::task::spawn_blocking(move || keychain.local_seal_blocking())
             .await
             .map_err(|_| KeychainError::Failed("the keychain call was cancelled".into()))??;
-        let dropped = {
-            let mut local = self.lock();
-            let dropped = local.store.outbox().len();
-            local.store.clear(Some(seal))?;
-            local.cache = CacheData::default();
-            local.needs_full_pull = true;
-            dropped
-        };
+        let (dropped, counts) = self
+            .store
+            .call(move |db| {
+                db.set_seal(Some(seal));
+                db.write(|tx| {
+                    let dropped = tx.view().outbox.len();
+                    tx.clear()?;
+                    Ok((dropped, Counts::of(tx.view())))
+                })
+            })
+            .await?;
+        self.flags().needs_full_pull = true;
+        self.publish_counts(counts);
         self.update_status(|s| {
             s.connection = Connection::SignedOut;
             s.last_synced_ms = None;

@@ -22,7 +22,7 @@
 use std::{sync::Arc, time::Duration};
 
 use eventsource_client::{self as es, Client as _, SSE};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use lockstep_protocol::{
     devices,
     sync::{ChangeEvent, StreamEventKind},
@@ -74,7 +74,19 @@ enum Control {
     Run,
     Pause,
     Stop,
+    /// Another process on this profile runs the live loop: follow what it writes.
+    Follow,
 }
+
+/// How long the live loop's lease lasts unless renewed: how soon another process takes over
+/// when the one running the loop dies.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How often the holder renews the lease, and the others try to take it.
+const LEASE_RENEW: Duration = Duration::from_secs(1);
+/// At most this many streamed changes are applied as one transaction.
+const STREAM_BATCH: usize = 500;
+/// How often the profile is checked for what other processes on it wrote.
+const ELSEWHERE_EVERY: Duration = Duration::from_millis(100);
 
 /// The running loop. Dropping the handle stops it.
 #[derive(Debug)]
@@ -142,7 +154,7 @@ pub fn start(engine: Arc<Engine>, options: LiveOptions) -> LiveHandle {
     let kick = engine.kick.clone();
     // Until the new stream says "ready", no earlier "Live" holds.
     not_running(&engine);
-    let task = tokio::spawn(run(engine.clone(), options, rx));
+    let task = tokio::spawn(run_leased(engine.clone(), options, rx));
     LiveHandle {
         control,
         kick,
@@ -189,6 +201,69 @@ impl Backoff {
     }
 }
 
+/// Runs the live loop while this engine holds the profile's lease, and follows the process
+/// that holds it otherwise; gives the lease up when stopped.
+async fn run_leased(engine: Arc<Engine>, options: LiveOptions, user: watch::Receiver<Control>) {
+    let (effective, effective_rx) = watch::channel(Control::Follow);
+    let keeper = tokio::spawn(keep_lease(engine.clone(), user, effective));
+    run(engine.clone(), options, effective_rx).await;
+    keeper.abort();
+    if let Err(error) = engine.release_live_lease().await {
+        tracing::warn!(%error, "could not give up the live loop's lease");
+    }
+}
+
+/// Takes (and renews) the live loop's lease, takes in what other processes on the profile
+/// wrote, and turns the user's wish and the lease into what the loop does: run, pause, follow
+/// or stop. The lease is kept while paused, so that a paused profile is not synced by another
+/// process either.
+async fn keep_lease(
+    engine: Arc<Engine>,
+    mut user: watch::Receiver<Control>,
+    effective: watch::Sender<Control>,
+) {
+    let mut held = false;
+    let mut renewed: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(ELSEWHERE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wanted = *user.borrow_and_update();
+        if wanted == Control::Stop {
+            effective.send_replace(Control::Stop);
+            return;
+        }
+        if renewed.is_none_or(|at| at.elapsed() >= LEASE_RENEW) {
+            match engine.take_live_lease(LEASE_TTL).await {
+                Ok(now_held) => {
+                    if now_held != held {
+                        tracing::info!(held = now_held, "the live loop's lease changed hands");
+                    }
+                    held = now_held;
+                    renewed = Some(tokio::time::Instant::now());
+                }
+                Err(error) => tracing::warn!(%error, "could not renew the live loop's lease"),
+            }
+        }
+        if let Err(error) = engine.take_in_elsewhere().await {
+            tracing::warn!(%error, "could not read what other processes changed");
+        }
+        let next = match (wanted, held) {
+            (Control::Pause, _) => Control::Pause,
+            (_, true) => Control::Run,
+            (_, false) => Control::Follow,
+        };
+        effective.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = user.changed() => {}
+        }
+    }
+}
+
 async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Receiver<Control>) {
     // rustls wants one process-wide crypto provider; where several are compiled in (the desktop
     // app's dependencies bring more than one) it cannot pick, so pick ring, unless the program
@@ -215,8 +290,12 @@ async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Rece
         let wanted = *control.borrow_and_update();
         match wanted {
             Control::Stop => return,
-            Control::Pause => {
-                engine.set_connection(Connection::Paused);
+            Control::Pause | Control::Follow => {
+                engine.set_connection(if wanted == Control::Pause {
+                    Connection::Paused
+                } else {
+                    Connection::Shared
+                });
                 if control.changed().await.is_err() {
                     return;
                 }
@@ -461,28 +540,34 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
         Err(error) => return StreamEnd::Failed(format!("bad stream request: {error}")),
     };
     let mut events = sse.stream();
+    // An item read ahead while batching changes, handled next.
+    let mut pending: Option<Option<Result<SSE, es::Error>>> = None;
     loop {
-        let item = tokio::select! {
-            item = tokio::time::timeout(options.heartbeat_timeout, events.next()) => item,
-            () = engine.edited.notified() => {
-                if let Err(error) = engine.push().await {
-                    match error {
-                        e if e.is_offline() => return StreamEnd::Offline(e.to_string()),
-                        e if e.needs_second_factor() => return StreamEnd::StepUp,
-                        e if e.is_signed_out() => return StreamEnd::SessionEnded,
-                        e => engine.emit(EngineEvent::Problem(format!("Push failed: {e}"))),
+        let item = if let Some(item) = pending.take() {
+            Ok(item)
+        } else {
+            tokio::select! {
+                item = tokio::time::timeout(options.heartbeat_timeout, events.next()) => item,
+                () = engine.edited.notified() => {
+                    if let Err(error) = engine.push().await {
+                        match error {
+                            e if e.is_offline() => return StreamEnd::Offline(e.to_string()),
+                            e if e.needs_second_factor() => return StreamEnd::StepUp,
+                            e if e.is_signed_out() => return StreamEnd::SessionEnded,
+                            e => engine.emit(EngineEvent::Problem(format!("Push failed: {e}"))),
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
-            () = engine.kick.notified() => {
-                // "Sync now" while live: push and re-read the log (cheap; the stream stays).
-                if let Err(error) = engine.sync_once().await {
-                    tracing::info!(%error, "sync while live failed");
+                () = engine.kick.notified() => {
+                    // "Sync now" while live: push and re-read the log (cheap; the stream stays).
+                    if let Err(error) = engine.sync_once().await {
+                        tracing::info!(%error, "sync while live failed");
+                    }
+                    continue;
                 }
-                continue;
+                _ = control.changed() => return StreamEnd::Control,
             }
-            _ = control.changed() => return StreamEnd::Control,
         };
         let event = match item {
             Err(_) => {
@@ -501,19 +586,55 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
             continue;
         };
         match kind {
-            StreamEventKind::Change => match serde_json::from_str::<ChangeEvent>(&event.data) {
-                Ok(change) => {
-                    engine.apply_change(change);
-                    engine.save_cache();
-                    if engine.session_check_due() {
-                        return StreamEnd::SessionEnded;
+            StreamEventKind::Change => {
+                // This change and every one already received after it: one transaction.
+                let mut batch = Vec::new();
+                let mut next = Some(event);
+                let mut ended = None;
+                while let Some(event) = next.take() {
+                    match serde_json::from_str::<ChangeEvent>(&event.data) {
+                        Ok(change) => batch.push(change),
+                        Err(error) => {
+                            tracing::warn!(%error, "unreadable change event");
+                            ended = Some(StreamEnd::Failed(format!(
+                                "unreadable change event: {error}"
+                            )));
+                            break;
+                        }
+                    }
+                    if batch.len() >= STREAM_BATCH {
+                        break;
+                    }
+                    match events.next().now_or_never() {
+                        Some(Some(Ok(SSE::Event(more))))
+                            if StreamEventKind::parse(&more.event_type)
+                                == Some(StreamEventKind::Change) =>
+                        {
+                            next = Some(more);
+                        }
+                        // Comments and heartbeats carry nothing.
+                        Some(Some(Ok(SSE::Comment(_) | SSE::Connected(_)))) => {}
+                        // Anything else is handled in order: apply the batch first.
+                        Some(other) => {
+                            pending = Some(other);
+                        }
+                        None => {}
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "unreadable change event");
-                    return StreamEnd::Failed(format!("unreadable change event: {error}"));
+                if let Err(error) = engine.apply_changes(batch).await {
+                    tracing::warn!(%error, "could not apply streamed changes");
+                    engine.emit(EngineEvent::Problem(format!(
+                        "Could not save changes from other devices: {error}"
+                    )));
+                    return StreamEnd::Failed(format!("could not save changes: {error}"));
                 }
-            },
+                if let Some(end) = ended {
+                    return end;
+                }
+                if engine.session_check_due() {
+                    return StreamEnd::SessionEnded;
+                }
+            }
             StreamEventKind::Ready => {
                 backoff.failures = 0;
                 engine.set_connection(Connection::Live);

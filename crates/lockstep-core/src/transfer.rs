@@ -42,13 +42,11 @@ pub enum ImportError {
 impl Engine {
     /// The settings that were set, for an export file (sensitive values left out).
     pub fn export(&self) -> Export {
-        let local = self.lock();
-        let settings = local
-            .cache
-            .rows
+        let (rows, device_only) = (self.rows(), self.device_only_keys());
+        let settings = rows
             .values()
             .filter(|row| !row.deleted && !settings::is_sensitive(&row.key))
-            .filter(|row| !local.cache.is_device_local(&row.key))
+            .filter(|row| !device_only.contains(&row.key))
             .map(|row| (row.key.clone(), row.value.clone()))
             .collect();
         Export {

@@ -164,10 +164,10 @@ async fn offline_edits_survive_a_restart_and_the_loser_is_told() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_cache_is_reported_and_rebuilt_from_the_server() {
+async fn a_damaged_database_is_reported_set_aside_and_rebuilt_from_the_server() {
     let cloud = Cloud::start();
     let dir = tempfile::tempdir().unwrap();
-    let name = unique("cache-a");
+    let name = unique("damaged-a");
     let a = open(&cloud, dir.path(), &name);
     a.engine.sign_up("ada@example.com", PASSWORD).await.unwrap();
     a.engine.set("appearance.theme", json!("dark")).unwrap();
@@ -175,56 +175,20 @@ async fn a_damaged_cache_is_reported_and_rebuilt_from_the_server() {
         .set("security.lock_after_minutes", json!(5))
         .unwrap();
     a.engine.sync_once().await.unwrap();
-    let cache = a.engine.profile().dir.join("cache.json");
+    // Queued, not sent: it must survive the damage.
+    a.engine.set("notifications.desktop", json!(false)).unwrap();
+    let database = a.engine.profile().dir.join("profile.sqlite3");
     drop(a);
-    let bytes = std::fs::read(&cache).unwrap();
-    std::fs::write(&cache, &bytes[..bytes.len() / 2]).unwrap();
+    // Garbage over the root page of the first table (`meta`, page 2).
+    let mut bytes = std::fs::read(&database).unwrap();
+    bytes[4096..4196].fill(0xff);
+    std::fs::write(&database, &bytes).unwrap();
 
     Keychain::use_mock_store();
     let opened = lockstep_core::profile::open(dir.path(), &name, Default::default()).unwrap();
     assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
     assert!(
-        opened.problems[0].contains("damaged"),
-        "{:?}",
-        opened.problems
-    );
-    let report = opened.engine.sync_once().await.unwrap();
-    assert!(report.full_pull);
-    assert_eq!(opened.engine.get("appearance.theme"), Some(json!("dark")));
-    assert_eq!(
-        opened.engine.get("security.lock_after_minutes"),
-        Some(json!(5))
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_outbox_is_reported_and_its_readable_edits_still_sync() {
-    let cloud = Cloud::start();
-    let dir = tempfile::tempdir().unwrap();
-    let name = unique("outbox-a");
-    let a = open_offline(&cloud, dir.path(), &name);
-    a.engine.set("appearance.theme", json!("dark")).unwrap();
-    a.engine.set("notifications.desktop", json!(false)).unwrap();
-    a.engine
-        .set("security.lock_after_minutes", json!(10))
-        .unwrap();
-    let outbox = a.engine.profile().dir.join("outbox.jsonl");
-    drop(a);
-    // Flip a byte inside the second line.
-    let mut bytes = std::fs::read(&outbox).unwrap();
-    let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 20;
-    bytes[second] ^= 0x01;
-    std::fs::write(&outbox, &bytes).unwrap();
-
-    Keychain::use_mock_store();
-    let options = lockstep_core::profile::OpenOptions {
-        server_url: Some(cloud.url.clone()),
-        ..Default::default()
-    };
-    let opened = lockstep_core::profile::open(dir.path(), &name, options).unwrap();
-    assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
-    assert!(
-        opened.problems[0].contains("1 queued edit"),
+        opened.problems[0].contains("damaged") && opened.problems[0].contains("1 queued edit"),
         "{:?}",
         opened.problems
     );
@@ -234,9 +198,79 @@ async fn a_damaged_outbox_is_reported_and_its_readable_edits_still_sync() {
         .any(|e| {
             e.file_name()
                 .to_string_lossy()
-                .starts_with("outbox.corrupt-")
+                .starts_with("profile.corrupt-")
         });
-    assert!(kept, "the damaged journal is kept for a human to look at");
+    assert!(kept, "the damaged database is kept for a human to look at");
+    assert_eq!(opened.engine.pending(), 1, "the queued edit is kept");
+    let report = opened.engine.sync_once().await.unwrap();
+    assert!(report.full_pull);
+    assert_eq!(report.pushed, 1);
+    assert_eq!(opened.engine.get("appearance.theme"), Some(json!("dark")));
+    assert_eq!(
+        opened.engine.get("security.lock_after_minutes"),
+        Some(json!(5))
+    );
+    assert_eq!(
+        opened.engine.get("notifications.desktop"),
+        Some(json!(false))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_outbox_file_of_the_old_store_is_imported_with_its_readable_edits() {
+    let cloud = Cloud::start();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("outbox-a");
+    // A profile left by the earlier file store, its journal damaged in the second line.
+    let profile_dir = dir.path().join("profiles").join(&name);
+    std::fs::create_dir_all(&profile_dir).unwrap();
+    {
+        let (mut outbox, _) = lockstep_core::store::Outbox::open(&profile_dir).unwrap();
+        for (n, (key, value)) in [
+            ("appearance.theme", json!("dark")),
+            ("notifications.desktop", json!(false)),
+            ("security.lock_after_minutes", json!(10)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let hlc = lockstep_protocol::hlc::Hlc::new(1_700_000_000_000 + n as u64, 0);
+            outbox
+                .append(lockstep_core::store::OutboxEntry::new(
+                    key, value, hlc, false, 0,
+                ))
+                .unwrap();
+        }
+    }
+    let outbox = profile_dir.join("outbox.jsonl");
+    let mut bytes = std::fs::read(&outbox).unwrap();
+    let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 20;
+    bytes[second] ^= 0x01;
+    std::fs::write(&outbox, &bytes).unwrap();
+
+    Keychain::use_mock_store();
+    let options = lockstep_core::profile::OpenOptions {
+        server_url: Some(cloud.url.clone()),
+        anon_key: Some(cloud.anon_key.clone()),
+        ..Default::default()
+    };
+    let opened = lockstep_core::profile::open(dir.path(), &name, options).unwrap();
+    assert_eq!(opened.problems.len(), 1, "{:?}", opened.problems);
+    assert!(
+        opened.problems[0].contains("1 queued edit"),
+        "{:?}",
+        opened.problems
+    );
+    let names: Vec<String> = std::fs::read_dir(&opened.engine.profile().dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("outbox.corrupt-")),
+        "the damaged journal is kept for a human to look at: {names:?}"
+    );
+    assert!(!names.iter().any(|n| n == "outbox.jsonl"), "{names:?}");
     assert_eq!(opened.engine.pending(), 2, "the readable edits are kept");
     opened
         .engine
@@ -381,8 +415,9 @@ async fn the_same_key_edited_twice_offline_syncs_and_later_edits_keep_syncing() 
     drop(offline);
 
     let a = open(&cloud, dir.path(), &a_name);
+    assert_eq!(a.engine.pending(), 1, "the second edit replaced the first");
     let report = a.engine.sync_once().await.unwrap();
-    assert_eq!(report.pushed, 2, "both edits are acknowledged by one push");
+    assert_eq!(report.pushed, 1, "one push carries the key's newest edit");
     assert_eq!(report.superseded, 0);
     assert_eq!(a.engine.pending(), 0);
     b.engine.sync_once().await.unwrap();

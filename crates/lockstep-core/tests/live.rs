@@ -328,7 +328,14 @@ async fn a_revoked_device_wipes_its_secrets_and_cache_when_it_hears() {
         })
         .await;
     let b_dir = devices[1].engine.profile().dir.clone();
-    assert!(b_dir.join("cache.json").exists());
+    assert!(devices[1].engine.row("appearance.theme").is_some());
+    assert!(
+        !devices[1]
+            .engine
+            .history("appearance.theme")
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         devices[1]
             .engine
@@ -371,7 +378,20 @@ async fn a_revoked_device_wipes_its_secrets_and_cache_when_it_hears() {
         new_key.is_some() && new_key != old_key,
         "the local key was replaced"
     );
-    assert!(!b_dir.join("cache.json").exists(), "the cache is gone");
+    assert!(b_dir.join("profile.sqlite3").exists());
+    assert_eq!(
+        devices[1].engine.row("appearance.theme"),
+        None,
+        "the cache is gone"
+    );
+    assert!(
+        devices[1]
+            .engine
+            .history("appearance.theme")
+            .unwrap()
+            .is_empty(),
+        "and the history with it"
+    );
     assert_eq!(
         devices[1].engine.get("appearance.theme"),
         Some(json!("system"))

@@ -4,4 +4,4 @@
  * How this device is connected to the server. Serialised in snake case (`step_up_required`)
  * for the CLI's `--json` and the desktop window (see [`crate::report`]).
  */
-export type Connection = "connecting" | "live" | "polling" | "offline" | "paused" | "step_up_required" | "signed_out";
+export type Connection = "connecting" | "live" | "polling" | "offline" | "paused" | "shared" | "step_up_required" | "signed_out";
