@@ -843,3 +843,128 @@ fn mfa_enroll_then_login_needs_a_code_and_offline_code_check() {
         "{offline_set}"
     );
 }
+
+/// One profile, several processes at once, as a power user has them: the app's engine (opened
+/// here, in the test process, as the desktop app opens it) runs the live loop; `lockstep watch`
+/// on the same profile follows it (status `shared`) and prints what changes; `lockstep set` and
+/// `lockstep get` on the same profile work meanwhile, and the app pushes what `set` queued. When
+/// the app closes, the watcher takes the live loop over; when that watcher dies (kill -9), a
+/// second one takes it over once the lease expires.
+#[test]
+fn the_app_a_watch_and_a_set_share_one_profile() {
+    use lockstep_core::{
+        engine::{Connection, EngineEvent},
+        live::{self, LiveOptions},
+        profile::{self, OpenOptions},
+    };
+
+    let Some((_cloud, cli)) = start_or_skip() else {
+        return;
+    };
+    let (app, other) = two_profiles(&cli, ["app", "other"], "share@example.com");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let engine = profile::open(cli.home.path(), &app, OpenOptions::default())
+        .unwrap()
+        .engine;
+    let mut events = engine.subscribe();
+    let app_live = live::start(engine.clone(), LiveOptions::default());
+    let mut status = engine.status();
+    runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            status.wait_for(|s| s.connection == Connection::Live),
+        )
+        .await
+        .expect("the app goes live")
+        .unwrap();
+    });
+    let app_event = |events: &mut tokio::sync::broadcast::Receiver<EngineEvent>, key: &str| {
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match events.recv().await {
+                        Ok(EngineEvent::RemoteChange {
+                            key: k,
+                            new,
+                            device_name,
+                            ..
+                        }) if k == key => return (new, device_name),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(error) => panic!("the app's events ended: {error}"),
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the app never heard of {key}"))
+        })
+    };
+
+    let mut watch = cli.spawn(&app, &["watch", "--json"]);
+    watch.wait_json(30, "the shared status", |v| {
+        v["event"] == "status" && v["connection"] == "shared"
+    });
+
+    // `set` on the profile the app and the watcher have open.
+    let set = cli.ok(&app, &["set", "appearance.theme", "dark"]);
+    assert!(
+        set.stdout.lines().any(|l| l == "queued appearance.theme"),
+        "{set}"
+    );
+    let change = watch.wait_json(30, "the set, in the watcher", |v| {
+        v["event"] == "remote_change" && v["key"] == "appearance.theme"
+    });
+    assert_eq!(change["new"], json!("dark"), "{change}");
+    let (new, _) = app_event(&mut events, "appearance.theme");
+    assert_eq!(new, Some(json!("dark")), "the app shows it at once");
+
+    // Another device's edit reaches the app over its stream, and the watcher through the
+    // profile.
+    cli.ok(&other, &["set", "notifications.desktop", "false"]);
+    let (new, by) = app_event(&mut events, "notifications.desktop");
+    assert_eq!(new, Some(json!(false)));
+    assert_eq!(by, Some(device_name(&other)));
+    let change = watch.wait_json(30, "the other device's edit, in the watcher", |v| {
+        v["event"] == "remote_change" && v["key"] == "notifications.desktop"
+    });
+    assert_eq!(
+        change["device_name"],
+        json!(device_name(&other)),
+        "{change}"
+    );
+    let got = cli.ok(&app, &["get", "notifications.desktop", "--json"]);
+    assert_eq!(got.last_json()["value"], json!(false), "{got}");
+
+    // What `set` queued on the shared profile reached the server.
+    cli.ok(&other, &["sync"]);
+    let seen = cli.ok(&other, &["get", "appearance.theme", "--json"]);
+    assert_eq!(seen.last_json()["value"], json!("dark"), "{seen}");
+
+    // The app closes: the watcher takes the live loop over.
+    runtime.block_on(app_live.stop());
+    drop(engine);
+    watch.wait_json(30, "the watcher going live", |v| {
+        v["event"] == "status" && v["connection"] == "live"
+    });
+
+    // A second watcher follows the first; the first dies; the second takes over.
+    let mut second = cli.spawn(&app, &["watch", "--json"]);
+    second.wait_json(30, "the second watcher's shared status", |v| {
+        v["event"] == "status" && v["connection"] == "shared"
+    });
+    watch.kill9();
+    second.wait_json(30, "the second watcher going live", |v| {
+        v["event"] == "status" && v["connection"] == "live"
+    });
+    cli.ok(&other, &["set", "appearance.theme", "light"]);
+    let change = second.wait_json(30, "a change, live in the second watcher", |v| {
+        v["event"] == "remote_change" && v["key"] == "appearance.theme"
+    });
+    assert_eq!(change["new"], json!("light"), "{change}");
+    second.terminate();
+    second.finish(30).expect_code(0);
+}

@@ -153,14 +153,14 @@ impl SessionKeeper {
     }
 
     async fn refresh_locked(&self, slot: &mut Option<Tokens>) -> Result<Tokens, SessionError> {
-        let refresh_token = match slot.as_ref() {
-            Some(tokens) => tokens.refresh_token.clone(),
-            None => self
-                .keychain
-                .get(SecretKind::RefreshToken)
-                .await?
-                .ok_or(SessionError::SignedOut)?,
-        };
+        // The keychain's token first: another process on this profile (the app beside a
+        // `lockstep` command) may have rotated the one held here, and an old token used again
+        // signs the session out for safety. Every process saves a new token there before
+        // using it, so the keychain holds the newest.
+        let stored = self.keychain.get(SecretKind::RefreshToken).await?;
+        let refresh_token = stored
+            .or_else(|| slot.as_ref().map(|t| t.refresh_token.clone()))
+            .ok_or(SessionError::SignedOut)?;
         match self.client.refresh(&refresh_token).await {
             Ok(session) => {
                 let tokens = Tokens::from(&session);
