@@ -96,6 +96,19 @@ async fn dispatch(command: Command, engine: &Arc<Engine>, out: Out) -> anyhow::R
             out.emit(human, json!({ "key": key, "device_only": only_here }))?;
             Ok(())
         }
+        Command::History { key } => history(engine, out, &key),
+        Command::Restore { key, version } => {
+            let restored = engine.restore(&key, version)?;
+            out.emit(
+                format!(
+                    "restored {key} to version {} ({}); queued",
+                    restored.version,
+                    output::show(restored.value.as_ref())
+                ),
+                json!({ "restored": key, "version": restored.version, "value": restored.value, "queued": key }),
+            )?;
+            push_after_edit(engine, out).await
+        }
         Command::Sync => sync(engine, out).await,
         Command::SetAside(command) => set_aside(engine, out, command).await,
         Command::Watch {
@@ -542,6 +555,37 @@ async fn set_aside(engine: &Engine, out: Out, command: SetAsideCommand) -> anyho
             Ok(())
         }
     }
+}
+
+/// `lockstep history KEY`: one line per version, newest first.
+fn history(engine: &Engine, out: Out, key: &str) -> anyhow::Result<()> {
+    let versions = engine.history(key)?;
+    let human = if versions.is_empty() {
+        format!("no history of {key} on this device yet")
+    } else {
+        versions
+            .iter()
+            .map(|v| {
+                let by = v
+                    .device_name
+                    .as_deref()
+                    .map(|d| format!(" by {d}"))
+                    .unwrap_or_default();
+                format!(
+                    "#{} {} {} ({}{by})",
+                    v.version,
+                    rfc3339_millis(v.at_ms),
+                    v.value
+                        .as_ref()
+                        .map_or_else(|| "(reset to default)".to_owned(), Value::to_string),
+                    v.origin.label()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    out.emit(human, json!({ "key": key, "history": versions }))?;
+    Ok(())
 }
 
 async fn sync(engine: &Engine, out: Out) -> anyhow::Result<()> {

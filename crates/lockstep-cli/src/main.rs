@@ -99,6 +99,17 @@ pub enum Command {
     Reset { key: String },
     /// Keep a key on this device only (`on`), or share it again (`off`).
     DeviceOnly { key: String, state: OnOff },
+    /// Every value a key had on this device, newest first (set here or arrived from another
+    /// device; the last 50 are kept).
+    History { key: String },
+    /// Set a key back to a value from its history (by default the one before the current), as
+    /// a new edit that syncs like any other.
+    Restore {
+        key: String,
+        /// The version to restore (the `#` in `lockstep history KEY`).
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+    },
     /// Push local edits and pull changes made elsewhere.
     Sync,
     /// Edits the server refused for good: list them, send them again, or give them up.

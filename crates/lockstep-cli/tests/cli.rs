@@ -968,3 +968,74 @@ fn the_app_a_watch_and_a_set_share_one_profile() {
     second.terminate();
     second.finish(30).expect_code(0);
 }
+
+/// `lockstep history KEY` lists every value the key had on this device, set here or arrived,
+/// newest first, secrets masked; `lockstep restore KEY` sets the one before the current again
+/// as a new edit, which syncs to the other device; a version that is not there is refused.
+#[test]
+fn history_lists_every_value_and_restore_syncs_an_old_one() {
+    let Some((_cloud, cli)) = start_or_skip() else {
+        return;
+    };
+    let (a, b) = two_profiles(&cli, ["hist-a", "hist-b"], "history@example.com");
+    cli.ok(&a, &["set", "appearance.theme", "dark"]);
+    cli.ok(&b, &["sync"]);
+    cli.ok(&b, &["set", "appearance.theme", "light"]);
+    cli.ok(&a, &["sync"]);
+
+    let listed = cli.ok(&a, &["history", "appearance.theme", "--json"]);
+    let history = listed.last_json()["history"].clone();
+    let shown: Vec<(Value, Value, Value)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["value"].clone(),
+                v["origin"].clone(),
+                v["device_name"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (json!("light"), json!("arrived"), json!(device_name(&b))),
+            (json!("dark"), json!("here"), json!(device_name(&a))),
+        ],
+        "{listed}"
+    );
+    let human = cli.ok(&a, &["history", "appearance.theme"]);
+    assert!(human.stdout.contains("\"light\""), "{human}");
+    assert!(
+        human
+            .stdout
+            .contains(&format!("arrived by {}", device_name(&b))),
+        "{human}"
+    );
+
+    let restored = cli.ok(&a, &["restore", "appearance.theme", "--json"]);
+    assert!(
+        restored
+            .json_lines()
+            .iter()
+            .any(|l| l["restored"] == "appearance.theme" && l["value"] == "dark"),
+        "{restored}"
+    );
+    cli.ok(&b, &["sync"]);
+    let got = cli.ok(&b, &["get", "appearance.theme", "--json"]);
+    assert_eq!(got.last_json()["value"], json!("dark"), "{got}");
+
+    let missing = cli.run(&a, &["restore", "appearance.theme", "--version", "999999"]);
+    missing.expect_code(3);
+    assert!(missing.stderr.contains("no version 999999"), "{missing}");
+
+    // A secret's history never shows it; a restore still brings it back.
+    cli.ok(&a, &["set", "integrations.github", "ghp_first_secret"]);
+    cli.ok(&a, &["set", "integrations.github", "ghp_second_secret"]);
+    let listed = cli.ok(&a, &["history", "integrations.github"]);
+    assert!(!listed.stdout.contains("ghp_"), "{listed}");
+    cli.ok(&a, &["restore", "integrations.github"]);
+    let got = cli.ok(&a, &["get", "integrations.github", "--reveal", "--json"]);
+    assert_eq!(got.last_json()["value"], json!("ghp_first_secret"), "{got}");
+}

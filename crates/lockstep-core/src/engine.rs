@@ -580,6 +580,12 @@ impl Engine {
             if let Some(value) = &version.value {
                 version.value = Some(feed::shown_value(&version.key, value));
             }
+            // This device's own versions are stored before the server names them.
+            if version.device_name.is_none()
+                && version.device_id.as_deref() == Some(self.profile.device.id.as_str())
+            {
+                version.device_name = Some(self.profile.device.name.clone());
+            }
         }
         Ok(versions)
     }
