@@ -10,9 +10,12 @@
 //!   CI runs);
 //! - `cargo xtask postgres`: that throwaway cluster on its own, for running
 //!   `cargo test` by hand;
-//! - `cargo xtask sim`: the sync engine's deterministic simulation, long and in release mode.
+//! - `cargo xtask sim`: the sync engine's deterministic simulation, long and in release mode;
+//! - `cargo xtask bench` and `cargo xtask bench-client`: figures of the server and of the
+//!   client's local store.
 
 mod bench;
+mod bench_client;
 mod cmd;
 mod e2e;
 mod keyring;
@@ -56,6 +59,9 @@ enum Task {
     /// per second at 8/32/128 writers, and memory and other users' latency under a sign-in
     /// burst.
     Bench(bench::Args),
+    /// Print figures of the client's local store (release build): `set` latency, applying
+    /// 1,000 streamed changes, and opening a profile with 500 keys and 1,000 queued edits.
+    BenchClient(bench_client::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
         Task::Postgres => postgres_task().map(|()| ExitCode::SUCCESS),
         Task::Sim(args) => sim::run(&args).map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::BenchClient(args) => bench_client::run(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

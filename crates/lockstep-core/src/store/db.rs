@@ -444,11 +444,19 @@ impl Db {
 /// Applies the migrations not applied yet, each in its own transaction.
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let err = db_error(path, "migrate");
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(&err)?;
+    let known = MIGRATIONS.len() as i64;
     let applied: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(&err)?;
-    let known = MIGRATIONS.len() as i64;
+    if applied == known {
+        // Up to date: no write lock needed (the usual open).
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(&err)?;
+    // Read again under the lock: another process may have migrated meanwhile.
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(&err)?;
     if applied > known {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(StoreError::NewerFormat {
