@@ -104,7 +104,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn value_of(key: &str, n: u8) -> Value {
     match key {
-        "notifications.desktop" => json!(n % 2 == 0),
+        "notifications.desktop" => json!(n.is_multiple_of(2)),
         k if k.starts_with("integrations.") => json!(format!("secret-{n}")),
         _ => json!(n),
     }
@@ -181,8 +181,7 @@ fn apply(store: &mut ProfileStore, dir: &Path, seal: &LocalSeal, op: &Op, clock:
                 let ids: Vec<String> = tx
                     .view()
                     .outbox
-                    .iter()
-                    .nth(nth)
+                    .get(nth)
                     .map(|e| e.id.clone())
                     .into_iter()
                     .collect();
@@ -194,8 +193,7 @@ fn apply(store: &mut ProfileStore, dir: &Path, seal: &LocalSeal, op: &Op, clock:
                 let ids: Vec<String> = tx
                     .view()
                     .outbox
-                    .iter()
-                    .nth(nth)
+                    .get(nth)
                     .map(|e| e.id.clone())
                     .into_iter()
                     .collect();
