@@ -204,42 +204,89 @@ impl Backoff {
 /// Runs the live loop while this engine holds the profile's lease, and follows the process
 /// that holds it otherwise; gives the lease up when stopped.
 async fn run_leased(engine: Arc<Engine>, options: LiveOptions, user: watch::Receiver<Control>) {
-    let (effective, effective_rx) = watch::channel(Control::Follow);
-    let keeper = tokio::spawn(keep_lease(engine.clone(), user, effective));
+    // The lease first, so that a loop nobody else runs starts running, not following.
+    let held = match engine.take_live_lease(LEASE_TTL).await {
+        Ok(held) => held,
+        Err(error) => {
+            tracing::warn!(%error, "could not take the live loop's lease");
+            false
+        }
+    };
+    let first = match (*user.borrow(), held) {
+        (Control::Stop, _) => Control::Stop,
+        (Control::Pause, _) => Control::Pause,
+        (_, true) => Control::Run,
+        (_, false) => Control::Follow,
+    };
+    let (effective, effective_rx) = watch::channel(first);
+    // Aborted (and its hold on the engine dropped) however this task ends, aborted included.
+    let keeper = AbortOnDrop(tokio::spawn(keep_lease(
+        engine.clone(),
+        user,
+        effective,
+        held,
+    )));
     run(engine.clone(), options, effective_rx).await;
-    keeper.abort();
+    keeper.stop().await;
     if let Err(error) = engine.release_live_lease().await {
         tracing::warn!(%error, "could not give up the live loop's lease");
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is gone.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 /// Takes (and renews) the live loop's lease, takes in what other processes on the profile
 /// wrote, and turns the user's wish and the lease into what the loop does: run, pause, follow
 /// or stop. The lease is kept while paused, so that a paused profile is not synced by another
-/// process either.
+/// process either. Ends when the loop is stopped or its handle dropped.
 async fn keep_lease(
     engine: Arc<Engine>,
     mut user: watch::Receiver<Control>,
     effective: watch::Sender<Control>,
+    mut held: bool,
 ) {
-    let mut held = false;
-    let mut renewed: Option<tokio::time::Instant> = None;
+    let mut renewed = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(ELSEWHERE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = user.changed() => {
+                if changed.is_err() {
+                    // The handle is gone.
+                    effective.send_replace(Control::Stop);
+                    return;
+                }
+            }
+        }
         let wanted = *user.borrow_and_update();
         if wanted == Control::Stop {
             effective.send_replace(Control::Stop);
             return;
         }
-        if renewed.is_none_or(|at| at.elapsed() >= LEASE_RENEW) {
+        if renewed.elapsed() >= LEASE_RENEW {
             match engine.take_live_lease(LEASE_TTL).await {
                 Ok(now_held) => {
                     if now_held != held {
                         tracing::info!(held = now_held, "the live loop's lease changed hands");
                     }
                     held = now_held;
-                    renewed = Some(tokio::time::Instant::now());
+                    renewed = tokio::time::Instant::now();
                 }
                 Err(error) => tracing::warn!(%error, "could not renew the live loop's lease"),
             }
@@ -257,10 +304,6 @@ async fn keep_lease(
             *current = next;
             changed
         });
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = user.changed() => {}
-        }
     }
 }
 

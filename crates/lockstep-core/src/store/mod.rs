@@ -326,42 +326,39 @@ impl ProfileStore {
         history_limit: usize,
     ) -> Result<(ProfileStore, OpenReport), StoreError> {
         let dir = dir.into();
-        create_private_dir(&dir)?;
-        let path = dir.join(DB_FILE);
-        let mut report = OpenReport::default();
-        let mut db = match open_db(&path, seal.clone(), device_id, history_limit) {
-            Ok(db) => db,
-            Err(StoreError::Database {
-                corrupt: true,
-                reason,
-                ..
-            }) => {
-                let (db, damaged) =
-                    rebuild_damaged(&dir, &path, reason, seal.clone(), device_id, history_limit)?;
-                report.damaged = Some(damaged);
-                db
-            }
-            Err(other) => return Err(other),
-        };
-        report.imported = legacy::import(&dir, &mut db, seal)?;
-        report.unreadable = db.unreadable().clone();
+        let device_id = device_id.to_owned();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (opened, opening) = std::sync::mpsc::sync_channel(1);
+        // The thread opens the database too: no disk work on the caller's thread.
         let thread = std::thread::Builder::new()
             .name("lockstep-store".into())
-            .spawn(move || {
-                for job in queue {
-                    job(&mut db);
+            .spawn({
+                let dir = dir.clone();
+                move || {
+                    let mut db = match open_profile(&dir, seal, &device_id, history_limit) {
+                        Ok((db, report)) => {
+                            let _ = opened.send(Ok(report));
+                            db
+                        }
+                        Err(error) => {
+                            let _ = opened.send(Err(error));
+                            return;
+                        }
+                    };
+                    for job in queue {
+                        job(&mut db);
+                    }
                 }
             })
             .map_err(|e| StoreError::io("start the store thread for", &dir, e))?;
-        Ok((
-            ProfileStore {
-                dir,
-                jobs: Some(jobs),
-                thread: Some(thread),
-            },
-            report,
-        ))
+        let report = opening.recv().map_err(|_| StoreError::Stopped)?;
+        let store = ProfileStore {
+            dir,
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        // On failure, dropping the store joins the thread, which has ended.
+        Ok((store, report?))
     }
 
     /// The profile's data directory.
@@ -412,6 +409,35 @@ impl Drop for ProfileStore {
             tracing::error!("the profile store's thread panicked");
         }
     }
+}
+
+/// Opens the profile in `dir` (see [`ProfileStore::open`]) on the calling thread.
+fn open_profile(
+    dir: &Path,
+    seal: Option<LocalSeal>,
+    device_id: &str,
+    history_limit: usize,
+) -> Result<(Db, OpenReport), StoreError> {
+    create_private_dir(dir)?;
+    let path = dir.join(DB_FILE);
+    let mut report = OpenReport::default();
+    let mut db = match open_db(&path, seal.clone(), device_id, history_limit) {
+        Ok(db) => db,
+        Err(StoreError::Database {
+            corrupt: true,
+            reason,
+            ..
+        }) => {
+            let (db, damaged) =
+                rebuild_damaged(dir, &path, reason, seal.clone(), device_id, history_limit)?;
+            report.damaged = Some(damaged);
+            db
+        }
+        Err(other) => return Err(other),
+    };
+    report.imported = legacy::import(dir, &mut db, seal)?;
+    report.unreadable = db.unreadable().clone();
+    Ok((db, report))
 }
 
 /// Opens the database at `path`, creating it readable by its owner only.
