@@ -455,6 +455,21 @@ fn device_id(cli: &Cli, profile: &str) -> String {
     config["device_id"].as_str().unwrap().to_owned()
 }
 
+/// How many rows `table` of `profile`'s database holds (read beside whoever has it open).
+fn profile_rows(cli: &Cli, profile: &str, table: &str) -> i64 {
+    let path = cli.profile_dir(profile).join("profile.sqlite3");
+    block_on(async {
+        let url = format!("sqlite://{}?mode=ro", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let count = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        count
+    })
+}
+
 fn refresh_token_of(profile: &str) -> Option<String> {
     block_on(Keychain::for_profile(profile).get(SecretKind::RefreshToken)).unwrap()
 }
@@ -537,7 +552,8 @@ fn the_same_setting_edited_twice_offline_syncs_and_later_edits_keep_syncing() {
     cloud.restart();
 
     let synced = cli.ok(&laptop, &["sync", "--json"]);
-    assert_eq!(synced.last_json()["pushed"], json!(2), "{synced}");
+    // The second edit replaced the first in the outbox: one push, one edit.
+    assert_eq!(synced.last_json()["pushed"], json!(1), "{synced}");
     cli.ok(&desktop, &["sync"]);
     for profile in [&laptop, &desktop] {
         let got = cli.ok(profile, &["get", "appearance.theme", "--json"]);
@@ -695,7 +711,12 @@ fn revoke_from_one_profile_signs_the_other_out_and_wipes_it() {
         refresh_token_of(&b).is_some(),
         "B's refresh token is in the keychain"
     );
-    assert!(cli.profile_dir(&b).join("cache.json").exists());
+    cli.ok(&a, &["set", "appearance.theme", "dark"]);
+    cli.ok(&b, &["sync"]);
+    assert!(
+        profile_rows(&cli, &b, "settings") > 0 && profile_rows(&cli, &b, "history") > 0,
+        "B holds A's edit"
+    );
 
     let mut watch = watch_live(&cli, &b);
 
@@ -733,10 +754,8 @@ fn revoke_from_one_profile_signs_the_other_out_and_wipes_it() {
     let status = cli.run(&b, &["status", "--json"]);
     status.expect_code(4);
     assert_eq!(status.last_json()["signed_in"], json!(false), "{status}");
-    assert!(
-        !cli.profile_dir(&b).join("cache.json").exists(),
-        "B's cache is gone"
-    );
+    assert_eq!(profile_rows(&cli, &b, "settings"), 0, "B's cache is gone");
+    assert_eq!(profile_rows(&cli, &b, "history"), 0, "B's history is gone");
     assert_eq!(
         refresh_token_of(&b),
         None,
