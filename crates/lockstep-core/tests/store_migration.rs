@@ -240,3 +240,33 @@ async fn an_imported_profile_syncs_its_pending_edits_and_keeps_the_refused_one_a
         "the device-only value stayed home (15 is the default)"
     );
 }
+
+#[test]
+fn a_damaged_old_cache_is_reported_and_the_queued_edits_still_imported() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("p");
+    fixture_copy(&dir);
+    let cache = dir.join("cache.json");
+    let bytes = std::fs::read(&cache).unwrap();
+    std::fs::write(&cache, &bytes[..bytes.len() / 2]).unwrap();
+
+    let (store, report) =
+        ProfileStore::open(&dir, Some(seal()), "fixture-device", DEFAULT_HISTORY_LIMIT).unwrap();
+    let imported = report.imported.clone().unwrap();
+    assert!(imported.cache_damaged.is_some(), "{imported:?}");
+    let kept = imported.cache_kept_at.clone().unwrap();
+    assert!(
+        kept.exists(),
+        "the damaged cache is kept at {}",
+        kept.display()
+    );
+    let problems = report.problems();
+    assert!(
+        problems.len() == 1 && problems[0].contains("old settings cache was damaged"),
+        "{problems:?}"
+    );
+    assert_eq!(imported.edits, 5);
+    let view = store.call_blocking(|db| db.read(Clone::clone)).unwrap();
+    assert_eq!(view.pending(), 4, "the queued edits are imported");
+    assert_eq!(view.cache.cursor, 0, "the cache is rebuilt by a full pull");
+}

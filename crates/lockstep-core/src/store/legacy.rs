@@ -40,6 +40,8 @@ pub struct Imported {
     pub kept_at: Option<PathBuf>,
     /// Why the old cache could not be imported (it is rebuilt from the server), if it could not.
     pub cache_damaged: Option<String>,
+    /// Where the damaged cache was kept.
+    pub cache_kept_at: Option<PathBuf>,
 }
 
 /// Imports the earlier file store's files in `dir` into `db`, if there are any. See the
@@ -88,7 +90,10 @@ pub(crate) fn import(
     match cache {
         LoadOutcome::Loaded(data) => imported.rows = data.rows.len(),
         LoadOutcome::Missing => {}
-        LoadOutcome::Corrupt { reason, .. } => imported.cache_damaged = Some(reason),
+        LoadOutcome::Corrupt { reason, moved_to } => {
+            imported.cache_damaged = Some(reason);
+            imported.cache_kept_at = Some(moved_to);
+        }
     }
     // Committed: the files can go. The lock goes last, once released.
     drop(outbox);

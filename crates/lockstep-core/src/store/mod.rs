@@ -68,10 +68,10 @@ pub enum StoreError {
         /// The operating system's error.
         error: io::Error,
     },
-    /// Another process holds the profile's outbox.
+    /// An older Lockstep, which keeps the profile in files, has it open: its files cannot be
+    /// imported until it is closed.
     #[error(
-        "another Lockstep process (the desktop app or another `lockstep` command) is using the \
-         profile at {}; close it and try again",
+        "an older version of Lockstep is using the profile at {}; close it and try again",
         dir.display()
     )]
     Busy {
@@ -285,6 +285,19 @@ impl OpenReport {
                 imported.unreadable_edits,
                 imported
                     .kept_at
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(not kept)".into())
+            ));
+        }
+        if let Some(imported) = &self.imported
+            && let Some(reason) = &imported.cache_damaged
+        {
+            out.push(format!(
+                "The old settings cache was damaged ({reason}); it was kept at {} and is rebuilt \
+                 from the server.",
+                imported
+                    .cache_kept_at
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "(not kept)".into())
