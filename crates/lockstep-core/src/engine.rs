@@ -983,6 +983,14 @@ impl Engine {
             })
             .await?;
         let (now, counts) = view;
+        if elsewhere.seal_changed {
+            // Another process wiped the profile and gave it a new local key: take it.
+            let keychain = self.keychain.clone();
+            let seal = tokio::task::spawn_blocking(move || keychain.local_seal_blocking())
+                .await
+                .map_err(|_| KeychainError::Failed("the keychain call was cancelled".into()))??;
+            self.store.call(move |db| db.set_seal(Some(seal))).await?;
+        }
         self.publish_counts(counts);
         for (key, after, row) in now {
             let before = elsewhere.changed.get(&key).cloned().flatten();
@@ -1035,12 +1043,14 @@ impl Engine {
         let (dropped, counts) = self
             .store
             .call(move |db| {
-                db.set_seal(Some(seal));
-                db.write(|tx| {
+                let dropped = db.write(|tx| {
                     let dropped = tx.view().outbox.len();
-                    tx.clear()?;
-                    Ok((dropped, Counts::of(tx.view())))
-                })
+                    tx.clear(Some(&seal))?;
+                    Ok(dropped)
+                })?;
+                db.set_seal(Some(seal))?;
+                let counts = db.read(Counts::of)?;
+                Ok((dropped, counts))
             })
             .await?;
         self.flags().needs_full_pull = true;

@@ -26,6 +26,9 @@ use super::{HistoryEntry, HistoryOrigin, StoreError};
 /// The database file inside the profile directory.
 pub const DB_FILE: &str = "profile.sqlite3";
 
+/// The `meta` entry naming the key the profile's values are sealed with.
+const SEALED_WITH: &str = "sealed_with";
+
 /// How long a writer waits for another one (in this process or another) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -131,6 +134,9 @@ pub struct Elsewhere {
     pub changed: BTreeMap<String, Option<Value>>,
     /// The outbox changed (an edit was queued, or sent, by another process).
     pub outbox_changed: bool,
+    /// The profile's values are now sealed with another key (it was wiped, and given a new
+    /// key, by another process): take the keychain's key again ([`Db::set_seal`]).
+    pub seal_changed: bool,
 }
 
 /// Rows that could not be read when the database was loaded (a value sealed with a key the
@@ -246,6 +252,11 @@ impl Db {
         };
         db.reload()?;
         db.elsewhere = Elsewhere::default();
+        if let Some(seal) = db.seal.clone()
+            && db.sealed_with()?.is_none()
+        {
+            db.write(|tx| tx.set_mark(SEALED_WITH, seal.fingerprint()))?;
+        }
         Ok(db)
     }
 
@@ -304,9 +315,23 @@ impl Db {
         outcome
     }
 
-    /// Replaces the seal (after a wipe, the profile's new local key).
-    pub fn set_seal(&mut self, seal: Option<LocalSeal>) {
+    /// Replaces the seal (after a wipe, the profile's new local key) and reads the view again
+    /// with it.
+    pub fn set_seal(&mut self, seal: Option<LocalSeal>) -> Result<(), StoreError> {
         self.seal = seal;
+        self.reload()
+    }
+
+    /// The fingerprint of the key the profile's values are sealed with, if recorded.
+    fn sealed_with(&self) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![SEALED_WITH],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_error(&self.path, "read"))
     }
 
     /// Takes in what other connections committed, if anything.
@@ -333,6 +358,12 @@ impl Db {
         }
         if before.outbox != after.outbox {
             self.elsewhere.outbox_changed = true;
+        }
+        let sealed_with = self.sealed_with()?;
+        if let (Some(recorded), Some(seal)) = (sealed_with, &self.seal)
+            && recorded != seal.fingerprint()
+        {
+            self.elsewhere.seal_changed = true;
         }
         Ok(())
     }
@@ -953,8 +984,9 @@ impl Tx<'_> {
         Ok(doomed.len())
     }
 
-    /// Forgets the account's data: cache, cursor, outbox, device-only values and history.
-    pub fn clear(&mut self) -> Result<(), StoreError> {
+    /// Forgets the account's data: cache, cursor, outbox, device-only values and history; what
+    /// is written from now on is sealed with `seal` (the profile's new local key).
+    pub fn clear(&mut self, seal: Option<&LocalSeal>) -> Result<(), StoreError> {
         self.conn
             .execute_batch(
                 "DELETE FROM settings; DELETE FROM outbox; DELETE FROM device_only;
@@ -962,6 +994,9 @@ impl Tx<'_> {
             )
             .map_err(self.err("clear the profile"))?;
         *self.view = View::default();
+        if let Some(seal) = seal {
+            self.set_mark(SEALED_WITH, seal.fingerprint())?;
+        }
         Ok(())
     }
 

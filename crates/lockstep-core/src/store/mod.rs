@@ -760,6 +760,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_process_still_holding_the_old_key_after_a_wipe_elsewhere_is_told_to_take_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = seal();
+        let wiping = open(dir.path(), &old);
+        let following = open(dir.path(), &old);
+        let new = seal();
+        let new_for_wipe = new.clone();
+        wiping
+            .call_blocking(move |db| {
+                db.write(|tx| tx.clear(Some(&new_for_wipe)))?;
+                db.set_seal(Some(new_for_wipe))
+            })
+            .unwrap();
+        let told = following.call_blocking(|db| db.take_elsewhere()).unwrap();
+        assert!(told.seal_changed, "{told:?}");
+        let new_for_follower = new.clone();
+        following
+            .call_blocking(move |db| {
+                db.set_seal(Some(new_for_follower))?;
+                db.write(|tx| tx.queue(&[edit("integrations.github", json!("ghp_after_wipe"), 10)]))
+            })
+            .unwrap();
+        assert!(
+            !following
+                .call_blocking(|db| db.take_elsewhere())
+                .unwrap()
+                .seal_changed
+        );
+        let seen = wiping
+            .call_blocking(|db| db.read(|v| v.outbox.first().map(|e| e.value.clone())))
+            .unwrap();
+        assert_eq!(
+            seen,
+            Some(json!("ghp_after_wipe")),
+            "sealed with the key both now hold"
+        );
+    }
+
+    #[test]
     fn a_second_edit_of_a_key_replaces_the_first_and_a_set_aside_one() {
         let dir = tempfile::tempdir().unwrap();
         let seal = seal();

@@ -25,6 +25,8 @@ const PREFIX: &str = "lockstep-sealed:v1:";
 #[derive(Clone)]
 pub struct LocalSeal {
     cipher: Aes256Gcm,
+    /// Names the key without revealing it (see [`LocalSeal::fingerprint`]).
+    fingerprint: i64,
 }
 
 impl std::fmt::Debug for LocalSeal {
@@ -35,9 +37,24 @@ impl std::fmt::Debug for LocalSeal {
 
 impl LocalSeal {
     pub fn new(key: &[u8; 32]) -> LocalSeal {
+        use sha2::{Digest as _, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"lockstep local seal fingerprint")
+            .chain_update(key)
+            .finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
         LocalSeal {
             cipher: Aes256Gcm::new(key.into()),
+            fingerprint: i64::from_le_bytes(first),
         }
+    }
+
+    /// A number that names this key (a one-way hash of it): the profile's database records the
+    /// key its values are sealed with, so that a process still holding an older key (the
+    /// profile was wiped and given a new one by another process) notices.
+    pub fn fingerprint(&self) -> i64 {
+        self.fingerprint
     }
 
     /// A fresh random key, base64url (how it is kept in the keychain).
