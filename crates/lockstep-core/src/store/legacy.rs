@@ -1,8 +1,8 @@
-//! Carrying data into a new database: the files of the earlier file store ([`import`]) and
-//! what still reads in a damaged database ([`salvage`]).
+//! Carrying data into a new database: the files of the earlier file store (`import`) and
+//! what still reads in a damaged database (`salvage`).
 //!
 //! The earlier store kept a checksummed journal of edits (`outbox.jsonl`, locked through
-//! `outbox.lock`) and a snapshot of the cache (`cache.json`). [`import`] reads them with that
+//! `outbox.lock`) and a snapshot of the cache (`cache.json`). `import` reads them with that
 //! store's own readers ([`Outbox`], [`SettingsCache`], which repair and set aside what is damaged
 //! as they always did), writes everything into the database in one transaction, and removes the
 //! files only once it committed: a crash before leaves the files, and the import runs again;
@@ -26,7 +26,7 @@ use super::{StoreError, sync_dir};
 /// The mark set in the database once the old files were imported.
 const IMPORTED_MARK: &str = "imported_file_store";
 
-/// What [`import`] carried over.
+/// What the import of the earlier file store carried over.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Imported {
     /// Queued edits imported (one per key: older edits of a key are replaced by its newest, as
