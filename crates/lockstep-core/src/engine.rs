@@ -47,7 +47,7 @@ use crate::{
     keychain::{Keychain, KeychainError},
     plan::{self, PlannedPush},
     session::{SessionError, SessionKeeper},
-    store::{self, HistoryEntry, OutboxEntry, ProfileStore, Refusal, StoreError, Tx, View},
+    store::{HistoryEntry, OutboxEntry, ProfileStore, Refusal, StoreError, Tx, View},
 };
 
 /// Changes read per page when catching up.
@@ -59,6 +59,8 @@ pub struct Profile {
     pub name: String,
     pub dir: PathBuf,
     pub device: DeviceInfo,
+    /// How many versions of each key the local history keeps.
+    pub history_limit: usize,
 }
 
 /// How this device is connected to the server. Serialised in snake case (`step_up_required`)
@@ -277,7 +279,7 @@ impl Engine {
             &profile.dir,
             Some(seal),
             &profile.device.id,
-            store::DEFAULT_HISTORY_LIMIT,
+            profile.history_limit,
         )?;
         let problems = report.problems();
         let counts = store.call_blocking(|db| db.read(Counts::of))?;

@@ -3,7 +3,8 @@
 //!
 //! `<base>/profiles/<name>/profile.json` holds what is not secret: the device's id, name and
 //! platform, and the server it talks to (URL and anon key, which every client of the server
-//! has). It is written atomically. Secrets live in the keychain under `lockstep:<name>`.
+//! has), and optionally `history_versions`, how many versions of each key the local history
+//! keeps (50 when absent). It is written atomically. Secrets live in the keychain under `lockstep:<name>`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::{
     engine::{Engine, EngineError, Profile},
     keychain::Keychain,
     session::{SessionKeeper, system_clock},
-    store::{StoreError, write_atomic},
+    store::{DEFAULT_HISTORY_LIMIT, StoreError, write_atomic},
 };
 
 /// File name of the profile's description.
@@ -30,6 +31,10 @@ pub struct ProfileConfig {
     pub platform: String,
     pub server_url: String,
     pub anon_key: String,
+    /// How many versions of each key the local history keeps (default
+    /// [`DEFAULT_HISTORY_LIMIT`]; at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_versions: Option<usize>,
 }
 
 /// Why a profile could not be opened.
@@ -216,6 +221,7 @@ pub fn open(base: &Path, name: &str, options: OpenOptions) -> Result<Opened, Pro
                 platform: std::env::consts::OS.to_owned(),
                 server_url: server_url.clone(),
                 anon_key: anon_key.clone(),
+                history_versions: None,
             }
         }
     };
@@ -242,6 +248,10 @@ pub fn open(base: &Path, name: &str, options: OpenOptions) -> Result<Opened, Pro
             name: name.to_owned(),
             dir,
             device,
+            history_limit: config
+                .history_versions
+                .unwrap_or(DEFAULT_HISTORY_LIMIT)
+                .max(1),
         },
         session,
         keychain,
@@ -283,5 +293,37 @@ mod tests {
         assert_eq!(again.config.device_id, id, "the device keeps its identity");
         assert_eq!(again.config.device_name, "Work laptop");
         assert_eq!(again.config.server_url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn the_profile_sets_how_many_versions_the_history_keeps() {
+        Keychain::use_mock_store();
+        let base = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            server_url: Some("http://127.0.0.1:9".into()),
+            anon_key: Some("anon".into()),
+            device_name: None,
+        };
+        let first = open(base.path(), "p2", options).unwrap();
+        let dir = first.engine.profile().dir.clone();
+        assert_eq!(first.engine.profile().history_limit, DEFAULT_HISTORY_LIMIT);
+        drop(first);
+        let mut config = ProfileConfig::load(&dir).unwrap().unwrap();
+        config.history_versions = Some(2);
+        config.save(&dir).unwrap();
+
+        let opened = open(base.path(), "p2", OpenOptions::default()).unwrap();
+        for n in 0..4 {
+            opened
+                .engine
+                .set("custom.kept", serde_json::json!(n))
+                .unwrap();
+        }
+        let history = opened.engine.history("custom.kept").unwrap();
+        let values: Vec<_> = history.into_iter().map(|h| h.value).collect();
+        assert_eq!(
+            values,
+            [Some(serde_json::json!(3)), Some(serde_json::json!(2))]
+        );
     }
 }
