@@ -1,37 +1,88 @@
 //! The IPC commands: one per lockstep-core operation, each a few lines that turn arguments
 //! into a core call and its answer into a DTO. They take only `State<Shell>`, so they run
 //! under any Tauri runtime (the mock one in tests).
+//!
+//! The engine's synchronous calls wait for the profile's store thread (a write commits to
+//! SQLite with an fsync; a read queues behind it), so commands make them through
+//! `blocking`, on tokio's blocking pool: no async worker waits on the disk.
 
 use lockstep_core::{
     account::{SignIn, SignOutScope},
+    engine::{Engine, EngineError},
     profile::OpenOptions,
     report::StatusReport,
+    store::{HistoryEntry, HistoryOrigin},
 };
-use lockstep_protocol::{settings, timestamp::rfc3339};
+use lockstep_protocol::{
+    settings,
+    timestamp::{rfc3339, rfc3339_millis},
+};
 use serde_json::Value;
 use tauri::State;
 
 use crate::{
     dto::{
-        AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorCode, ErrorDto, LaunchDto,
-        SetAsideDto, SettingDto, SignInDto,
+        AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorCode, ErrorDto, HistoryDto,
+        LaunchDto, SetAsideDto, SettingDto, SignInDto,
     },
     shell::Shell,
 };
 
 type Answer<T> = Result<T, ErrorDto>;
 
-/// Who wrote a synced value, as the UI shows it.
-fn changed_by(
-    engine: &lockstep_core::engine::Engine,
-    row: &lockstep_protocol::sync::SettingRow,
-) -> String {
-    if row.device_id == engine.profile().device.id {
+/// Runs `call` on the profile's engine on tokio's blocking pool: for the engine's synchronous
+/// methods, which wait for the profile's store thread.
+async fn blocking<T: Send + 'static>(
+    shell: &Shell,
+    call: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Answer<T> {
+    let engine = shell.engine().await?;
+    tauri::async_runtime::spawn_blocking(move || call(&engine))
+        .await
+        .map_err(|error| {
+            ErrorDto::new(
+                ErrorCode::Storage,
+                format!("the profile could not be read or written: {error}"),
+            )
+        })?
+        .map_err(ErrorDto::from)
+}
+
+/// Who wrote a value, as the UI shows it: `this device`, else the device's name (its id when
+/// the server did not say).
+fn written_by(engine: &Engine, device_id: &str, device_name: Option<&str>) -> String {
+    if device_id == engine.profile().device.id {
         "this device".to_owned()
     } else {
-        row.device_name
-            .clone()
-            .unwrap_or_else(|| row.device_id.clone())
+        device_name.unwrap_or(device_id).to_owned()
+    }
+}
+
+/// Who wrote a synced value, as the UI shows it.
+fn changed_by(engine: &Engine, row: &lockstep_protocol::sync::SettingRow) -> String {
+    written_by(engine, &row.device_id, row.device_name.as_deref())
+}
+
+/// A version from the local history, as the UI shows it.
+fn history_dto(engine: &Engine, version: HistoryEntry) -> HistoryDto {
+    let changed_by = match (version.origin, version.device_id.as_deref()) {
+        // Set on this device (by this process or another on the profile).
+        (HistoryOrigin::Here | HistoryOrigin::DeviceOnly, _) => "this device".to_owned(),
+        (HistoryOrigin::Arrived, Some(id)) => {
+            written_by(engine, id, version.device_name.as_deref())
+        }
+        (HistoryOrigin::Arrived, None) => version
+            .device_name
+            .unwrap_or_else(|| "another device".to_owned()),
+    };
+    HistoryDto {
+        version: version.version,
+        value: version.value,
+        origin: version.origin.into(),
+        origin_label: version.origin.label().to_owned(),
+        changed_by,
+        changed_at: rfc3339_millis(version.at_ms),
+        key: version.key,
     }
 }
 
@@ -134,58 +185,62 @@ pub async fn account(shell: State<'_, Shell>) -> Answer<AccountDto> {
 /// Every known setting and every set one, with its effective value and provenance.
 #[tauri::command]
 pub async fn settings(shell: State<'_, Shell>) -> Answer<Vec<SettingDto>> {
-    let engine = shell.engine().await?;
-    let all = engine.all();
-    Ok(all
-        .into_iter()
-        .map(|(key, value)| {
-            let row = engine.row(&key);
-            SettingDto {
-                label: settings::label(&key),
-                description: settings::spec(&key)
-                    .map(|spec| spec.description.to_owned())
-                    .unwrap_or_default(),
-                device_only: engine.is_device_only(&key),
-                sensitive: settings::is_sensitive(&key),
-                changed_by: row.as_ref().map(|r| changed_by(&engine, r)),
-                changed_at: row.as_ref().map(|r| rfc3339(r.updated_at)),
-                pending: engine.is_pending(&key),
-                value: Some(value),
-                key,
-            }
-        })
-        .collect())
+    blocking(&shell, |engine| {
+        let all = engine.all();
+        Ok(all
+            .into_iter()
+            .map(|(key, value)| {
+                let row = engine.row(&key);
+                SettingDto {
+                    label: settings::label(&key),
+                    description: settings::spec(&key)
+                        .map(|spec| spec.description.to_owned())
+                        .unwrap_or_default(),
+                    device_only: engine.is_device_only(&key),
+                    sensitive: settings::is_sensitive(&key),
+                    changed_by: row.as_ref().map(|r| changed_by(engine, r)),
+                    changed_at: row.as_ref().map(|r| rfc3339(r.updated_at)),
+                    pending: engine.is_pending(&key),
+                    value: Some(value),
+                    key,
+                }
+            })
+            .collect())
+    })
+    .await
 }
 
 /// The edits the server refused for good.
 #[tauri::command]
 pub async fn set_aside(shell: State<'_, Shell>) -> Answer<Vec<SetAsideDto>> {
-    let engine = shell.engine().await?;
-    Ok(engine.set_aside().iter().map(SetAsideDto::from).collect())
+    blocking(&shell, |engine| {
+        Ok(engine.set_aside().iter().map(SetAsideDto::from).collect())
+    })
+    .await
 }
 
 /// Sends the refused edit of `key` (all when `None`) again; answers how many.
 #[tauri::command]
 pub async fn retry_set_aside(shell: State<'_, Shell>, key: Option<String>) -> Answer<u32> {
-    let released = shell.engine().await?.retry_set_aside(key.as_deref())?;
+    let released = blocking(&shell, move |engine| engine.retry_set_aside(key.as_deref())).await?;
     Ok(u32::try_from(released).unwrap_or(u32::MAX))
 }
 
 /// Gives up on the refused edit of `key` (all when `None`); answers how many.
 #[tauri::command]
 pub async fn drop_set_aside(shell: State<'_, Shell>, key: Option<String>) -> Answer<u32> {
-    let dropped = shell.engine().await?.drop_set_aside(key.as_deref())?;
+    let dropped = blocking(&shell, move |engine| engine.drop_set_aside(key.as_deref())).await?;
     Ok(u32::try_from(dropped).unwrap_or(u32::MAX))
 }
 
 #[tauri::command]
 pub async fn set_setting(shell: State<'_, Shell>, key: String, value: Value) -> Answer<()> {
-    Ok(shell.engine().await?.set(&key, value)?)
+    blocking(&shell, move |engine| engine.set(&key, value)).await
 }
 
 #[tauri::command]
 pub async fn reset_setting(shell: State<'_, Shell>, key: String) -> Answer<()> {
-    Ok(shell.engine().await?.reset(&key)?)
+    blocking(&shell, move |engine| engine.reset(&key)).await
 }
 
 #[tauri::command]
@@ -194,7 +249,38 @@ pub async fn set_device_only(
     key: String,
     device_only: bool,
 ) -> Answer<()> {
-    Ok(shell.engine().await?.set_device_only(&key, device_only)?)
+    blocking(&shell, move |engine| {
+        engine.set_device_only(&key, device_only)
+    })
+    .await
+}
+
+/// The values `key` had on this device, newest first: the first is its current value.
+#[tauri::command]
+pub async fn setting_history(shell: State<'_, Shell>, key: String) -> Answer<Vec<HistoryDto>> {
+    blocking(&shell, move |engine| {
+        let versions = engine.history(&key)?;
+        Ok(versions
+            .into_iter()
+            .map(|version| history_dto(engine, version))
+            .collect())
+    })
+    .await
+}
+
+/// Sets `key` back to its value at history `version` (when `None`, the one before the
+/// current), as a new edit that syncs; answers the version restored.
+#[tauri::command]
+pub async fn restore_setting(
+    shell: State<'_, Shell>,
+    key: String,
+    version: Option<i64>,
+) -> Answer<HistoryDto> {
+    blocking(&shell, move |engine| {
+        let restored = engine.restore(&key, version)?;
+        Ok(history_dto(engine, restored))
+    })
+    .await
 }
 
 #[tauri::command]

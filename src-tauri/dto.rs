@@ -5,7 +5,7 @@
 //! Errors cross as `{code, message}` with `code` from [`ErrorCode`]: the UI never matches
 //! message strings.
 
-use lockstep_core::{engine::EngineError, profile::ProfileError};
+use lockstep_core::{engine::EngineError, profile::ProfileError, store::HistoryOrigin};
 use lockstep_protocol::settings;
 use serde::Serialize;
 use serde_json::Value;
@@ -205,5 +205,47 @@ dto! {
         /// RFC 3339.
         pub created_at: String,
         pub details: Value,
+    }
+}
+
+dto! {
+    /// Where a version in a setting's local history came from.
+    #[serde(rename_all = "snake_case")]
+    pub enum HistoryOriginDto {
+        /// Set on this device (in this window, or by another Lockstep process on the profile).
+        Here,
+        /// Arrived from another device.
+        Arrived,
+        /// A device-only value, set here and never synced.
+        DeviceOnly,
+    }
+}
+
+impl From<HistoryOrigin> for HistoryOriginDto {
+    fn from(origin: HistoryOrigin) -> HistoryOriginDto {
+        match origin {
+            HistoryOrigin::Here => HistoryOriginDto::Here,
+            HistoryOrigin::Arrived => HistoryOriginDto::Arrived,
+            HistoryOrigin::DeviceOnly => HistoryOriginDto::DeviceOnly,
+        }
+    }
+}
+
+dto! {
+    /// One value a setting had on this device, from its local history.
+    pub struct HistoryDto {
+        /// The version's number: stable, what `restore_setting` takes.
+        #[ts(type = "number")]
+        pub version: i64,
+        pub key: String,
+        /// As shown (sensitive values redacted); `null` for a reset to the default.
+        pub value: Option<Value>,
+        pub origin: HistoryOriginDto,
+        /// The origin as people read it: `set here`, `arrived`, `this device only`.
+        pub origin_label: String,
+        /// Who wrote it: `this device`, or the other device's name.
+        pub changed_by: String,
+        /// When this device took it in (RFC 3339).
+        pub changed_at: String,
     }
 }

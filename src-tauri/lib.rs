@@ -49,6 +49,8 @@ macro_rules! handler {
             $crate::commands::drop_set_aside,
             $crate::commands::reset_setting,
             $crate::commands::set_device_only,
+            $crate::commands::setting_history,
+            $crate::commands::restore_setting,
             $crate::commands::enroll_totp,
             $crate::commands::confirm_enrollment,
             $crate::commands::disable_mfa,
@@ -66,7 +68,7 @@ macro_rules! handler {
 
 /// Where engine events go in the running app: the window, the tray, notifications.
 fn sink<R: Runtime>(app: tauri::AppHandle<R>) -> shell::Sink {
-    Arc::new(move |engine: &Engine, event: &EngineEvent| {
+    Arc::new(move |engine: &Arc<Engine>, event: &EngineEvent| {
         let report = EventReport::from(event);
         if let Err(error) = app.emit(EVENT, &report) {
             tracing::warn!(%error, "could not send an event to the window");
@@ -74,9 +76,15 @@ fn sink<R: Runtime>(app: tauri::AppHandle<R>) -> shell::Sink {
         if let EventReport::Status(status) = &report {
             tray::show_status(&app, status);
         }
-        let prefs = notify::Preferences::read(|key| engine.value(key));
-        if let Some(note) = notify::notification_for(event, prefs) {
-            notify::show(note);
+        if notify::may_notify(event) {
+            // Reading the preferences waits for the profile's store thread: not on this task.
+            let (engine, event) = (engine.clone(), event.clone());
+            tauri::async_runtime::spawn_blocking(move || {
+                let prefs = notify::Preferences::read(|key| engine.value(key));
+                if let Some(note) = notify::notification_for(&event, prefs) {
+                    notify::show(note);
+                }
+            });
         }
     })
 }

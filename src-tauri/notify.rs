@@ -61,6 +61,17 @@ pub fn spoken(key: &str, value: Option<&Value>) -> String {
     }
 }
 
+/// Whether `event` deserves a notification under some preferences (a status change never
+/// does): only then are the preferences read.
+pub fn may_notify(event: &EngineEvent) -> bool {
+    let all_on = Preferences {
+        desktop: true,
+        remote_changes: true,
+        security_events: true,
+    };
+    notification_for(event, all_on).is_some()
+}
+
 /// The notification an event deserves under `prefs`, if any.
 pub fn notification_for(event: &EngineEvent, prefs: Preferences) -> Option<Note> {
     if !prefs.desktop {
@@ -212,6 +223,23 @@ mod tests {
             notification_for(&change, ALL_ON).unwrap().body,
             "API key for github changed on Desk"
         );
+    }
+
+    #[test]
+    fn only_events_that_can_notify_have_the_preferences_read() {
+        use lockstep_core::engine::{Connection, SyncStatus};
+        assert!(may_notify(&theme_change()));
+        assert!(may_notify(&EngineEvent::Security(
+            SecurityEvent::SignedOut { by: None }
+        )));
+        let status = EngineEvent::Status(SyncStatus {
+            connection: Connection::Shared,
+            pending: 0,
+            set_aside: 0,
+            last_synced_ms: None,
+        });
+        assert!(!may_notify(&status));
+        assert!(!may_notify(&EngineEvent::Problem("a repaired file".into())));
     }
 
     #[test]

@@ -67,8 +67,10 @@ where
     DesktopArgs::parse_from(ours).profile
 }
 
-/// Where engine events go, installed by the app at start (tests install their own).
-pub type Sink = Arc<dyn Fn(&Engine, &EngineEvent) + Send + Sync>;
+/// Where engine events go, installed by the app at start (tests install their own). Called on
+/// an async task, in the order the events came: it must not wait (read the engine on a
+/// blocking thread, as the app's notifications do).
+pub type Sink = Arc<dyn Fn(&Arc<Engine>, &EngineEvent) + Send + Sync>;
 
 struct Running {
     engine: Arc<Engine>,
@@ -127,7 +129,17 @@ impl Shell {
             return Ok(());
         }
         *running = None;
-        let opened = profile::open(&self.launch.base_dir(), &self.launch.name, options)?;
+        // Opening reads and writes the profile's files and database: not on an async worker.
+        let (base, name) = (self.launch.base_dir(), self.launch.name.clone());
+        let opened =
+            tauri::async_runtime::spawn_blocking(move || profile::open(&base, &name, options))
+                .await
+                .map_err(|error| {
+                    ErrorDto::new(
+                        ErrorCode::Storage,
+                        format!("the profile could not be opened: {error}"),
+                    )
+                })??;
         self.problems
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -141,6 +141,10 @@ mod tests {
         };
         assert_eq!(tooltip(&status(Connection::Live, 0, 0)), "Lockstep: Live");
         assert_eq!(
+            tooltip(&status(Connection::Shared, 0, 0)),
+            "Lockstep: Shared"
+        );
+        assert_eq!(
             tooltip(&status(Connection::StepUpRequired, 0, 0)),
             "Lockstep: Code needed"
         );

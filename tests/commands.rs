@@ -289,3 +289,192 @@ fn two_theme_changes_while_offline_reach_the_other_instance_once_online() {
         e["event"] == "remote_change" && e["key"] == "notifications.desktop"
     });
 }
+
+/// The local history through the commands: two values set here and one from the other instance,
+/// newest first with where each came from; a restore of the oldest shows at once, syncs to the
+/// other instance, and becomes the newest version.
+#[test]
+fn a_setting_history_lists_its_versions_and_a_restore_syncs() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let a_profile = unique("hist-a");
+    let a = Instance::start(base.path(), &a_profile);
+    let b = Instance::start(base.path(), &unique("hist-b"));
+    a.ok("launch", json!({}));
+    b.ok("launch", json!({}));
+    let (url, anon) = (cloud.server.url.clone(), cloud.server.anon_key.clone());
+    a.ok(
+        "connect",
+        json!({"serverUrl": url, "anonKey": anon, "deviceName": "Work laptop"}),
+    );
+    b.ok(
+        "connect",
+        json!({"serverUrl": url, "anonKey": anon, "deviceName": "Home desktop"}),
+    );
+    let credentials = json!({"email": "history@example.com", "password": "Correct horse 42"});
+    a.ok("sign_up", credentials.clone());
+    b.ok("sign_in", credentials);
+    for instance in [&a, &b] {
+        instance.wait_event("live", |e| {
+            e["event"] == "status" && e["connection"] == "live"
+        });
+    }
+
+    // Nothing yet; a key outside the schema is refused.
+    assert_eq!(
+        a.ok("setting_history", json!({"key": "appearance.theme"})),
+        json!([])
+    );
+    let unknown = a
+        .call("setting_history", json!({"key": "appearance.nope"}))
+        .unwrap_err();
+    assert_eq!(unknown["code"], "invalid", "{unknown}");
+
+    // Two values set on A, then one set on B.
+    for theme in ["dark", "light"] {
+        a.ok(
+            "set_setting",
+            json!({"key": "appearance.theme", "value": theme}),
+        );
+    }
+    b.wait_event("light from A", |e| {
+        e["event"] == "remote_change" && e["key"] == "appearance.theme" && e["new"] == "light"
+    });
+    b.ok(
+        "set_setting",
+        json!({"key": "appearance.theme", "value": "system"}),
+    );
+    a.wait_event("system from B", |e| {
+        e["event"] == "remote_change"
+            && e["key"] == "appearance.theme"
+            && e["new"] == "system"
+            && e["device_name"] == "Home desktop"
+    });
+
+    let history = a.ok("setting_history", json!({"key": "appearance.theme"}));
+    let versions = history.as_array().unwrap();
+    let shown: Vec<(&Value, &Value, &Value, &Value)> = versions
+        .iter()
+        .map(|v| {
+            (
+                &v["value"],
+                &v["origin"],
+                &v["origin_label"],
+                &v["changed_by"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                &json!("system"),
+                &json!("arrived"),
+                &json!("arrived"),
+                &json!("Home desktop")
+            ),
+            (
+                &json!("light"),
+                &json!("here"),
+                &json!("set here"),
+                &json!("this device")
+            ),
+            (
+                &json!("dark"),
+                &json!("here"),
+                &json!("set here"),
+                &json!("this device")
+            ),
+        ],
+        "newest first: {history}"
+    );
+    let numbers: Vec<i64> = versions
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[0] > w[1]), "{numbers:?}");
+    for version in versions {
+        assert_eq!(version["key"], "appearance.theme");
+        let at = version["changed_at"].as_str().unwrap();
+        assert!(
+            lockstep_protocol::timestamp::parse_rfc3339(at).is_some(),
+            "{at} is not RFC 3339"
+        );
+    }
+    // B's own newest version is its own.
+    let on_b = b.ok("setting_history", json!({"key": "appearance.theme"}));
+    assert_eq!(on_b[0]["value"], "system", "{on_b}");
+    assert_eq!(on_b[0]["changed_by"], "this device", "{on_b}");
+    assert_eq!(on_b[1]["value"], "light", "{on_b}");
+    assert_eq!(on_b[1]["changed_by"], "Work laptop", "{on_b}");
+
+    // A restores the oldest version: shown at once, the newest version now, and synced to B.
+    // (B may have seen A's first `dark` already: only what arrives from now on counts.)
+    b.events.lock().unwrap().clear();
+    let oldest = numbers[2];
+    let restored = a.ok(
+        "restore_setting",
+        json!({"key": "appearance.theme", "version": oldest}),
+    );
+    assert_eq!(restored["version"], oldest, "{restored}");
+    assert_eq!(restored["value"], "dark", "{restored}");
+    let theme = a.setting("appearance.theme");
+    assert_eq!(theme["value"], "dark");
+    assert_eq!(theme["changed_by"], "this device");
+    let after = a.ok("setting_history", json!({"key": "appearance.theme"}));
+    assert_eq!(after.as_array().unwrap().len(), 4, "{after}");
+    assert_eq!(after[0]["value"], "dark", "{after}");
+    assert_eq!(after[0]["origin"], "here", "{after}");
+    assert!(
+        after[0]["version"].as_i64().unwrap() > numbers[0],
+        "{after}"
+    );
+    b.wait_event("the restored theme", |e| {
+        e["event"] == "remote_change"
+            && e["key"] == "appearance.theme"
+            && e["new"] == "dark"
+            && e["device_name"] == "Work laptop"
+    });
+    assert_eq!(b.setting("appearance.theme")["value"], "dark");
+
+    // Without a version: the one before the current. An unknown version is refused.
+    let previous = a.ok(
+        "restore_setting",
+        json!({"key": "appearance.theme", "version": null}),
+    );
+    assert_eq!(previous["value"], "system", "{previous}");
+    assert_eq!(a.setting("appearance.theme")["value"], "system");
+    let missing = a
+        .call(
+            "restore_setting",
+            json!({"key": "appearance.theme", "version": numbers[0] + 1_000_000}),
+        )
+        .unwrap_err();
+    assert_eq!(missing["code"], "invalid", "{missing}");
+
+    // API keys stay masked in the history.
+    for secret in ["ghp_history_one", "ghp_history_two"] {
+        a.ok(
+            "set_setting",
+            json!({"key": "integrations.github", "value": secret}),
+        );
+    }
+    let secrets = a.ok("setting_history", json!({"key": "integrations.github"}));
+    assert_eq!(secrets.as_array().unwrap().len(), 2, "{secrets}");
+    assert!(!secrets.to_string().contains("ghp_history"), "{secrets}");
+
+    // A second window on A's profile follows A's connection ("shared"), and shows the same
+    // history, A's versions as this device's.
+    let again = Instance::start(base.path(), &a_profile);
+    assert_eq!(again.ok("launch", json!({}))["connected"], true);
+    again.wait_event("the shared connection", |e| {
+        e["event"] == "status" && e["connection"] == "shared" && e["label"] == "Shared"
+    });
+    assert_eq!(again.ok("status", json!({}))["connection"], "shared");
+    let shared = again.ok("setting_history", json!({"key": "appearance.theme"}));
+    assert_eq!(
+        shared,
+        a.ok("setting_history", json!({"key": "appearance.theme"}))
+    );
+    assert_eq!(shared[0]["changed_by"], "this device", "{shared}");
+}

@@ -373,6 +373,54 @@ async fn two_devices_in_real_windows() {
     b.shot("05-b-dark").await;
     wait_notification(&notify_log, "Theme set to Dark on Work laptop");
 
+    // A's theme history: A sets light, opens the history (light on top, then dark) and restores
+    // dark. A's window shows dark again with the restore as the newest version, and B follows.
+    a.click(r#"[id="setting-appearance.theme"] option[value="light"]"#)
+        .await;
+    b.until(
+        "document.documentElement.dataset.theme === 'light'",
+        "light",
+    )
+    .await;
+    a.click(r#"[id="history-appearance.theme"]"#).await;
+    let list = r#"[id="history-list-appearance.theme"]"#;
+    a.until(
+        &format!("document.querySelectorAll('{list} li').length >= 2"),
+        "the theme's versions listed",
+    )
+    .await;
+    assert_eq!(
+        a.text(&format!("{list} li:nth-child(1) code")).await,
+        "light"
+    );
+    assert_eq!(
+        a.text(&format!("{list} li:nth-child(2) code")).await,
+        "dark"
+    );
+    a.wait(&format!("{list} li:nth-child(1) .pill")).await;
+    a.shot("05a-a-history").await;
+    a.click(&format!("{list} li:nth-child(2) button[data-restore]"))
+        .await;
+    a.until(
+        "document.getElementById('setting-appearance.theme').value === 'dark'",
+        "the theme restored to dark",
+    )
+    .await;
+    a.until(
+        &format!(
+            "document.querySelector('{list} li:nth-child(1) code')?.textContent === 'dark' \
+             && document.querySelector('{list} li:nth-child(2) code')?.textContent === 'light'"
+        ),
+        "the restore on top of the history",
+    )
+    .await;
+    b.until(
+        "document.documentElement.dataset.theme === 'dark'",
+        "dark again",
+    )
+    .await;
+    a.shot("05b-a-restored").await;
+
     // A turns two-factor authentication on with a code from the shown secret.
     a.click("#tab-security").await;
     a.click("#enable-mfa").await;
@@ -399,6 +447,33 @@ async fn two_devices_in_real_windows() {
     b.shot("09-b-revoked").await;
     a.shot("10-a-devices").await;
 
-    a.client.close().await.unwrap();
     b.client.close().await.unwrap();
+
+    // A second window on A's profile (where B was on the display) follows A's connection: its
+    // status says that another Lockstep window or `lockstep watch` holds it.
+    {
+        let again = Instance::start(
+            "A again",
+            1100,
+            &format!("e2e-a-{suffix}"),
+            "Work laptop",
+            &cloud,
+            home.path(),
+        )
+        .await;
+        again
+            .until(
+                "document.getElementById('connection')?.textContent === 'Shared'",
+                "shared",
+            )
+            .await;
+        let note = again.text("#connection-note").await;
+        assert!(
+            note.contains("Another Lockstep window or \"lockstep watch\""),
+            "{note}"
+        );
+        again.shot("11-a-again-shared").await;
+        again.client.close().await.unwrap();
+    }
+    a.client.close().await.unwrap();
 }

@@ -8,13 +8,14 @@ import type { DeviceDto } from "./bindings/DeviceDto";
 import type { EnrollmentDto } from "./bindings/EnrollmentDto";
 import type { ErrorDto } from "./bindings/ErrorDto";
 import type { EventReport } from "./bindings/EventReport";
+import type { HistoryDto } from "./bindings/HistoryDto";
 import type { LaunchDto } from "./bindings/LaunchDto";
 import type { SetAsideDto } from "./bindings/SetAsideDto";
 import type { SettingDto } from "./bindings/SettingDto";
 import type { SignInDto } from "./bindings/SignInDto";
 import type { StatusReport } from "./bindings/StatusReport";
 
-export type { AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorDto, EventReport, LaunchDto, SetAsideDto, SettingDto, StatusReport };
+export type { AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorDto, EventReport, HistoryDto, LaunchDto, SetAsideDto, SettingDto, StatusReport };
 
 interface TauriGlobal {
   core: { invoke<T>(cmd: string, args?: Record<string, unknown>): Promise<T> };
@@ -53,6 +54,10 @@ export const api = {
   retrySetAside: (key: string | null) => invoke<number>("retry_set_aside", { key }),
   dropSetAside: (key: string | null) => invoke<number>("drop_set_aside", { key }),
   setDeviceOnly: (key: string, deviceOnly: boolean) => invoke<null>("set_device_only", { key, deviceOnly }),
+  /** The values `key` had on this device, newest first (the first is the current one). */
+  settingHistory: (key: string) => invoke<HistoryDto[]>("setting_history", { key }),
+  /** Sets `key` back to history `version` (`null`: the one before the current), as a new edit. */
+  restoreSetting: (key: string, version: number | null) => invoke<HistoryDto>("restore_setting", { key, version }),
   enrollTotp: (friendlyName: string) => invoke<EnrollmentDto>("enroll_totp", { friendlyName }),
   confirmEnrollment: (code: string) => invoke<string[]>("confirm_enrollment", { code }),
   disableMfa: (code: string) => invoke<null>("disable_mfa", { code }),

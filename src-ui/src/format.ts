@@ -1,7 +1,10 @@
 // View logic with no DOM and no IPC, so it is unit-tested with `node --test`.
 
+import type { Connection } from "./bindings/Connection";
 import type { EventReport } from "./bindings/EventReport";
+import type { HistoryDto } from "./bindings/HistoryDto";
 import type { SecurityEvent } from "./bindings/SecurityEvent";
+import type { JsonValue } from "./bindings/serde_json/JsonValue";
 
 /** "3 min ago", "just now", "2 h ago", or a date. */
 export function ago(thenMs: number | null, nowMs: number): string {
@@ -40,6 +43,46 @@ export function move(layout: Widget[], index: number, delta: number): Widget[] {
 /** The layout with widget `index` shown or hidden. */
 export function toggle(layout: Widget[], index: number): Widget[] {
   return layout.map((w, i) => (i === index ? { ...w, visible: !w.visible } : w));
+}
+
+/** What the connection state means, for the status line; empty where its label says it all. */
+export function connectionNote(connection: Connection): string {
+  switch (connection) {
+    case "shared":
+      return "Another Lockstep window or \"lockstep watch\" holds this profile's connection; this window follows it";
+    case "polling":
+      return "No live connection: checking for changes regularly";
+    case "offline":
+      return "The server cannot be reached: your changes wait on this device";
+    case "paused":
+      return "Your changes wait on this device until you resume sync";
+    case "connecting":
+    case "live":
+    case "step_up_required":
+    case "signed_out":
+      return "";
+  }
+}
+
+/** A value from a setting's history as the list shows it: `(default)` for a reset. */
+export function historyValue(value: JsonValue | null): string {
+  if (value === null) return "(default)";
+  if (value === true) return "on";
+  if (value === false) return "off";
+  if (typeof value === "string") return value;
+  return JSON.stringify(value);
+}
+
+/** Where a version came from and when: "set here · 3 min ago", "arrived from Work laptop · just now". */
+export function historyNote(version: HistoryDto, nowMs: number): string {
+  const when = ago(Date.parse(version.changed_at), nowMs);
+  switch (version.origin) {
+    case "arrived":
+      return `${version.origin_label} from ${version.changed_by} · ${when}`;
+    case "here":
+    case "device_only":
+      return `${version.origin_label} · ${when}`;
+  }
 }
 
 /** The theme to apply: `light` or `dark` (a `system` choice follows the OS). */

@@ -2,8 +2,8 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 
-import { api, isError, onEvent, uiState, type AccountDto, type EventReport, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
-import { ago, describe, effectiveTheme, mask, move, toggle, type Widget } from "./format.js";
+import { api, isError, onEvent, uiState, type AccountDto, type EventReport, type HistoryDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
+import { ago, connectionNote, describe, effectiveTheme, historyNote, historyValue, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
 type Attrs = Record<string, string | boolean | ((e: Event) => void)>;
@@ -34,6 +34,8 @@ const state = {
   recoveryCodes: null as string[] | null,
   /** The device being renamed (its id), if any. */
   renaming: null as string | null,
+  /** The setting whose history is open (one at a time), and its versions, newest first. */
+  history: null as { key: string; versions: HistoryDto[] } | null,
 };
 
 const root = () => document.getElementById("app") as HTMLElement;
@@ -168,8 +170,40 @@ async function refresh(): Promise<void> {
       state.status = await api.status();
     } else throw e;
   }
+  await loadHistory();
   applyTheme();
   render();
+}
+
+/** Reads the open history again (after an edit here or a change elsewhere). */
+async function loadHistory(): Promise<void> {
+  const open = state.history;
+  if (!open) return;
+  try {
+    const versions = await api.settingHistory(open.key);
+    if (state.history?.key === open.key) state.history = { key: open.key, versions };
+  } catch (e) {
+    toast(message(e));
+    if (state.history?.key === open.key) state.history = null;
+  }
+}
+
+/** Opens the history of `key` (closing any other), or closes it if open. */
+async function toggleHistory(key: string): Promise<void> {
+  state.history = state.history?.key === key ? null : { key, versions: [] };
+  await loadHistory();
+  render();
+}
+
+/** Sets a setting back to a version from its history: a new edit, which syncs. */
+async function restoreVersion(s: SettingDto, version: HistoryDto): Promise<void> {
+  try {
+    const restored = await api.restoreSetting(s.key, version.version);
+    toast(`${s.label} is back to ${historyValue(restored.value)}`);
+  } catch (e) {
+    toast(message(e));
+  }
+  await refresh();
 }
 
 async function enterMain(): Promise<void> {
@@ -182,12 +216,16 @@ async function enterMain(): Promise<void> {
 function header(): HTMLElement {
   const s = state.status;
   const paused = s?.connection === "paused";
+  // Another Lockstep process on this profile syncs it; this window follows what it writes.
+  const shared = s?.connection === "shared";
+  const note = s ? connectionNote(s.connection) : "";
   return h("header", {},
     h("strong", { class: "brand" }, "Lockstep"),
-    h("span", { class: `pill ${s?.live ? "live" : ""}`, id: "connection", "aria-live": "polite" }, s?.label ?? "…"),
+    h("span", { class: `pill ${s?.live ? "live" : shared ? "shared" : ""}`, id: "connection", "aria-live": "polite", title: note }, s?.label ?? "…"),
+    note ? h("span", { id: "connection-note", class: "muted" }, note) : null,
     h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"),
     h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`),
-    h("button", { onclick: () => void api.syncNow() }, "Sync now"),
+    h("button", { onclick: () => void api.syncNow(), disabled: shared, title: shared ? "The other Lockstep process syncs this profile" : "" }, "Sync now"),
     h("button", { onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"),
   );
 }
@@ -257,7 +295,24 @@ function settingRow(s: SettingDto): HTMLElement {
   } else {
     control = h("code", { id }, JSON.stringify(s.value));
   }
-  return h("div", { class: "setting" }, h("label", { for: id, title: s.description }, s.label), control, deviceOnlyToggle(s), provenance(s));
+  const versions = state.history?.key === s.key ? state.history.versions : null;
+  const historyButton = h("button", { id: `history-${s.key}`, "aria-expanded": String(versions !== null), "aria-controls": `history-list-${s.key}`, onclick: () => void toggleHistory(s.key) }, versions ? "Hide history" : "History");
+  return h("div", { class: "setting" }, h("label", { for: id, title: s.description }, s.label), control, deviceOnlyToggle(s), provenance(s), historyButton, versions ? historyList(s, versions) : null);
+}
+
+/** The values a setting had on this device, newest (current) first, each but the current with
+ * a way back to it. */
+function historyList(s: SettingDto, versions: HistoryDto[]): HTMLElement {
+  const id = `history-list-${s.key}`;
+  if (versions.length === 0) return h("p", { id, class: "history muted" }, "No changes on this device yet");
+  const now = Date.now();
+  return h("ol", { id, class: "history", "aria-label": `History of ${s.label}` },
+    ...versions.map((v, i) => h("li", { "data-version": String(v.version) },
+      h("code", {}, historyValue(v.value)),
+      h("small", { class: "muted", title: new Date(v.changed_at).toLocaleString() }, historyNote(v, now)),
+      i === 0
+        ? h("span", { class: "pill" }, "Current")
+        : h("button", { "data-restore": String(v.version), "aria-label": `Restore ${s.label} to ${historyValue(v.value)}`, onclick: () => void restoreVersion(s, v) }, "Restore"))));
 }
 
 function layoutEditor(s: SettingDto): HTMLElement {

@@ -1,7 +1,7 @@
 // Unit tests of the window's view logic (compiled by `npm test` first).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ago, describe, effectiveTheme, mask, move, toggle } from "../dist/js/format.js";
+import { ago, connectionNote, describe, effectiveTheme, historyNote, historyValue, mask, move, toggle } from "../dist/js/format.js";
 
 test("times read as people say them", () => {
   const now = 1_000_000_000;
@@ -67,4 +67,35 @@ test("a refused edit says what was refused, why, and that the rest syncs", () =>
   assert.match(text, /Theme/);
   assert.match(text, /too far ahead/);
   assert.match(text, /rest keeps syncing/);
+});
+
+test("a shared connection says who holds it; plain states need no note", () => {
+  assert.match(connectionNote("shared"), /Another Lockstep window or "lockstep watch" holds/);
+  assert.match(connectionNote("offline"), /cannot be reached/);
+  assert.equal(connectionNote("live"), "");
+  assert.equal(connectionNote("signed_out"), "");
+});
+
+test("history values read as people say them, a reset as the default", () => {
+  assert.equal(historyValue(null), "(default)");
+  assert.equal(historyValue("dark"), "dark");
+  assert.equal(historyValue(true), "on");
+  assert.equal(historyValue(false), "off");
+  assert.equal(historyValue(15), "15");
+  assert.equal(historyValue("••••••"), "••••••");
+  assert.equal(historyValue([{ widget: "devices", visible: true }]), '[{"widget":"devices","visible":true}]');
+});
+
+test("a version says where it came from and when", () => {
+  const now = Date.parse("2026-03-01T12:00:00Z");
+  const version = { version: 7, key: "appearance.theme", value: "dark", changed_at: "2026-03-01T11:57:00Z" };
+  assert.equal(
+    historyNote({ ...version, origin: "arrived", origin_label: "arrived", changed_by: "Work laptop" }, now),
+    "arrived from Work laptop · 3 min ago",
+  );
+  assert.equal(historyNote({ ...version, origin: "here", origin_label: "set here", changed_by: "this device" }, now), "set here · 3 min ago");
+  assert.equal(
+    historyNote({ ...version, origin: "device_only", origin_label: "this device only", changed_by: "this device" }, now),
+    "this device only · 3 min ago",
+  );
 });

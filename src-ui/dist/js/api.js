@@ -24,6 +24,10 @@ export const api = {
     retrySetAside: (key) => invoke("retry_set_aside", { key }),
     dropSetAside: (key) => invoke("drop_set_aside", { key }),
     setDeviceOnly: (key, deviceOnly) => invoke("set_device_only", { key, deviceOnly }),
+    /** The values `key` had on this device, newest first (the first is the current one). */
+    settingHistory: (key) => invoke("setting_history", { key }),
+    /** Sets `key` back to history `version` (`null`: the one before the current), as a new edit. */
+    restoreSetting: (key, version) => invoke("restore_setting", { key, version }),
     enrollTotp: (friendlyName) => invoke("enroll_totp", { friendlyName }),
     confirmEnrollment: (code) => invoke("confirm_enrollment", { code }),
     disableMfa: (code) => invoke("disable_mfa", { code }),

@@ -35,6 +35,47 @@ export function move(layout, index, delta) {
 export function toggle(layout, index) {
     return layout.map((w, i) => (i === index ? { ...w, visible: !w.visible } : w));
 }
+/** What the connection state means, for the status line; empty where its label says it all. */
+export function connectionNote(connection) {
+    switch (connection) {
+        case "shared":
+            return "Another Lockstep window or \"lockstep watch\" holds this profile's connection; this window follows it";
+        case "polling":
+            return "No live connection: checking for changes regularly";
+        case "offline":
+            return "The server cannot be reached: your changes wait on this device";
+        case "paused":
+            return "Your changes wait on this device until you resume sync";
+        case "connecting":
+        case "live":
+        case "step_up_required":
+        case "signed_out":
+            return "";
+    }
+}
+/** A value from a setting's history as the list shows it: `(default)` for a reset. */
+export function historyValue(value) {
+    if (value === null)
+        return "(default)";
+    if (value === true)
+        return "on";
+    if (value === false)
+        return "off";
+    if (typeof value === "string")
+        return value;
+    return JSON.stringify(value);
+}
+/** Where a version came from and when: "set here · 3 min ago", "arrived from Work laptop · just now". */
+export function historyNote(version, nowMs) {
+    const when = ago(Date.parse(version.changed_at), nowMs);
+    switch (version.origin) {
+        case "arrived":
+            return `${version.origin_label} from ${version.changed_by} · ${when}`;
+        case "here":
+        case "device_only":
+            return `${version.origin_label} · ${when}`;
+    }
+}
 /** The theme to apply: `light` or `dark` (a `system` choice follows the OS). */
 export function effectiveTheme(choice, systemDark) {
     if (choice === "light" || choice === "dark")
