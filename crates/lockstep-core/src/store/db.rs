@@ -515,9 +515,45 @@ fn encode_value(seal: Option<&LocalSeal>, key: &str, value: &Value) -> String {
 }
 
 /// The value of `key` stored as `text`, if it reads (and opens).
-fn decode_value(seal: Option<&LocalSeal>, key: &str, text: &str) -> Option<Value> {
+pub(crate) fn decode_value(seal: Option<&LocalSeal>, key: &str, text: &str) -> Option<Value> {
     let stored: Value = serde_json::from_str(text).ok()?;
     open_value(seal, key, stored)
+}
+
+/// The outbox, oldest first, in the columns [`outbox_entry`] reads.
+pub(crate) const OUTBOX_QUERY: &str = "SELECT key, id, value, hlc, deleted, recorded_at_ms,
+    refusal_reason, refusal_code, refused_at_ms FROM outbox ORDER BY position";
+
+/// The queued edit in a row of [`OUTBOX_QUERY`], or its key when its value or stamp does not
+/// read (a value sealed with a key the keychain no longer has).
+pub(crate) fn outbox_entry(
+    r: &rusqlite::Row<'_>,
+    seal: Option<&LocalSeal>,
+) -> rusqlite::Result<Result<OutboxEntry, String>> {
+    let key: String = r.get(0)?;
+    let text: String = r.get(2)?;
+    let hlc: String = r.get(3)?;
+    let (Some(value), Ok(hlc)) = (decode_value(seal, &key, &text), hlc.parse::<Hlc>()) else {
+        return Ok(Err(key));
+    };
+    let reason: Option<String> = r.get(6)?;
+    let set_aside = match reason {
+        Some(reason) => Some(Refusal {
+            reason,
+            code: r.get(7)?,
+            at_ms: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Ok(OutboxEntry {
+        id: r.get(1)?,
+        key,
+        value,
+        hlc,
+        deleted: r.get::<_, i64>(4)? != 0,
+        recorded_at_ms: r.get(5)?,
+        set_aside,
+    }))
 }
 
 fn load_view(conn: &Connection, seal: Option<&LocalSeal>) -> rusqlite::Result<(View, Unreadable)> {
@@ -556,37 +592,13 @@ fn load_view(conn: &Connection, seal: Option<&LocalSeal>) -> rusqlite::Result<(V
         );
     }
 
-    let mut outbox = conn.prepare_cached(
-        "SELECT key, id, value, hlc, deleted, recorded_at_ms, refusal_reason, refusal_code,
-                refused_at_ms
-         FROM outbox ORDER BY position",
-    )?;
+    let mut outbox = conn.prepare_cached(OUTBOX_QUERY)?;
     let mut query = outbox.query([])?;
     while let Some(r) = query.next()? {
-        let key: String = r.get(0)?;
-        let text: String = r.get(2)?;
-        let hlc: String = r.get(3)?;
-        let (Some(value), Ok(hlc)) = (decode_value(seal, &key, &text), hlc.parse::<Hlc>()) else {
-            unreadable.outbox.push(key);
-            continue;
-        };
-        let reason: Option<String> = r.get(6)?;
-        view.outbox.push(OutboxEntry {
-            id: r.get(1)?,
-            key,
-            value,
-            hlc,
-            deleted: r.get::<_, i64>(4)? != 0,
-            recorded_at_ms: r.get(5)?,
-            set_aside: match reason {
-                Some(reason) => Some(Refusal {
-                    reason,
-                    code: r.get(7)?,
-                    at_ms: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
-                }),
-                None => None,
-            },
-        });
+        match outbox_entry(r, seal)? {
+            Ok(entry) => view.outbox.push(entry),
+            Err(key) => unreadable.outbox.push(key),
+        }
     }
 
     let mut local = conn.prepare_cached("SELECT key, value FROM device_only")?;

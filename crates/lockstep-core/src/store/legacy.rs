@@ -18,9 +18,9 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
 use super::cache::{CACHE_FILE, LoadOutcome, SettingsCache};
-use super::db::Db;
-use super::outbox::{OUTBOX_FILE, OUTBOX_LOCK_FILE, Outbox, OutboxEntry, Refusal};
-use super::seal::{LocalSeal, open_value};
+use super::db::{Db, OUTBOX_QUERY, decode_value, outbox_entry};
+use super::outbox::{OUTBOX_FILE, OUTBOX_LOCK_FILE, Outbox, OutboxEntry};
+use super::seal::LocalSeal;
 use super::{StoreError, sync_dir};
 
 /// The mark set in the database once the old files were imported.
@@ -160,36 +160,11 @@ pub(crate) fn salvage(path: &Path, seal: Option<&LocalSeal>) -> Salvaged {
     let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return salvaged;
     };
-    let decode = |key: &str, text: &str| -> Option<Value> {
-        open_value(seal, key, serde_json::from_str(text).ok()?)
-    };
-    if let Ok(mut statement) = conn.prepare(
-        "SELECT key, id, value, hlc, deleted, recorded_at_ms, refusal_reason, refusal_code,
-                refused_at_ms
-         FROM outbox ORDER BY position",
-    ) && let Ok(mut rows) = statement.query([])
+    if let Ok(mut statement) = conn.prepare(OUTBOX_QUERY)
+        && let Ok(mut rows) = statement.query([])
     {
         while let Ok(Some(r)) = rows.next() {
-            let read = || -> Option<OutboxEntry> {
-                let key: String = r.get(0).ok()?;
-                let text: String = r.get(2).ok()?;
-                let value = decode(&key, &text)?;
-                let reason: Option<String> = r.get(6).ok()?;
-                Some(OutboxEntry {
-                    id: r.get(1).ok()?,
-                    value,
-                    hlc: r.get::<_, String>(3).ok()?.parse().ok()?,
-                    deleted: r.get::<_, i64>(4).ok()? != 0,
-                    recorded_at_ms: r.get(5).ok()?,
-                    set_aside: reason.map(|reason| Refusal {
-                        reason,
-                        code: r.get(7).ok().flatten(),
-                        at_ms: r.get::<_, Option<i64>>(8).ok().flatten().unwrap_or(0),
-                    }),
-                    key,
-                })
-            };
-            if let Some(entry) = read() {
+            if let Ok(Ok(entry)) = outbox_entry(r, seal) {
                 salvaged.edits.push(entry);
             }
         }
@@ -203,7 +178,7 @@ pub(crate) fn salvage(path: &Path, seal: Option<&LocalSeal>) -> Salvaged {
                     .get::<_, Option<String>>(1)
                     .ok()
                     .flatten()
-                    .and_then(|t| decode(&key, &t));
+                    .and_then(|t| decode_value(seal, &key, &t));
                 salvaged.device_only.push((key, value));
             }
         }
@@ -214,6 +189,7 @@ pub(crate) fn salvage(path: &Path, seal: Option<&LocalSeal>) -> Salvaged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Refusal;
     use lockstep_protocol::hlc::Hlc;
     use serde_json::json;
 
