@@ -1031,6 +1031,14 @@ impl Engine {
         Ok(self.store.call(move |db| db.release_lease(&holder)).await?)
     }
 
+    /// [`Engine::release_live_lease`], waiting for the store (for a `Drop`).
+    pub(crate) fn release_live_lease_blocking(&self) -> Result<(), EngineError> {
+        let holder = self.lease_holder.clone();
+        Ok(self
+            .store
+            .call_blocking(move |db| db.release_lease(&holder))?)
+    }
+
     /// Forgets everything this profile holds about the account: its secrets in the keychain,
     /// its settings cache, history and queued edits. Returns how many queued edits were
     /// dropped.

@@ -127,10 +127,16 @@ impl LiveHandle {
 }
 
 impl Drop for LiveHandle {
+    /// Stops the loop without waiting for it, and gives the lease up at once (a short
+    /// transaction, waited for here), so that another process on the profile takes over
+    /// without waiting for it to expire: an app that quits does not [`LiveHandle::stop`].
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
             not_running(&self.engine);
+            if let Err(error) = self.engine.release_live_lease_blocking() {
+                tracing::warn!(%error, "could not give up the live loop's lease");
+            }
         }
     }
 }

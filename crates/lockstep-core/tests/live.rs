@@ -594,3 +594,47 @@ async fn a_stopped_live_loop_no_longer_reports_live() {
         Connection::Connecting
     );
 }
+
+/// Two engines on one profile (the app and a `lockstep watch`): one runs the live loop, the
+/// other follows it (`Shared`) and still hears of changes made elsewhere; when the first loop's
+/// handle is dropped without `stop` (an app quitting), its lease is given up at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_on_one_profile_share_one_live_loop() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let name = unique("shared");
+    let mut first = open(&cloud, base.path(), &name);
+    first
+        .engine
+        .sign_up("shared@example.com", PASSWORD)
+        .await
+        .unwrap();
+    first.go_live(fast_options());
+    first.wait_connection(20, Connection::Live).await;
+    let mut second = open(&cloud, base.path(), &name);
+    second.go_live(fast_options());
+    second.wait_connection(20, Connection::Shared).await;
+
+    let other = open(&cloud, base.path(), &unique("elsewhere"));
+    other
+        .engine
+        .sign_in("shared@example.com", PASSWORD)
+        .await
+        .unwrap();
+    other.engine.set("appearance.theme", json!("dark")).unwrap();
+    other.engine.sync_once().await.unwrap();
+    second
+        .wait_for(20, "the change, through the profile", |e| {
+            matches!(e, EngineEvent::RemoteChange { key, new: Some(v), .. } if key == "appearance.theme" && *v == json!("dark"))
+        })
+        .await;
+
+    // The first handle goes away without `stop`: its lease is free at once.
+    drop(first.live.take());
+    let free = second
+        .engine
+        .store()
+        .call_blocking(|db| db.take_lease("probe", lockstep_core::clock_ms(), 1))
+        .unwrap();
+    assert!(free, "the dropped loop still holds the lease");
+}
