@@ -221,32 +221,27 @@ async fn a_damaged_outbox_file_of_the_old_store_is_imported_with_its_readable_ed
     let cloud = Cloud::start();
     let dir = tempfile::tempdir().unwrap();
     let name = unique("outbox-a");
-    // A profile left by the earlier file store, its journal damaged in the second line.
+    // A profile left by the earlier file store (the fixture), its journal damaged in the second
+    // line (`custom.fixture.note`).
     let profile_dir = dir.path().join("profiles").join(&name);
     std::fs::create_dir_all(&profile_dir).unwrap();
-    {
-        let (mut outbox, _) = lockstep_core::store::Outbox::open(&profile_dir).unwrap();
-        for (n, (key, value)) in [
-            ("appearance.theme", json!("dark")),
-            ("notifications.desktop", json!(false)),
-            ("security.lock_after_minutes", json!(10)),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let hlc = lockstep_protocol::hlc::Hlc::new(1_700_000_000_000 + n as u64, 0);
-            outbox
-                .append(lockstep_core::store::OutboxEntry::new(
-                    key, value, hlc, false, 0,
-                ))
-                .unwrap();
-        }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/profile-v1");
+    for file in ["outbox.jsonl", "outbox.lock", "cache.json"] {
+        std::fs::copy(fixture.join(file), profile_dir.join(file)).unwrap();
     }
     let outbox = profile_dir.join("outbox.jsonl");
     let mut bytes = std::fs::read(&outbox).unwrap();
     let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 20;
     bytes[second] ^= 0x01;
     std::fs::write(&outbox, &bytes).unwrap();
+    Keychain::use_mock_store();
+    Keychain::for_profile(&name)
+        .set(
+            lockstep_core::keychain::SecretKind::LocalKey,
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        )
+        .await
+        .unwrap();
 
     Keychain::use_mock_store();
     let options = lockstep_core::profile::OpenOptions {
@@ -271,13 +266,14 @@ async fn a_damaged_outbox_file_of_the_old_store_is_imported_with_its_readable_ed
         "the damaged journal is kept for a human to look at: {names:?}"
     );
     assert!(!names.iter().any(|n| n == "outbox.jsonl"), "{names:?}");
-    assert_eq!(opened.engine.pending(), 2, "the readable edits are kept");
+    assert_eq!(opened.engine.pending(), 3, "the readable edits are kept");
+    assert!(!opened.engine.is_pending("custom.fixture.note"));
     opened
         .engine
         .sign_up("ada@example.com", PASSWORD)
         .await
         .unwrap();
-    assert_eq!(opened.engine.sync_once().await.unwrap().pushed, 2);
+    assert_eq!(opened.engine.sync_once().await.unwrap().pushed, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

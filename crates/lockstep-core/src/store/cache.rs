@@ -1,23 +1,17 @@
-//! The settings cache: the last known synced settings, the feed cursor and the device-only
-//! settings, saved as one checksummed snapshot.
+//! The settings cache as the engine reads it ([`CacheData`]: the synced rows, the feed cursor,
+//! the device-only settings, and the pure merge and overlay rules [`CacheData::apply_remote`],
+//! [`CacheData::effective`], [`CacheData::effective_all`]), and the reader of the earlier file
+//! store's snapshot of it, for the import into the database ([`super::legacy`]).
 //!
-//! `<dir>/cache.json` is
+//! That store kept `<dir>/cache.json`:
 //!
 //! ```json
 //! {"version":1,"checksum":"<crc32 of the data's JSON text, 8 lowercase hex>","data":{…}}
 //! ```
 //!
-//! where `data` is a [`CacheData`]. The checksum covers the exact bytes of `data` as written,
-//! so any truncation or flipped byte is caught. [`SettingsCache::save`] replaces the file
-//! atomically (temp file, `fsync`, rename, `fsync` of the directory); [`SettingsCache::load`]
-//! moves a damaged file aside and reports it, and the engine rebuilds the cache from the server.
-//!
-//! Note that the device-only settings ([`CacheData::device_local`], [`CacheData::local_values`])
-//! exist nowhere else: a damaged cache loses them (the moved-aside file is kept for a human to
-//! look at).
-//!
-//! The merge and overlay rules ([`CacheData::apply_remote`], [`CacheData::effective`],
-//! [`CacheData::effective_all`]) are pure methods.
+//! where `data` is a [`CacheData`]; the checksum covers the exact bytes of `data` as written, so
+//! any truncation or flipped byte is caught. [`SettingsCache::load`] moves a damaged file aside
+//! and reports it (the cache is then rebuilt from the server).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -32,8 +26,12 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::outbox::OutboxEntry;
-use super::seal::{LocalSeal, open_value, seal_value};
-use super::{StoreError, describe_json_error, quarantine_path, sync_dir, write_atomic};
+#[cfg(test)]
+use super::seal::seal_value;
+use super::seal::{LocalSeal, open_value};
+#[cfg(test)]
+use super::write_atomic;
+use super::{StoreError, describe_json_error, quarantine_path, sync_dir};
 
 /// File name of the cache inside the profile directory.
 pub const CACHE_FILE: &str = "cache.json";
@@ -278,15 +276,15 @@ impl SettingsCache {
         }
     }
 
-    /// Saves `data` to `dir` atomically and durably: `cache.json.tmp`, `fsync`, rename over
-    /// `cache.json`, `fsync` of the directory. After a crash the file holds the old snapshot or
-    /// the new one.
-    pub fn save(dir: &Path, data: &CacheData) -> Result<(), StoreError> {
+    /// Saves `data` to `dir` as the file store did (tests build profiles of that store with it).
+    #[cfg(test)]
+    pub(crate) fn save(dir: &Path, data: &CacheData) -> Result<(), StoreError> {
         SettingsCache::save_sealed(dir, data, None)
     }
 
     /// [`SettingsCache::save`], sealing the values of sensitive keys with `seal`.
-    pub fn save_sealed(
+    #[cfg(test)]
+    pub(crate) fn save_sealed(
         dir: &Path,
         data: &CacheData,
         seal: Option<&LocalSeal>,
@@ -301,6 +299,7 @@ impl SettingsCache {
     }
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct EnvelopeOut<'a> {
     version: u64,
@@ -331,6 +330,7 @@ enum DecodeError {
 }
 
 /// The file's text for `data` (pure).
+#[cfg(test)]
 fn encode_cache(data: &CacheData, seal: Option<&LocalSeal>) -> Result<String, serde_json::Error> {
     let mut stored = data.clone();
     for row in stored.rows.values_mut() {

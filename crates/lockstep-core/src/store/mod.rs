@@ -122,17 +122,6 @@ pub enum StoreError {
     /// The store's thread is gone (it stopped after a bug); reopen the profile.
     #[error("the profile's store stopped unexpectedly; restart Lockstep (queued edits are kept)")]
     Stopped,
-    /// An append failed half-way and the partial line could not be cut off again, so further
-    /// appends could land after garbage. The outbox refuses writes until it is reopened.
-    #[error(
-        "the outbox at {} could not be repaired after a failed write; restart Lockstep (queued \
-         edits are kept and checked when it reopens)",
-        path.display()
-    )]
-    OutboxPoisoned {
-        /// The outbox file.
-        path: PathBuf,
-    },
 }
 
 impl StoreError {

@@ -1,34 +1,30 @@
-//! The outbox: a journal of local edits the server has not acknowledged yet.
+//! Queued edits ([`OutboxEntry`], [`Refusal`]), and the reader of the earlier file store's
+//! journal of them, for the import into the database ([`super::legacy`]).
 //!
-//! `<dir>/outbox.jsonl` holds one line per edit, oldest first:
+//! That store kept `<dir>/outbox.jsonl`, one line per edit, oldest first:
 //!
 //! ```text
 //! 3f9a0c1e {"id":"…","key":"appearance.theme","value":"dark","hlc":"…","deleted":false,"recorded_at_ms":…}
 //! ```
 //!
 //! that is the CRC-32 of the JSON text as 8 lowercase hex digits, a space, the JSON of an
-//! [`OutboxEntry`], and a newline. [`Outbox::append`] returns only once the line is on disk
-//! (`fsync`), which is the moment an edit counts as acknowledged to the user. Entries leave the
-//! journal only through [`Outbox::remove_acknowledged`], which rewrites it atomically, once the
-//! server has acknowledged them.
-//!
-//! Reopening after a crash ([`Outbox::open`]):
+//! [`OutboxEntry`], and a newline; a line was appended and `fsync`ed when an edit was
+//! acknowledged. Reading it ([`Outbox::open`]) repairs as that store did:
 //!
 //! - a last line without its newline, or a last line whose checksum fails, is the append that
 //!   was interrupted (it never returned, so nobody was told it was saved): it is cut off and
 //!   [`OpenReport::torn_tail_dropped`] says so;
 //! - any other damage is corruption: every line that still reads is kept, the original file is
 //!   copied to `outbox.corrupt-<unix ms>.jsonl` first, and [`OpenReport::corrupt_lines`] and
-//!   [`OpenReport::quarantined`] tell the engine what to report. Nothing is dropped silently.
+//!   [`OpenReport::quarantined`] say what to report. Nothing is dropped silently.
 //!
-//! One process at a time: the outbox holds an OS lock on `outbox.lock` while open, and a second
-//! [`Outbox::open`] fails with [`StoreError::Busy`]. The OS releases the lock when the process
-//! ends, however it ends.
+//! The reader holds the OS lock on `outbox.lock` that the file store held while open, so an
+//! older Lockstep still running on the profile makes it fail with [`StoreError::Busy`]. The OS
+//! releases the lock when a process ends, however it ends.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, TryLockError};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use lockstep_protocol::hlc::Hlc;
@@ -156,33 +152,23 @@ impl OpenReport {
 /// The journal of unacknowledged edits of one profile. See the [module docs](self).
 #[derive(Debug)]
 pub struct Outbox {
-    dir: PathBuf,
-    path: PathBuf,
-    /// Write handle on the journal; every write goes at `committed_len`.
-    file: File,
-    /// Length of the journal's valid content.
-    committed_len: u64,
     entries: Vec<OutboxEntry>,
-    /// Set when a failed append left bytes that could not be cut off again.
-    poisoned: bool,
-    /// Seals sensitive values in the journal (see [`super::seal`]).
-    seal: Option<LocalSeal>,
     /// Holds the OS lock for as long as the outbox is open.
     _lock: File,
 }
 
 impl Outbox {
-    /// Opens (creating if missing) the journal in `dir`, locks it against other processes, reads
-    /// it and repairs it as described in the [module docs](self).
+    /// Takes the journal's lock in `dir` and reads the journal (none: no entries), repairing it
+    /// as described in the [module docs](self).
     ///
-    /// A stale `outbox.jsonl.tmp` left by a crash during [`Outbox::remove_acknowledged`] is
+    /// A stale temporary file left by a crash while the file store rewrote the journal is
     /// deleted: the rename had not happened, so the journal itself is the truth.
     pub fn open(dir: &Path) -> Result<(Outbox, OpenReport), StoreError> {
         Outbox::open_sealed(dir, None)
     }
 
-    /// [`Outbox::open`], sealing the values of sensitive keys with `seal` (a line whose value
-    /// does not open reads as damaged).
+    /// [`Outbox::open`], opening the sealed values of sensitive keys with `seal` (a line whose
+    /// value does not open reads as damaged).
     pub fn open_sealed(
         dir: &Path,
         seal: Option<LocalSeal>,
@@ -199,18 +185,19 @@ impl Outbox {
             Err(e) => return Err(StoreError::io("read", &path, e)),
         };
         let Some(bytes) = bytes else {
-            let file = open_journal(&path, true)?;
-            sync_dir(dir)?;
             return Ok((
-                Outbox::from_parts(dir, path, file, 0, Vec::new(), lock, seal),
+                Outbox {
+                    entries: Vec::new(),
+                    _lock: lock,
+                },
                 OpenReport::default(),
             ));
         };
 
         let parsed = parse_journal_with(&bytes, seal.as_ref());
         let mut report = OpenReport::default();
-        let committed_len = match parsed.damage {
-            Damage::None => parsed.good_len,
+        match parsed.damage {
+            Damage::None => {}
             Damage::TornTail => {
                 let file = open_journal(&path, false)?;
                 file.set_len(parsed.good_len)
@@ -221,7 +208,6 @@ impl Outbox {
                     path = %path.display(),
                     "cut off an interrupted, never acknowledged write at the end of the outbox"
                 );
-                parsed.good_len
             }
             Damage::Corrupt {
                 bad_lines,
@@ -242,232 +228,18 @@ impl Outbox {
                 report.torn_tail_dropped = torn_tail;
                 report.corrupt_lines = bad_lines;
                 report.quarantined = Some(quarantined);
-                text.len() as u64
             }
+        }
+        let outbox = Outbox {
+            entries: parsed.entries,
+            _lock: lock,
         };
-        let file = open_journal(&path, false)?;
-        let outbox = Outbox::from_parts(dir, path, file, committed_len, parsed.entries, lock, seal);
         Ok((outbox, report))
     }
 
-    fn from_parts(
-        dir: &Path,
-        path: PathBuf,
-        file: File,
-        committed_len: u64,
-        entries: Vec<OutboxEntry>,
-        lock: File,
-        seal: Option<LocalSeal>,
-    ) -> Outbox {
-        Outbox {
-            dir: dir.to_owned(),
-            path,
-            file,
-            committed_len,
-            entries,
-            poisoned: false,
-            seal,
-            _lock: lock,
-        }
-    }
-
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends `entry` and makes it durable (`fsync`) before returning: once this returns `Ok`
-    /// the edit survives a crash or power loss.
-    ///
-    /// On error nothing was acknowledged: the partial line is cut off again (or, if even that
-    /// fails, the outbox refuses further writes with [`StoreError::OutboxPoisoned`] until it is
-    /// reopened, when the torn line is dropped).
-    pub fn append(&mut self, entry: OutboxEntry) -> Result<(), StoreError> {
-        self.append_all(vec![entry])
-    }
-
-    /// Appends several entries with one write and one `fsync`; they are acknowledged together
-    /// when this returns `Ok`. A crash part-way may leave a prefix of them in the journal (and
-    /// a torn tail, cut off when reopened): edits the user made but was never told were saved.
-    pub fn append_all(&mut self, entries: Vec<OutboxEntry>) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        if self.poisoned {
-            return Err(StoreError::OutboxPoisoned {
-                path: self.path.clone(),
-            });
-        }
-        let text = encode_journal(&entries, &self.path, self.seal.as_ref())?;
-        let start = self.committed_len;
-        let write = |file: &mut File| -> io::Result<()> {
-            file.seek(SeekFrom::Start(start))?;
-            file.write_all(text.as_bytes())?;
-            file.flush()?;
-            file.sync_data()
-        };
-        if let Err(e) = write(&mut self.file) {
-            if self
-                .file
-                .set_len(start)
-                .and_then(|()| self.file.sync_data())
-                .is_err()
-            {
-                self.poisoned = true;
-            }
-            return Err(StoreError::io("append to", &self.path, e));
-        }
-        self.committed_len = start + text.len() as u64;
-        self.entries.extend(entries);
-        Ok(())
-    }
-
-    /// Empties the outbox (the profile is being wiped): the journal is truncated durably.
-    /// Later entries are sealed with `seal`.
-    pub fn clear(&mut self, seal: Option<LocalSeal>) -> Result<(), StoreError> {
-        self.seal = seal;
-        write_atomic(&self.path, b"")?;
-        self.file = open_journal(&self.path, false)?;
-        self.committed_len = 0;
-        self.entries.clear();
-        self.poisoned = false;
-        Ok(())
-    }
-
-    /// The queued entries, oldest first.
+    /// The entries read, oldest first.
     pub fn entries(&self) -> &[OutboxEntry] {
         &self.entries
-    }
-
-    /// How many entries are queued.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// For each key with an edit to send, its newest queued entry that is not [set
-    /// aside](OutboxEntry::set_aside) (largest stamp; the later one on a tie). A key with only
-    /// set-aside entries is left out.
-    ///
-    /// This is what to show as "pending" and what a push sends (see [`crate::plan`]). The
-    /// older entries stay queued until [`Outbox::remove_acknowledged`] removes them.
-    pub fn pending_by_key(&self) -> BTreeMap<&str, &OutboxEntry> {
-        let mut newest: BTreeMap<&str, &OutboxEntry> = BTreeMap::new();
-        for entry in self.entries.iter().filter(|e| e.set_aside.is_none()) {
-            match newest.get(entry.key.as_str()) {
-                Some(current) if current.hlc > entry.hlc => {}
-                _ => {
-                    newest.insert(&entry.key, entry);
-                }
-            }
-        }
-        newest
-    }
-
-    /// The edits the server refused for good, oldest first.
-    pub fn set_aside(&self) -> impl Iterator<Item = &OutboxEntry> {
-        self.entries.iter().filter(|e| e.set_aside.is_some())
-    }
-
-    /// Removes the entries with these ids (unknown ids are ignored), rewriting the journal
-    /// atomically: a temporary file, `fsync`, rename over the journal, `fsync` of the directory.
-    /// A crash leaves either the old journal or the new one.
-    ///
-    /// Call it once the server has acknowledged the entries (a push answer, applied or
-    /// superseded). Entries the server has not seen must never be passed here.
-    pub fn remove_acknowledged(&mut self, ids: &[String]) -> Result<(), StoreError> {
-        let doomed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        if !self.entries.iter().any(|e| doomed.contains(e.id.as_str())) {
-            return Ok(());
-        }
-        let kept: Vec<OutboxEntry> = self
-            .entries
-            .iter()
-            .filter(|e| !doomed.contains(e.id.as_str()))
-            .cloned()
-            .collect();
-        self.rewrite(kept)
-    }
-
-    /// Sets the entries with these ids aside with `refusal` (durably, like
-    /// [`Outbox::remove_acknowledged`]): they stay in the journal and are not sent.
-    pub fn mark_set_aside(&mut self, ids: &[String], refusal: &Refusal) -> Result<(), StoreError> {
-        let marked: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let entries = self
-            .entries
-            .iter()
-            .map(|e| {
-                let mut e = e.clone();
-                if marked.contains(e.id.as_str()) {
-                    e.set_aside = Some(refusal.clone());
-                }
-                e
-            })
-            .collect();
-        self.rewrite(entries)
-    }
-
-    /// Queues the set-aside edits of `key` (every key when `None`) to be sent again. Returns
-    /// the entries that were released.
-    pub fn retry_set_aside(&mut self, key: Option<&str>) -> Result<Vec<OutboxEntry>, StoreError> {
-        let chosen = |e: &OutboxEntry| e.set_aside.is_some() && key.is_none_or(|k| e.key == k);
-        let released: Vec<OutboxEntry> =
-            self.entries.iter().filter(|e| chosen(e)).cloned().collect();
-        if released.is_empty() {
-            return Ok(released);
-        }
-        let entries = self
-            .entries
-            .iter()
-            .map(|e| {
-                let mut e = e.clone();
-                if chosen(&e) {
-                    e.set_aside = None;
-                }
-                e
-            })
-            .collect();
-        self.rewrite(entries)?;
-        Ok(released
-            .into_iter()
-            .map(|e| OutboxEntry {
-                set_aside: None,
-                ..e
-            })
-            .collect())
-    }
-
-    /// Removes the set-aside edits of `key` (every key when `None`): the user gave up on them.
-    /// Returns how many were dropped.
-    pub fn drop_set_aside(&mut self, key: Option<&str>) -> Result<usize, StoreError> {
-        let doomed: Vec<String> = self
-            .set_aside()
-            .filter(|e| key.is_none_or(|k| e.key == k))
-            .map(|e| e.id.clone())
-            .collect();
-        self.remove_acknowledged(&doomed)?;
-        Ok(doomed.len())
-    }
-
-    /// Replaces the journal with `entries`, atomically and durably.
-    fn rewrite(&mut self, entries: Vec<OutboxEntry>) -> Result<(), StoreError> {
-        let text = encode_journal(&entries, &self.path, self.seal.as_ref())?;
-        write_atomic(&self.path, text.as_bytes())?;
-        // The old handle points at the replaced file: reopen.
-        self.file = open_journal(&self.path, false)?;
-        self.committed_len = text.len() as u64;
-        self.entries = entries;
-        self.poisoned = false;
-        Ok(())
-    }
-
-    /// The profile directory this outbox lives in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
@@ -658,48 +430,44 @@ mod tests {
         OutboxEntry::new(key, value, Hlc::new(millis, 0), false, 1_700_000_000_000)
     }
 
-    fn ids(entries: &[OutboxEntry]) -> Vec<String> {
-        entries.iter().map(|e| e.id.clone()).collect()
-    }
-
     fn open(dir: &Path) -> (Outbox, OpenReport) {
         Outbox::open(dir).unwrap()
     }
 
-    /// The outbox in `dir` with `n` entries appended (`custom.k0`, …), and those entries.
-    fn open_with_entries(dir: &Path, n: u64) -> (Outbox, Vec<OutboxEntry>) {
-        let (mut outbox, _) = open(dir);
+    /// Writes a journal of `entries` in `dir`, as the file store wrote it.
+    fn write_journal(dir: &Path, entries: &[OutboxEntry]) {
+        let text: String = entries.iter().map(|e| encode_line(e).unwrap()).collect();
+        fs::write(dir.join(OUTBOX_FILE), text).unwrap();
+    }
+
+    /// A journal in `dir` with `n` entries (`custom.k0`, …), and those entries.
+    fn journal_with_entries(dir: &Path, n: u64) -> Vec<OutboxEntry> {
         let written: Vec<_> = (0..n)
             .map(|i| entry(&format!("custom.k{i}"), json!(i), i))
             .collect();
-        for e in &written {
-            outbox.append(e.clone()).unwrap();
-        }
-        (outbox, written)
+        write_journal(dir, &written);
+        written
     }
 
     #[test]
-    fn entries_survive_reopening_in_order() {
+    fn entries_are_read_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, report) = open(dir.path());
+        let (outbox, report) = open(dir.path());
         assert!(report.is_clean());
-        assert!(outbox.is_empty());
+        assert!(outbox.entries().is_empty());
+        assert!(!dir.path().join(OUTBOX_FILE).exists(), "nothing is created");
+        drop(outbox);
         let written = vec![
             entry("appearance.theme", json!("dark"), 1),
             entry("custom.list", json!([1, "two", {"three": null}]), 2),
             OutboxEntry::new("custom.gone", json!("ignored"), Hlc::new(3, 0), true, 5),
         ];
-        for e in &written {
-            outbox.append(e.clone()).unwrap();
-        }
-        assert_eq!(outbox.len(), 3);
         assert_eq!(written[2].value, Value::Null, "a deletion carries null");
-        drop(outbox);
+        write_journal(dir.path(), &written);
 
         let (outbox, report) = open(dir.path());
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(outbox.entries(), written.as_slice());
-        assert_eq!(outbox.path(), dir.path().join(OUTBOX_FILE));
     }
 
     #[test]
@@ -729,12 +497,9 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_dropped_and_the_file_repaired() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
         let a = entry("custom.a", json!(1), 1);
         let b = entry("custom.b", json!(2), 2);
-        outbox.append(a.clone()).unwrap();
-        outbox.append(b.clone()).unwrap();
-        drop(outbox);
+        write_journal(dir.path(), &[a.clone(), b.clone()]);
         let path = dir.path().join(OUTBOX_FILE);
         let good = fs::read(&path).unwrap();
 
@@ -744,7 +509,7 @@ mod tests {
         torn.extend_from_slice(&partial.as_bytes()[..partial.len() / 2]);
         fs::write(&path, &torn).unwrap();
 
-        let (mut outbox, report) = open(dir.path());
+        let (outbox, report) = open(dir.path());
         assert_eq!(
             report,
             OpenReport {
@@ -755,23 +520,17 @@ mod tests {
         );
         assert_eq!(outbox.entries(), [a.clone(), b.clone()].as_slice());
         assert_eq!(fs::read(&path).unwrap(), good, "the file was cut back");
-
-        // Appending after the repair gives a clean journal.
-        let d = entry("custom.d", json!(4), 4);
-        outbox.append(d.clone()).unwrap();
         drop(outbox);
         let (outbox, report) = open(dir.path());
         assert!(report.is_clean(), "{report:?}");
-        assert_eq!(outbox.entries(), [a, b, d].as_slice());
+        assert_eq!(outbox.entries(), [a, b].as_slice());
     }
 
     #[test]
     fn a_bad_checksum_on_the_last_line_is_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
         let a = entry("custom.a", json!(1), 1);
-        outbox.append(a.clone()).unwrap();
-        drop(outbox);
+        write_journal(dir.path(), std::slice::from_ref(&a));
         let path = dir.path().join(OUTBOX_FILE);
         let good = fs::read(&path).unwrap();
         let mut damaged = good.clone();
@@ -794,8 +553,7 @@ mod tests {
     #[test]
     fn a_corrupt_middle_line_is_quarantined_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, written) = open_with_entries(dir.path(), 4);
-        drop(outbox);
+        let written = journal_with_entries(dir.path(), 4);
         let path = dir.path().join(OUTBOX_FILE);
         let original = fs::read_to_string(&path).unwrap();
         // Flip a character inside the second line's JSON.
@@ -825,10 +583,8 @@ mod tests {
     #[test]
     fn two_damaged_lines_at_the_end_are_corruption_not_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
         let a = entry("custom.a", json!(1), 1);
-        outbox.append(a.clone()).unwrap();
-        drop(outbox);
+        write_journal(dir.path(), std::slice::from_ref(&a));
         let path = dir.path().join(OUTBOX_FILE);
         let mut bytes = fs::read(&path).unwrap();
         bytes.extend_from_slice(b"garbage line\nmore garbage\n");
@@ -895,52 +651,10 @@ mod tests {
     }
 
     #[test]
-    fn remove_acknowledged_keeps_the_others_across_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, written) = open_with_entries(dir.path(), 5);
-        outbox
-            .remove_acknowledged(&[
-                written[1].id.clone(),
-                written[3].id.clone(),
-                "not-an-id".into(),
-            ])
-            .unwrap();
-        let expected = vec![written[0].clone(), written[2].clone(), written[4].clone()];
-        assert_eq!(outbox.entries(), expected.as_slice());
-        // Appending after a rewrite goes to the new file.
-        let extra = entry("custom.extra", json!(true), 9);
-        outbox.append(extra.clone()).unwrap();
-        // Removing nothing known is a no-op.
-        outbox.remove_acknowledged(&["nope".into()]).unwrap();
-        drop(outbox);
-
-        let (mut outbox, report) = open(dir.path());
-        assert!(report.is_clean(), "{report:?}");
-        let mut all = expected.clone();
-        all.push(extra);
-        assert_eq!(outbox.entries(), all.as_slice());
-        assert!(
-            !crate::store::tests::file_names(dir.path())
-                .iter()
-                .any(|name| name.ends_with(".tmp")),
-            "no temporary file is left"
-        );
-
-        outbox.remove_acknowledged(&ids(&all)).unwrap();
-        assert!(outbox.is_empty());
-        drop(outbox);
-        let (outbox, _) = open(dir.path());
-        assert!(outbox.is_empty());
-        assert_eq!(fs::read(outbox.path()).unwrap(), b"");
-    }
-
-    #[test]
     fn a_stale_temp_file_is_ignored_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
         let a = entry("custom.a", json!(1), 1);
-        outbox.append(a.clone()).unwrap();
-        drop(outbox);
+        write_journal(dir.path(), std::slice::from_ref(&a));
         let tmp = dir.path().join(".outbox.jsonl.k3Xq9a.tmp");
         fs::write(&tmp, b"half a rewrite").unwrap();
         let (outbox, report) = open(dir.path());
@@ -960,29 +674,13 @@ mod tests {
     }
 
     #[test]
-    fn pending_by_key_is_the_newest_entry_per_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut outbox, _) = open(dir.path());
-        let theme_new = entry("appearance.theme", json!("dark"), 20);
-        let theme_old = entry("appearance.theme", json!("light"), 10);
-        let a1 = entry("custom.a", json!(1), 5);
-        let a2 = entry("custom.a", json!(2), 5);
-        let gone = OutboxEntry::new("custom.b", Value::Null, Hlc::new(30, 0), true, 0);
-        for e in [&theme_new, &theme_old, &a1, &a2, &gone] {
-            outbox.append(e.clone()).unwrap();
-        }
-        let pending = outbox.pending_by_key();
-        assert_eq!(pending.len(), 3);
-        assert_eq!(
-            pending["appearance.theme"], &theme_new,
-            "largest stamp wins"
-        );
-        assert_eq!(pending["custom.a"], &a2, "the later entry wins a tie");
-        assert_eq!(pending["custom.b"], &gone);
-        assert_eq!(outbox.len(), 5, "every entry stays queued");
+    fn an_entry_is_the_change_it_pushes() {
+        let gone = OutboxEntry::new("custom.b", json!("x"), Hlc::new(30, 0), true, 0);
         assert_eq!(gone.to_change().value, Value::Null);
         assert!(gone.to_change().deleted);
-        assert_eq!(theme_new.to_change().hlc, Hlc::new(20, 0));
+        let theme = entry("appearance.theme", json!("dark"), 20);
+        assert_eq!(theme.to_change().hlc, Hlc::new(20, 0));
+        assert_eq!(theme.to_change().value, json!("dark"));
     }
 
     #[test]
