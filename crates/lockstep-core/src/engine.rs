@@ -536,6 +536,11 @@ impl Engine {
         self.read(0, |v| v.cache.cursor)
     }
 
+    /// [`Engine::cursor`], awaiting the store (for async code).
+    pub(crate) async fn cursor_async(&self) -> Result<i64, EngineError> {
+        self.read_async(|v| v.cache.cursor).await
+    }
+
     /// Sets a key. Returns once the edit is durably queued (acknowledged); it syncs later.
     pub fn set(&self, key: &str, value: Value) -> Result<(), EngineError> {
         settings::validate(key, &value)?;

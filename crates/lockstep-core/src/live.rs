@@ -575,7 +575,10 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
         .stream_url
         .clone()
         .unwrap_or_else(|| format!("{}/realtime/v1/sse", client.base_url()));
-    let since = engine.cursor();
+    let since = match engine.cursor_async().await {
+        Ok(since) => since,
+        Err(error) => return StreamEnd::Failed(format!("could not read the cursor: {error}")),
+    };
     let built = es::ClientBuilder::for_url(&url)
         .and_then(|b| b.header("apikey", client.anon_key()))
         .and_then(|b| b.header("authorization", &format!("Bearer {token}")))
