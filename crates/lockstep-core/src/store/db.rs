@@ -392,7 +392,9 @@ impl Db {
     }
 
     /// Tries to take (or renew) the live loop's lease for `holder` until `now_ms + ttl_ms`.
-    /// Returns whether `holder` has it.
+    /// Returns whether `holder` has it. A lease is free once expired, and also when it claims
+    /// to run for longer than `ttl_ms` from now: the clock went back since it was taken, and
+    /// its holder, which renews well within the time to live, is gone or will take it again.
     pub fn take_lease(
         &mut self,
         holder: &str,
@@ -405,7 +407,8 @@ impl Db {
                 .execute(
                     "INSERT INTO live_lease (id, holder, expires_at_ms) VALUES (1, ?1, ?2)
                      ON CONFLICT (id) DO UPDATE SET holder = ?1, expires_at_ms = ?2
-                     WHERE live_lease.holder = ?1 OR live_lease.expires_at_ms <= ?3",
+                     WHERE live_lease.holder = ?1 OR live_lease.expires_at_ms <= ?3
+                         OR live_lease.expires_at_ms > ?2",
                     params![holder, now_ms.saturating_add(ttl_ms), now_ms],
                 )
                 .map_err(tx.err("take the live lease"))?;

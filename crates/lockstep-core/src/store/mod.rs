@@ -905,6 +905,13 @@ pub(crate) mod tests {
         );
         store.call_blocking(|db| db.release_lease("cli")).unwrap();
         assert!(take("app", 6_600), "free again once released");
+        // The clock goes back an hour: a lease that runs for longer than its time to live from
+        // now is not one its holder renewed within it.
+        assert!(!take("cli", 9_000));
+        assert!(
+            take("cli", 6_600 - 3_600_000),
+            "taken once the clock went back"
+        );
     }
 
     #[test]
