@@ -664,12 +664,7 @@ impl Tx<'_> {
             return Ok(false);
         }
         self.put_row(&row)?;
-        let origin = if row.device_id == self.device_id {
-            HistoryOrigin::Here
-        } else {
-            HistoryOrigin::Arrived
-        };
-        self.record_history(&row, at_ms, origin)?;
+        self.record_history(&row, at_ms)?;
         Ok(true)
     }
 
@@ -717,12 +712,7 @@ impl Tx<'_> {
                 continue;
             }
             self.put_row(&row)?;
-            let origin = if row.device_id == self.device_id {
-                HistoryOrigin::Here
-            } else {
-                HistoryOrigin::Arrived
-            };
-            self.record_history(&row, at_ms, origin)?;
+            self.record_history(&row, at_ms)?;
             self.view.cache.rows.insert(row.key.clone(), row);
         }
         Ok(())
@@ -752,12 +742,13 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn record_history(
-        &mut self,
-        row: &SettingRow,
-        at_ms: i64,
-        origin: HistoryOrigin,
-    ) -> Result<(), StoreError> {
+    /// Adds `row` to its key's history: set here when this device wrote it, else arrived.
+    fn record_history(&mut self, row: &SettingRow, at_ms: i64) -> Result<(), StoreError> {
+        let origin = if row.device_id == self.device_id {
+            HistoryOrigin::Here
+        } else {
+            HistoryOrigin::Arrived
+        };
         let value = (!row.deleted).then(|| encode_value(self.seal, &row.key, &row.value));
         self.insert_history(
             &row.key,
