@@ -73,7 +73,11 @@ async fn dispatch(command: Command, engine: &Arc<Engine>, out: Out) -> anyhow::R
     match command {
         Command::Signup { email } => signup(engine, out, &email).await,
         Command::Login { email, code } => login(engine, out, &email, code).await,
-        Command::Logout { others, everywhere } => logout(engine, out, others, everywhere).await,
+        Command::Logout {
+            others,
+            everywhere,
+            discard_pending,
+        } => logout(engine, out, others, everywhere, discard_pending).await,
         Command::Status => status(engine, out).await,
         Command::Get { key, reveal } => get(engine, out, key.as_deref(), reveal),
         Command::Set { key, value } => set(engine, out, &key, value).await,
@@ -263,7 +267,13 @@ async fn login(engine: &Engine, out: Out, email: &str, code: Option<String>) -> 
     first_sync(engine, out).await
 }
 
-async fn logout(engine: &Engine, out: Out, others: bool, everywhere: bool) -> anyhow::Result<()> {
+async fn logout(
+    engine: &Engine,
+    out: Out,
+    others: bool,
+    everywhere: bool,
+    discard_pending: bool,
+) -> anyhow::Result<()> {
     let (scope, human, name) = if others {
         (
             SignOutScope::Others,
@@ -279,6 +289,16 @@ async fn logout(engine: &Engine, out: Out, others: bool, everywhere: bool) -> an
     } else {
         (SignOutScope::ThisDevice, "signed out", "this_device")
     };
+    // Signing this device out wipes what it holds, unsynced edits included: say so first.
+    let unsynced = engine.pending() + engine.set_aside().len();
+    if scope != SignOutScope::Others && unsynced > 0 && !discard_pending {
+        return Err(CliError::Unsynced(format!(
+            "{unsynced} edit(s) made on this device have not reached the server and signing out \
+             would lose them: run `lockstep sync` first (`lockstep set-aside list` shows refused \
+             ones), or `lockstep logout --discard-pending` to sign out anyway"
+        ))
+        .into());
+    }
     engine.sign_out(scope).await?;
     out.emit(human, json!({ "signed_out": name }))?;
     Ok(())

@@ -23,6 +23,8 @@ pub const REFUSED: u8 = 6;
 pub const KEYCHAIN: u8 = 7;
 /// Two-factor authentication is on: a code is needed.
 pub const CODE_NEEDED: u8 = 8;
+/// Edits made here have not reached the server and the command would lose them (sign-out).
+pub const UNSYNCED: u8 = 9;
 /// The profile's local files could not be read or written (or another process holds them).
 pub const STORAGE: u8 = 10;
 
@@ -37,6 +39,8 @@ pub enum CliError {
     CodeNeeded(String),
     /// A local file could not be written (an export, a QR code).
     Storage(String),
+    /// The command would lose edits that have not reached the server.
+    Unsynced(String),
     /// Everything was already said: exit with this code without another message.
     Silent(u8),
 }
@@ -48,7 +52,8 @@ impl std::fmt::Display for CliError {
             | CliError::Invalid(m)
             | CliError::NotSignedIn(m)
             | CliError::CodeNeeded(m)
-            | CliError::Storage(m) => f.write_str(m),
+            | CliError::Storage(m)
+            | CliError::Unsynced(m) => f.write_str(m),
             CliError::Silent(code) => write!(f, "exit code {code}"),
         }
     }
@@ -119,6 +124,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 CliError::NotSignedIn(_) => SIGNED_OUT,
                 CliError::CodeNeeded(_) => CODE_NEEDED,
                 CliError::Storage(_) => STORAGE,
+                CliError::Unsynced(_) => UNSYNCED,
                 CliError::Silent(code) => *code,
             };
         }
@@ -220,6 +226,10 @@ mod tests {
         let err = anyhow::Error::from(ImportError::Format("not json".into()));
         assert_eq!(exit_code(&err), INVALID);
         assert_eq!(exit_code(&anyhow::Error::from(CliError::Silent(4))), 4);
+        assert_eq!(
+            exit_code(&anyhow::Error::from(CliError::Unsynced("2 edits".into()))),
+            UNSYNCED
+        );
         assert_eq!(exit_code(&anyhow::anyhow!("something else")), CHECK_FAILED);
     }
 

@@ -78,6 +78,10 @@ pub enum Command {
         /// End every session of the account, this one included.
         #[arg(long)]
         everywhere: bool,
+        /// Sign out even though edits made here have not reached the server (they are lost).
+        /// Without it, a sign-out that would lose edits is refused (exit code 9).
+        #[arg(long)]
+        discard_pending: bool,
     },
     /// Show the account, the connection, pending edits and this device.
     Status,

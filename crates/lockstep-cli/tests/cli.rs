@@ -1058,3 +1058,42 @@ fn history_lists_every_value_and_restore_syncs_an_old_one() {
     let got = cli.ok(&a, &["get", "integrations.github", "--reveal", "--json"]);
     assert_eq!(got.last_json()["value"], json!("ghp_first_secret"), "{got}");
 }
+
+/// `logout` with edits that have not reached the server refuses (exit code 9) and says how
+/// many and what to do; the edit survives the refusal and syncs; `--discard-pending` signs out
+/// anyway.
+#[test]
+fn logout_with_unsynced_edits_refuses_unless_told_to_discard_them() {
+    let Some((mut cloud, cli)) = start_or_skip() else {
+        return;
+    };
+    let (a, b) = two_profiles(&cli, ["out-a", "out-b"], "logout@example.com");
+    cloud.kill();
+    let set = cli.ok(&a, &["set", "appearance.theme", "dark"]);
+    assert!(set.stdout.contains("saved locally"), "{set}");
+
+    let refused = cli.run(&a, &["logout"]);
+    refused.expect_code(9);
+    assert!(
+        refused.stderr.contains("1 edit(s)") && refused.stderr.contains("--discard-pending"),
+        "{refused}"
+    );
+    assert!(refresh_token_of(&a).is_some(), "still signed in");
+
+    cloud.restart();
+    cli.ok(&a, &["sync"]);
+    cli.ok(&b, &["sync"]);
+    let got = cli.ok(&b, &["get", "appearance.theme", "--json"]);
+    assert_eq!(
+        got.last_json()["value"],
+        json!("dark"),
+        "the edit was kept: {got}"
+    );
+    cli.ok(&a, &["logout"]);
+
+    // With an unsynced edit and the flag, the sign-out goes ahead.
+    cloud.kill();
+    cli.ok(&b, &["set", "appearance.theme", "light"]);
+    cli.ok(&b, &["logout", "--discard-pending"]);
+    assert_eq!(refresh_token_of(&b), None, "signed out");
+}
