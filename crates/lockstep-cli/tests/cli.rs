@@ -29,10 +29,19 @@ fn start_or_skip() -> Option<(Cloud, Cli)> {
     if !Keychain::use_platform_store_or_skip() {
         return None;
     }
+    // One test at a time talks to the Secret Service: one full run in nine lost its
+    // gnome-keyring daemon mid-run while these tests ran side by side (each test still runs
+    // several processes at once). The turn is held until the test's `Cli` is dropped.
+    let turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cloud = Cloud::start();
-    let cli = Cli::new(&cloud);
+    let cli = Cli::new(&cloud, turn);
     Some((cloud, cli))
 }
+
+/// Whose turn it is to use the Secret Service (see [`start_or_skip`]).
+static TURN: Mutex<()> = Mutex::new(());
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -147,14 +156,16 @@ struct Cli {
     server: String,
     anon_key: String,
     home: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cli {
-    fn new(cloud: &Cloud) -> Cli {
+    fn new(cloud: &Cloud, turn: std::sync::MutexGuard<'static, ()>) -> Cli {
         Cli {
             server: cloud.url.clone(),
             anon_key: cloud.anon_key.clone(),
             home: tempfile::tempdir().unwrap(),
+            _turn: turn,
         }
     }
 
