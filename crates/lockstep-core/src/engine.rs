@@ -582,11 +582,13 @@ impl Engine {
     pub fn history(&self, key: &str) -> Result<Vec<HistoryEntry>, EngineError> {
         settings::spec(key)?;
         let key = key.to_owned();
-        let mut versions = self.store.call_blocking(move |db| db.history(&key))?;
+        let mut versions: Vec<HistoryEntry> = self
+            .store
+            .call_blocking(move |db| db.history(&key))?
+            .into_iter()
+            .map(shown_version)
+            .collect();
         for version in &mut versions {
-            if let Some(value) = &version.value {
-                version.value = Some(feed::shown_value(&version.key, value));
-            }
             // This device's own versions are stored before the server names them.
             if version.device_name.is_none()
                 && version.device_id.as_deref() == Some(self.profile.device.id.as_str())
@@ -620,11 +622,7 @@ impl Engine {
             Some(value) => self.set(key, value.clone())?,
             None => self.reset(key)?,
         }
-        let mut shown = chosen;
-        if let Some(value) = &shown.value {
-            shown.value = Some(feed::shown_value(&shown.key, value));
-        }
-        Ok(shown)
+        Ok(shown_version(chosen))
     }
 
     fn record(&self, edits: Vec<(String, Value, bool)>) -> Result<(), EngineError> {
@@ -1118,6 +1116,15 @@ pub fn describe_set_aside(edits: &[SetAsideEdit]) -> Option<String> {
                 .join("; ")
         )),
     }
+}
+
+/// A history version as it may be shown: a sensitive value redacted (see
+/// [`feed::shown_value`]).
+fn shown_version(mut version: HistoryEntry) -> HistoryEntry {
+    version.value = version
+        .value
+        .map(|value| feed::shown_value(&version.key, &value));
+    version
 }
 
 fn remote_change(

@@ -98,20 +98,7 @@ impl CacheData {
     /// `device_id` pushes it (same merge rule as [`CacheData::apply_remote`]). The push's
     /// answer then changes nothing, or replaces it with the newer version that won.
     pub fn apply_local(&mut self, entry: &OutboxEntry, device_id: &str) -> bool {
-        let updated_at = lockstep_protocol::timestamp::from_millis(entry.recorded_at_ms);
-        self.apply_remote(SettingRow {
-            key: entry.key.clone(),
-            value: if entry.deleted {
-                Value::Null
-            } else {
-                entry.value.clone()
-            },
-            hlc: entry.hlc,
-            device_id: device_id.to_owned(),
-            device_name: None,
-            updated_at,
-            deleted: entry.deleted,
-        })
+        self.apply_remote(local_row(entry, device_id))
     }
 
     /// Advances the cursor to `seq` if it is further along. (After a full pull that must start
@@ -205,6 +192,24 @@ impl CacheData {
             Some(_) => Err("a row is filed under another key".to_owned()),
             None => Ok(()),
         }
+    }
+}
+
+/// The row a local edit shows as until the server answers: the row the server will store when
+/// `device_id` pushes it.
+pub fn local_row(entry: &OutboxEntry, device_id: &str) -> SettingRow {
+    SettingRow {
+        key: entry.key.clone(),
+        value: if entry.deleted {
+            Value::Null
+        } else {
+            entry.value.clone()
+        },
+        hlc: entry.hlc,
+        device_id: device_id.to_owned(),
+        device_name: None,
+        updated_at: lockstep_protocol::timestamp::from_millis(entry.recorded_at_ms),
+        deleted: entry.deleted,
     }
 }
 

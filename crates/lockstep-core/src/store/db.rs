@@ -18,7 +18,7 @@ use lockstep_protocol::timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
-use super::cache::CacheData;
+use super::cache::{CacheData, local_row};
 use super::outbox::{OutboxEntry, Refusal};
 use super::seal::{LocalSeal, open_value, seal_value};
 use super::{HistoryEntry, HistoryOrigin, StoreError};
@@ -671,13 +671,8 @@ impl Tx<'_> {
     /// Shows a local edit at once, as the row the server will store (see
     /// [`CacheData::apply_local`]).
     pub fn apply_local(&mut self, entry: &OutboxEntry) -> Result<bool, StoreError> {
-        let device = self.device_id.to_owned();
-        let mut shown = CacheData::default();
-        shown.apply_local(entry, &device);
-        match shown.rows.into_values().next() {
-            Some(row) => self.apply_remote(row, entry.recorded_at_ms),
-            None => Ok(false),
-        }
+        let row = local_row(entry, self.device_id);
+        self.apply_remote(row, entry.recorded_at_ms)
     }
 
     /// Replaces every synced row with `rows` (a full pull), keeping the history of what changed.
