@@ -23,7 +23,7 @@ use tauri::State;
 use crate::{
     dto::{
         AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorCode, ErrorDto, HistoryDto,
-        LaunchDto, SetAsideDto, SettingDto, SignInDto,
+        LaunchDto, LockScreenDto, SetAsideDto, SettingDto, SignInDto, UnlockDto,
     },
     shell::Shell,
 };
@@ -100,6 +100,7 @@ pub async fn launch(shell: State<'_, Shell>) -> Answer<LaunchDto> {
     Ok(LaunchDto {
         profile: launch.name.clone(),
         connected,
+        locked: shell.is_locked(),
         server_url: launch.server.clone(),
         anon_key: launch.anon_key.clone(),
         device_name: launch.device_name.clone(),
@@ -115,6 +116,12 @@ pub async fn connect(
     anon_key: String,
     device_name: String,
 ) -> Answer<()> {
+    if shell.is_locked() {
+        return Err(ErrorDto::new(
+            ErrorCode::Locked,
+            "Lockstep is locked: enter a code from your authenticator app",
+        ));
+    }
     if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
         return Err(ErrorDto::new(
             ErrorCode::Invalid,
@@ -283,35 +290,37 @@ pub async fn restore_setting(
     .await
 }
 
+/// Starts adding an authenticator app, or answers the one already started: asking again (the
+/// window reopened, a second click) never makes a new secret, so the entry just scanned keeps
+/// working. Signing out forgets it.
 #[tauri::command]
 pub async fn enroll_totp(shell: State<'_, Shell>, friendly_name: String) -> Answer<EnrollmentDto> {
-    let enrollment = shell.engine().await?.enroll_totp(&friendly_name).await?;
-    let dto = EnrollmentDto {
+    let engine = shell.engine().await?;
+    let mut pending = shell.enrollment().await;
+    if pending.is_none() {
+        *pending = Some(engine.enroll_totp(&friendly_name).await?);
+    }
+    let enrollment = pending.as_ref().unwrap_or_else(|| unreachable!());
+    Ok(EnrollmentDto {
         factor_id: enrollment.factor_id.clone(),
         secret: enrollment.secret.clone(),
         uri: enrollment.uri.clone(),
         qr_svg: enrollment.qr_svg.clone(),
-    };
-    shell.keep_enrollment(enrollment).await;
-    Ok(dto)
+    })
 }
 
-/// Confirms the pending enrollment; answers the recovery codes (shown once).
+/// Confirms the pending enrollment; answers the recovery codes (shown once). A wrong code
+/// keeps the enrollment for the next one.
 #[tauri::command]
 pub async fn confirm_enrollment(shell: State<'_, Shell>, code: String) -> Answer<Vec<String>> {
     let engine = shell.engine().await?;
-    let enrollment = shell
-        .take_enrollment()
-        .await
+    let mut pending = shell.enrollment().await;
+    let enrollment = pending
+        .as_ref()
         .ok_or_else(|| ErrorDto::new(ErrorCode::Invalid, "start adding an authenticator first"))?;
-    match engine.confirm_enrollment(&enrollment, &code).await {
-        Ok(codes) => Ok(codes),
-        Err(error) => {
-            // A wrong code: the same enrollment can be confirmed with the next one.
-            shell.put_back_enrollment(enrollment).await;
-            Err(error.into())
-        }
-    }
+    let codes = engine.confirm_enrollment(enrollment, &code).await?;
+    *pending = None;
+    Ok(codes)
 }
 
 #[tauri::command]
@@ -319,10 +328,34 @@ pub async fn disable_mfa(shell: State<'_, Shell>, code: String) -> Answer<()> {
     Ok(shell.engine().await?.disable_mfa(&code).await?)
 }
 
-/// The app lock: checks a code against this device's keychain secret, offline.
+/// The app lock: unlocks with a code from the authenticator app, checked offline against this
+/// device's keychain (`recovery`: with one of the account's recovery codes, checked by the
+/// server). Wrong codes back off.
 #[tauri::command]
-pub async fn unlock(shell: State<'_, Shell>, code: String) -> Answer<bool> {
-    Ok(shell.engine().await?.check_code_offline(&code).await?)
+pub async fn unlock(shell: State<'_, Shell>, code: String, recovery: Option<bool>) -> Answer<UnlockDto> {
+    let outcome = shell.unlock(&code, recovery.unwrap_or(false)).await?;
+    Ok(UnlockDto::from(outcome))
+}
+
+/// Locks the app now.
+#[tauri::command]
+pub async fn lock_now(shell: State<'_, Shell>) -> Answer<()> {
+    shell.lock_now().await
+}
+
+/// What the lock screen shows: whose account this is, and the wait before the next try.
+#[tauri::command]
+pub async fn lock_screen(shell: State<'_, Shell>) -> Answer<LockScreenDto> {
+    let engine = shell.engine_while_locked().await?;
+    let retry_in_ms = engine.lock_retry_in_ms().await?;
+    let email = engine.session().current().await.map(|tokens| tokens.email);
+    Ok(LockScreenDto {
+        locked: shell.is_locked(),
+        profile: shell.launch.name.clone(),
+        email,
+        device_name: engine.profile().device.name.clone(),
+        retry_in_ms,
+    })
 }
 
 #[tauri::command]
@@ -354,9 +387,15 @@ pub async fn revoke_device(shell: State<'_, Shell>, device_id: String) -> Answer
     Ok(shell.engine().await?.revoke_device(&device_id).await?)
 }
 
-/// `scope`: `this_device`, `others` or `everywhere`.
+/// `scope`: `this_device`, `others` or `everywhere`. Signing this device out wipes what it
+/// holds: with edits that have not reached the server it refuses (`Unsynced`, saying how many)
+/// unless `discard_pending`. Works while locked.
 #[tauri::command]
-pub async fn sign_out(shell: State<'_, Shell>, scope: String) -> Answer<()> {
+pub async fn sign_out(
+    shell: State<'_, Shell>,
+    scope: String,
+    discard_pending: Option<bool>,
+) -> Answer<()> {
     let scope = match scope.as_str() {
         "this_device" => SignOutScope::ThisDevice,
         "others" => SignOutScope::Others,
@@ -368,7 +407,29 @@ pub async fn sign_out(shell: State<'_, Shell>, scope: String) -> Answer<()> {
             ));
         }
     };
-    Ok(shell.engine().await?.sign_out(scope).await?)
+    // Signing the others out reads and changes the account: not while locked.
+    let engine = if scope == SignOutScope::Others {
+        shell.engine().await?
+    } else {
+        shell.engine_while_locked().await?
+    };
+    let unsynced = engine.edits_lost_by_sign_out(scope).await?;
+    if unsynced > 0 && !discard_pending.unwrap_or(false) {
+        let edits = if unsynced == 1 {
+            "1 change made on this device has".to_owned()
+        } else {
+            format!("{unsynced} changes made on this device have")
+        };
+        return Err(ErrorDto::new(
+            ErrorCode::Unsynced,
+            format!("{edits} not reached the server yet: signing out now would lose them"),
+        ));
+    }
+    engine.sign_out(scope).await?;
+    if scope != SignOutScope::Others {
+        shell.signed_out().await;
+    }
+    Ok(())
 }
 
 #[tauri::command]

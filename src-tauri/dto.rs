@@ -5,7 +5,7 @@
 //! Errors cross as `{code, message}` with `code` from [`ErrorCode`]: the UI never matches
 //! message strings.
 
-use lockstep_core::{engine::EngineError, profile::ProfileError, store::HistoryOrigin};
+use lockstep_core::{app_lock::Unlock, engine::EngineError, profile::ProfileError, store::HistoryOrigin};
 use lockstep_protocol::settings;
 use serde::Serialize;
 use serde_json::Value;
@@ -49,6 +49,17 @@ dto! {
         Keychain,
         /// Local storage failed (disk full, permissions, another instance).
         Storage,
+        /// The app lock is on: unlock with a code first (only unlocking and signing out work).
+        Locked,
+        /// Signing out would lose edits that have not reached the server (the message says how
+        /// many): sync first, or sign out with `discard_pending`.
+        Unsynced,
+    }
+}
+
+impl std::fmt::Display for ErrorDto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -99,6 +110,8 @@ dto! {
     pub struct LaunchDto {
         pub profile: String,
         pub connected: bool,
+        /// The app lock is on: show the lock screen and nothing else.
+        pub locked: bool,
         /// Prefilled on the connect screen.
         pub server_url: Option<String>,
         pub anon_key: Option<String>,
@@ -247,5 +260,59 @@ dto! {
         pub changed_by: String,
         /// When this device took it in (RFC 3339).
         pub changed_at: String,
+    }
+}
+
+dto! {
+    /// What the lock screen shows.
+    pub struct LockScreenDto {
+        pub locked: bool,
+        pub profile: String,
+        /// The account's email, when this run has heard it from the server.
+        pub email: Option<String>,
+        pub device_name: String,
+        /// The wait before the next code may be tried, after too many wrong ones.
+        #[ts(type = "number | null")]
+        pub retry_in_ms: Option<i64>,
+    }
+}
+
+dto! {
+    /// How an unlock attempt ended.
+    pub struct UnlockDto {
+        pub unlocked: bool,
+        /// Wrong codes in a row so far.
+        pub failures: u32,
+        /// The wait before the next try, if any.
+        #[ts(type = "number | null")]
+        pub retry_in_ms: Option<i64>,
+    }
+}
+
+impl From<Unlock> for UnlockDto {
+    fn from(outcome: Unlock) -> UnlockDto {
+        match outcome {
+            Unlock::Unlocked => UnlockDto {
+                unlocked: true,
+                failures: 0,
+                retry_in_ms: None,
+            },
+            Unlock::Wrong {
+                failures,
+                retry_in_ms,
+            } => UnlockDto {
+                unlocked: false,
+                failures,
+                retry_in_ms,
+            },
+            Unlock::Wait {
+                failures,
+                retry_in_ms,
+            } => UnlockDto {
+                unlocked: false,
+                failures,
+                retry_in_ms: Some(retry_in_ms),
+            },
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! The shell's state: which profile this instance is, its engine and live loop once connected,
 //! and where engine events go (the window, notifications, the tray). No sync logic lives here.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use lockstep_core::{
     account::Enrollment,
+    app_lock::Unlock,
     engine::{Engine, EngineEvent},
     live::{self, LiveHandle, LiveOptions},
     profile::{self, OpenOptions, ProfileArgs},
@@ -78,6 +82,87 @@ struct Running {
     forwarder: tokio::task::JoinHandle<()>,
 }
 
+/// What sees every engine event at once, locked or not, and is told when the lock changes: the
+/// desktop notifications, which hold what they would show while locked (see
+/// [`crate::notify::Notifications`]).
+pub trait Observer: Send + Sync {
+    fn event(&self, engine: &Arc<Engine>, event: &EngineEvent);
+    fn locked(&self, engine: Option<&Arc<Engine>>, locked: bool);
+}
+
+/// The app lock's gate: whether commands and events are let through. The profile keeps the
+/// lock itself (`lockstep_core::app_lock`); this mirrors it for every command to read.
+#[derive(Default)]
+struct Gate {
+    locked: AtomicBool,
+    /// Engine events that came while locked (values, device names): sent on unlock.
+    held: std::sync::Mutex<Vec<EngineEvent>>,
+    sink: std::sync::Mutex<Option<Sink>>,
+    observer: std::sync::Mutex<Option<Arc<dyn Observer>>>,
+}
+
+impl Gate {
+    fn observer(&self) -> Option<Arc<dyn Observer>> {
+        self.observer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn sink(&self) -> Option<Sink> {
+        self.sink
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends `event` on, or holds it while locked (a status passes: it shows no data). The
+    /// observer sees it at once either way.
+    fn forward(&self, engine: &Arc<Engine>, event: EngineEvent) {
+        if let Some(observer) = self.observer() {
+            observer.event(engine, &event);
+        }
+        let Some(sink) = self.sink() else { return };
+        if self.locked.load(Ordering::SeqCst) && !matches!(event, EngineEvent::Status(_)) {
+            let mut held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A long lock keeps the newest events only.
+            if held.len() >= HELD_EVENTS {
+                held.remove(0);
+            }
+            held.push(event);
+            return;
+        }
+        sink(engine, &event);
+    }
+
+    fn set_locked(&self, engine: Option<&Arc<Engine>>, locked: bool) {
+        self.locked.store(locked, Ordering::SeqCst);
+        if let Some(observer) = self.observer() {
+            observer.locked(engine, locked);
+        }
+        if locked {
+            return;
+        }
+        let held = std::mem::take(
+            &mut *self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if let (Some(engine), Some(sink)) = (engine, self.sink()) {
+            for event in held {
+                sink(engine, &event);
+            }
+        }
+    }
+}
+
+/// How many events a lock holds at most.
+const HELD_EVENTS: usize = 1_000;
+
 impl Drop for Running {
     fn drop(&mut self) {
         self.forwarder.abort();
@@ -89,7 +174,7 @@ pub struct Shell {
     pub launch: Launch,
     running: Mutex<Option<Running>>,
     enrollment: Mutex<Option<Enrollment>>,
-    sink: std::sync::Mutex<Option<Sink>>,
+    gate: Arc<Gate>,
     pub problems: std::sync::Mutex<Vec<String>>,
     pub live_options: LiveOptions,
 }
@@ -108,7 +193,7 @@ impl Shell {
             launch,
             running: Mutex::new(None),
             enrollment: Mutex::new(None),
-            sink: std::sync::Mutex::new(None),
+            gate: Arc::new(Gate::default()),
             problems: std::sync::Mutex::new(Vec::new()),
             live_options: LiveOptions::default(),
         }
@@ -117,9 +202,19 @@ impl Shell {
     /// Sets where engine events go.
     pub fn set_sink(&self, sink: Sink) {
         *self
+            .gate
             .sink
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sink);
+    }
+
+    /// Sets what sees every event at once, locked or not (the notifications).
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        *self
+            .gate
+            .observer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(observer);
     }
 
     /// Opens the profile (with a server the first time) and starts its live loop.
@@ -145,21 +240,15 @@ impl Shell {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(opened.problems);
         let engine = opened.engine;
+        // Locked before any command or event gets through.
+        let locked = engine.lock_at_start().await?;
+        self.gate.set_locked(Some(&engine), locked);
         let mut events = engine.subscribe();
-        let sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let forwarded = engine.clone();
+        let (gate, forwarded) = (self.gate.clone(), engine.clone());
         let forwarder = tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) => {
-                        if let Some(sink) = &sink {
-                            sink(&forwarded, &event);
-                        }
-                    }
+                    Ok(event) => gate.forward(&forwarded, event),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the window missed engine events");
                     }
@@ -194,8 +283,20 @@ impl Shell {
         }
     }
 
-    /// The engine, or `NotConnected`.
+    /// The engine, or `NotConnected`, or `Locked` while the app lock is on: what every
+    /// command that reads or changes anything goes through.
     pub async fn engine(&self) -> Result<Arc<Engine>, ErrorDto> {
+        if self.is_locked() {
+            return Err(ErrorDto::new(
+                ErrorCode::Locked,
+                "Lockstep is locked: enter a code from your authenticator app",
+            ));
+        }
+        self.engine_while_locked().await
+    }
+
+    /// The engine even while locked: only for unlocking, signing out and the lock screen.
+    pub async fn engine_while_locked(&self) -> Result<Arc<Engine>, ErrorDto> {
         self.running
             .lock()
             .await
@@ -216,16 +317,44 @@ impl Shell {
         }
     }
 
-    pub async fn keep_enrollment(&self, enrollment: Enrollment) {
-        *self.enrollment.lock().await = Some(enrollment);
+    /// Whether the app lock is on.
+    pub fn is_locked(&self) -> bool {
+        self.gate.locked.load(Ordering::SeqCst)
     }
 
-    pub async fn take_enrollment(&self) -> Option<Enrollment> {
-        self.enrollment.lock().await.take()
+    /// Locks the app now: commands are refused and events held until a code unlocks it.
+    pub async fn lock_now(&self) -> Result<(), ErrorDto> {
+        let engine = self.engine_while_locked().await?;
+        engine.lock().await?;
+        self.gate.set_locked(Some(&engine), true);
+        Ok(())
     }
 
-    pub async fn put_back_enrollment(&self, enrollment: Enrollment) {
-        *self.enrollment.lock().await = Some(enrollment);
+    /// Tries to unlock with a code (`recovery`: one of the account's recovery codes).
+    pub async fn unlock(&self, code: &str, recovery: bool) -> Result<Unlock, ErrorDto> {
+        let engine = self.engine_while_locked().await?;
+        let outcome = if recovery {
+            engine.unlock_with_recovery_code(code).await?
+        } else {
+            engine.unlock_with_code(code).await?
+        };
+        if outcome == Unlock::Unlocked {
+            self.gate.set_locked(Some(&engine), false);
+        }
+        Ok(outcome)
+    }
+
+    /// After a sign-out of this device: its lock went with its secrets.
+    pub async fn signed_out(&self) {
+        *self.enrollment.lock().await = None;
+        let engine = self.engine_while_locked().await.ok();
+        self.gate.set_locked(engine.as_ref(), false);
+    }
+
+    /// The authenticator enrollment waiting for its first code, if any (held while the
+    /// guard lives: one enrollment at a time).
+    pub async fn enrollment(&self) -> tokio::sync::MutexGuard<'_, Option<Enrollment>> {
+        self.enrollment.lock().await
     }
 }
 

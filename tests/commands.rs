@@ -478,3 +478,249 @@ fn a_setting_history_lists_its_versions_and_a_restore_syncs() {
     );
     assert_eq!(shared[0]["changed_by"], "this device", "{shared}");
 }
+
+/// Opens the link mailed to `email`, as its owner would in a browser.
+fn confirm_email(cloud: &Cloud, email: &str) {
+    let link = cloud.server.newest_link(email).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let landed = runtime.block_on(reqwest::get(link)).unwrap();
+    assert!(landed.status().is_success(), "{}", landed.status());
+}
+
+/// The code of `secret` `offset` steps from now.
+fn totp_code(secret: &str, offset: i64) -> String {
+    let now = lockstep_core::clock_ms() / 1000 + offset * 30;
+    lockstep_core::totp::code_at(secret, u64::try_from(now).unwrap()).unwrap()
+}
+
+/// Regression (issue 15): with "ask for a code when the app starts" on, the restarted app
+/// showed the device list with working buttons, and every command worked over IPC while the
+/// window said "locked". The lock is a gate in the shell: while locked, every command but
+/// unlock and sign-out is refused with `locked`, events that carry data are held until the
+/// unlock, wrong codes back off (kept across restarts), and a code unlocks once only.
+#[test]
+fn a_locked_app_refuses_every_command_but_unlock_and_sign_out() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let a_profile = unique("lock-a");
+    let (url, anon) = (cloud.server.url.clone(), cloud.server.anon_key.clone());
+    let credentials = json!({"email": "lock@example.com", "password": "Correct horse 42"});
+    let b = Instance::start(base.path(), &unique("lock-b"));
+    let (secret, recovery_code) = {
+        let a = Instance::start(base.path(), &a_profile);
+        a.ok("launch", json!({}));
+        a.ok(
+            "connect",
+            json!({"serverUrl": url, "anonKey": anon, "deviceName": "Work laptop"}),
+        );
+        a.ok("sign_up", credentials.clone());
+        confirm_email(&cloud, "lock@example.com");
+        let enrollment = a.ok("enroll_totp", json!({"friendlyName": "Phone"}));
+        let secret = enrollment["secret"].as_str().unwrap().to_owned();
+        // Issue 15: a wrong code, or asking again, used to throw the scanned secret away.
+        let wrong = a
+            .call("confirm_enrollment", json!({"code": "000000"}))
+            .unwrap_err();
+        assert_eq!(wrong["code"], "refused", "{wrong}");
+        let again = a.ok("enroll_totp", json!({"friendlyName": "Phone"}));
+        assert_eq!(again, enrollment, "the same enrollment, the same secret");
+        let codes = a.ok("confirm_enrollment", json!({"code": totp_code(&secret, 0)}));
+        assert_eq!(a.ok("account", json!({}))["offline_codes"], true);
+        a.ok(
+            "set_setting",
+            json!({"key": "security.require_code_on_unlock", "value": true}),
+        );
+        assert_eq!(a.ok("launch", json!({}))["locked"], false, "locks at start");
+        (secret, codes[0].as_str().unwrap().to_owned())
+    };
+    b.ok("launch", json!({}));
+    b.ok(
+        "connect",
+        json!({"serverUrl": url, "anonKey": anon, "deviceName": "Home desktop"}),
+    );
+    // B signs in with a recovery code, and can then check codes offline too (issue 15: after
+    // a recovery code the device could not fetch the authenticator secret).
+    assert_eq!(b.ok("sign_in", credentials), "code_needed");
+    b.ok("verify_recovery_code", json!({"code": recovery_code}));
+    assert_eq!(b.ok("account", json!({}))["offline_codes"], true);
+
+    // The app starts again: locked before anything answers.
+    let a = Instance::start(base.path(), &a_profile);
+    assert_eq!(a.ok("launch", json!({}))["locked"], true);
+    let refused = [
+        ("settings", json!({})),
+        ("status", json!({})),
+        ("account", json!({})),
+        ("devices", json!({})),
+        ("activity", json!({})),
+        ("set_aside", json!({})),
+        ("setting_history", json!({"key": "appearance.theme"})),
+        (
+            "set_setting",
+            json!({"key": "appearance.theme", "value": "dark"}),
+        ),
+        ("revoke_device", json!({"deviceId": "anything"})),
+        ("sign_out", json!({"scope": "others"})),
+        ("enroll_totp", json!({"friendlyName": "Another"})),
+        ("disable_mfa", json!({"code": "123456"})),
+        ("sync_now", json!({})),
+        ("pause_sync", json!({"paused": true})),
+        (
+            "connect",
+            json!({"serverUrl": url, "anonKey": anon, "deviceName": "Thief"}),
+        ),
+    ];
+    for (cmd, args) in refused {
+        let error = a.call(cmd, args).unwrap_err();
+        assert_eq!(error["code"], "locked", "{cmd}: {error}");
+    }
+    let screen = a.ok("lock_screen", json!({}));
+    assert_eq!(screen["locked"], true);
+    assert_eq!(screen["device_name"], "Work laptop");
+
+    // A change made on B while A is locked is held: no event with its value reaches A's window.
+    b.ok(
+        "set_setting",
+        json!({"key": "appearance.theme", "value": "light"}),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let shown = |instance: &Instance| {
+        instance
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| serde_json::to_value(e).unwrap()["event"] == "remote_change")
+    };
+    assert!(!shown(&a), "a change reached the window while locked");
+
+    // Four wrong codes are free; the right one unlocks and the held change comes through.
+    for n in 1..=4 {
+        let wrong = a.ok("unlock", json!({"code": "000000"}));
+        assert_eq!(wrong["unlocked"], false);
+        assert_eq!(wrong["failures"], n);
+        assert_eq!(wrong["retry_in_ms"], Value::Null, "attempt {n} is free");
+    }
+    let right = totp_code(&secret, 0);
+    assert_eq!(
+        a.ok("unlock", json!({"code": right}))["unlocked"],
+        true
+    );
+    a.wait_event("the held change", |e| {
+        e["event"] == "remote_change" && e["key"] == "appearance.theme" && e["new"] == "light"
+    });
+    assert_eq!(a.setting("appearance.theme")["value"], "light");
+
+    // Locked again: the code that unlocked does not unlock twice.
+    a.ok("lock_now", json!({}));
+    assert_eq!(a.call("settings", json!({})).unwrap_err()["code"], "locked");
+    let replay = a.ok("unlock", json!({"code": right}));
+    assert_eq!(replay["unlocked"], false, "a code unlocks once");
+
+    // Wrong codes past the free ones make the next try wait, even with the right code, and
+    // across a restart.
+    let mut last = Value::Null;
+    for _ in 0..4 {
+        last = a.ok("unlock", json!({"code": "000000"}));
+    }
+    assert_eq!(last["failures"], 5);
+    let wait = last["retry_in_ms"].as_i64().expect("a wait after five wrong codes");
+    assert!(wait > 10_000, "{last}");
+    let next = totp_code(&secret, 1);
+    let early = a.ok("unlock", json!({"code": next}));
+    assert_eq!(early["unlocked"], false, "{early}");
+    assert!(early["retry_in_ms"].as_i64().unwrap() > 0, "{early}");
+    drop(a);
+    let again = Instance::start(base.path(), &a_profile);
+    assert_eq!(again.ok("launch", json!({}))["locked"], true);
+    let screen = again.ok("lock_screen", json!({}));
+    assert!(screen["retry_in_ms"].as_i64().unwrap() > 0, "{screen}");
+    assert_eq!(
+        again.ok("unlock", json!({"code": next}))["unlocked"],
+        false,
+        "a restart does not reset the wait"
+    );
+
+    // Signing out works while locked, and takes the lock with the device's secrets.
+    again.ok("sign_out", json!({"scope": "this_device"}));
+    assert_eq!(again.ok("launch", json!({}))["locked"], false);
+    assert_eq!(
+        again.call("account", json!({})).unwrap_err()["code"],
+        "signed_out"
+    );
+}
+
+/// Regression (issue 15): signing out dropped unsynced edits silently. With an edit that has
+/// not reached the server, `sign_out` refuses with `unsynced`, saying how many, and keeps
+/// everything; once synced (or when told to discard them) it signs out.
+#[test]
+fn signing_out_with_a_pending_edit_warns_and_keeps_it() {
+    let mut cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let a = Instance::start(base.path(), &unique("bye-a"));
+    a.ok("launch", json!({}));
+    let (url, anon) = (cloud.server.url.clone(), cloud.server.anon_key.clone());
+    a.ok(
+        "connect",
+        json!({"serverUrl": url, "anonKey": anon, "deviceName": "Work laptop"}),
+    );
+    a.ok(
+        "sign_up",
+        json!({"email": "bye@example.com", "password": "Correct horse 42"}),
+    );
+    a.wait_event("live", |e| {
+        e["event"] == "status" && e["connection"] == "live"
+    });
+    cloud.server.kill();
+    a.ok(
+        "set_setting",
+        json!({"key": "appearance.theme", "value": "dark"}),
+    );
+    let refused = a
+        .call("sign_out", json!({"scope": "this_device"}))
+        .unwrap_err();
+    assert_eq!(refused["code"], "unsynced", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("1 change"),
+        "{refused}"
+    );
+    assert_eq!(a.setting("appearance.theme")["pending"], true, "kept");
+    // Signing the other devices out loses nothing here: no warning (it fails offline).
+    let others = a.call("sign_out", json!({"scope": "others"})).unwrap_err();
+    assert_ne!(others["code"], "unsynced", "{others}");
+
+    cloud.server.restart().unwrap();
+    a.ok("sync_now", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.ok("status", json!({}))["pending"] != 0 {
+        assert!(Instant::now() < deadline, "the edit never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.ok("sign_out", json!({"scope": "this_device"}));
+    assert_eq!(
+        a.call("account", json!({})).unwrap_err()["code"],
+        "signed_out"
+    );
+
+    // Told to discard them, it signs out with an edit pending.
+    a.ok(
+        "sign_in",
+        json!({"email": "bye@example.com", "password": "Correct horse 42"}),
+    );
+    cloud.server.kill();
+    a.ok(
+        "set_setting",
+        json!({"key": "appearance.theme", "value": "light"}),
+    );
+    a.ok(
+        "sign_out",
+        json!({"scope": "this_device", "discardPending": true}),
+    );
+    assert_eq!(
+        a.call("account", json!({})).unwrap_err()["code"],
+        "signed_out"
+    );
+}

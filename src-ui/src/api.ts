@@ -10,12 +10,14 @@ import type { ErrorDto } from "./bindings/ErrorDto";
 import type { EventReport } from "./bindings/EventReport";
 import type { HistoryDto } from "./bindings/HistoryDto";
 import type { LaunchDto } from "./bindings/LaunchDto";
+import type { LockScreenDto } from "./bindings/LockScreenDto";
+import type { UnlockDto } from "./bindings/UnlockDto";
 import type { SetAsideDto } from "./bindings/SetAsideDto";
 import type { SettingDto } from "./bindings/SettingDto";
 import type { SignInDto } from "./bindings/SignInDto";
 import type { StatusReport } from "./bindings/StatusReport";
 
-export type { AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorDto, EventReport, HistoryDto, LaunchDto, SetAsideDto, SettingDto, StatusReport };
+export type { AccountDto, ActivityDto, DeviceDto, EnrollmentDto, ErrorDto, EventReport, HistoryDto, LaunchDto, LockScreenDto, SetAsideDto, SettingDto, StatusReport, UnlockDto };
 
 interface TauriGlobal {
   core: { invoke<T>(cmd: string, args?: Record<string, unknown>): Promise<T> };
@@ -61,11 +63,15 @@ export const api = {
   enrollTotp: (friendlyName: string) => invoke<EnrollmentDto>("enroll_totp", { friendlyName }),
   confirmEnrollment: (code: string) => invoke<string[]>("confirm_enrollment", { code }),
   disableMfa: (code: string) => invoke<null>("disable_mfa", { code }),
-  unlock: (code: string) => invoke<boolean>("unlock", { code }),
+  /** The app lock: a code from the authenticator app (`recovery`: a recovery code). */
+  unlock: (code: string, recovery: boolean) => invoke<UnlockDto>("unlock", { code, recovery }),
+  lockNow: () => invoke<null>("lock_now"),
+  lockScreen: () => invoke<LockScreenDto>("lock_screen"),
   devices: () => invoke<DeviceDto[]>("devices"),
   renameDevice: (deviceId: string, name: string) => invoke<null>("rename_device", { deviceId, name }),
   revokeDevice: (deviceId: string) => invoke<null>("revoke_device", { deviceId }),
-  signOut: (scope: "this_device" | "others" | "everywhere") => invoke<null>("sign_out", { scope }),
+  /** Refused with `unsynced` when edits have not reached the server, unless `discardPending`. */
+  signOut: (scope: "this_device" | "others" | "everywhere", discardPending: boolean) => invoke<null>("sign_out", { scope, discardPending }),
   activity: () => invoke<ActivityDto[]>("activity"),
   syncNow: () => invoke<null>("sync_now"),
   pauseSync: (paused: boolean) => invoke<null>("pause_sync", { paused }),

@@ -17,6 +17,21 @@ export function ago(thenMs: number | null, nowMs: number): string {
   return new Date(thenMs).toISOString().slice(0, 10);
 }
 
+/** An authenticator key in groups of four, for typing it in: `JBSW Y3DP EHPK 3PXP`. */
+export function groupedKey(secret: string): string {
+  return secret.replace(/\s+/g, "").replace(/(.{4})(?=.)/g, "$1 ");
+}
+
+/** What the lock screen says after a try that did not unlock. */
+export function lockNote(outcome: { failures: number; retry_in_ms: number | null }): string {
+  if (outcome.retry_in_ms !== null && outcome.retry_in_ms > 0) {
+    const seconds = Math.ceil(outcome.retry_in_ms / 1000);
+    const wait = seconds < 60 ? `${seconds} s` : `${Math.ceil(seconds / 60)} min`;
+    return `Too many wrong codes: try again in ${wait}`;
+  }
+  return "That code is not valid (or was already used): try the next one";
+}
+
 /** An API key shown masked: the last four characters only. */
 export function mask(secret: string): string {
   if (secret.length <= 4) return "••••";

@@ -2,8 +2,8 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 
-import { api, isError, onEvent, uiState, type AccountDto, type EventReport, type HistoryDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
-import { ago, connectionNote, describe, effectiveTheme, historyNote, historyValue, mask, move, toggle, type Widget } from "./format.js";
+import { api, isError, onEvent, uiState, type AccountDto, type EnrollmentDto, type EventReport, type HistoryDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
+import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
 type Attrs = Record<string, string | boolean | ((e: Event) => void)>;
@@ -36,6 +36,10 @@ const state = {
   renaming: null as string | null,
   /** The setting whose history is open (one at a time), and its versions, newest first. */
   history: null as { key: string; versions: HistoryDto[] } | null,
+  /** The authenticator enrollment waiting for its first code (kept through wrong codes). */
+  enrollment: null as EnrollmentDto | null,
+  /** The user ticked "I have saved my recovery codes". */
+  codesKept: false,
 };
 
 const root = () => document.getElementById("app") as HTMLElement;
@@ -135,19 +139,84 @@ function codeScreen(): void {
   );
 }
 
-function lockScreen(): void {
+/** The lock screen: the only thing a locked window shows. The shell refuses every command but
+ * unlock and sign-out while locked, so nothing behind it works even over IPC. */
+async function lockScreen(): Promise<void> {
   state.locked = true;
+  const info = await api.lockScreen().catch(() => null);
+  const who = info ? `${info.email ?? `profile ${info.profile}`} on ${info.device_name}` : "";
+  const wait = h("p", { class: "muted", id: "lock-wait" }, info?.retry_in_ms ? lockNote({ failures: 0, retry_in_ms: info.retry_in_ms }) : "");
+  const tryUnlock = (recovery: boolean) => async (d: FormData) => {
+    const outcome = await api.unlock(String(d.get(recovery ? "recovery" : "code")), recovery);
+    if (outcome.unlocked) {
+      state.locked = false;
+      state.lastActivity = Date.now();
+      await refresh();
+    } else {
+      throw new Error(lockNote(outcome));
+    }
+  };
   root().replaceChildren(
-    form("Lockstep is locked", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code" })], "Unlock", async (d) => {
-      if (await api.unlock(String(d.get("code")))) {
-        state.locked = false;
-        state.lastActivity = Date.now();
-        render();
-      } else {
-        throw new Error("That code is not valid (or was already used): try the next one");
-      }
-    }),
+    h("div", { class: "pair", id: "lock-screen" },
+      h("div", { class: "card" },
+        h("h1", {}, "Lockstep is locked"),
+        who ? h("p", { id: "lock-account" }, who) : null,
+        wait,
+        form("Unlock", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-unlock-code" })], "Unlock", tryUnlock(false))),
+      form("Lost your authenticator?", [field("recovery", "Recovery code", "text", "", { id: "f-unlock-recovery" })], "Unlock with a recovery code", tryUnlock(true)),
+      h("div", { class: "card" },
+        h("h2", {}, "Not you?"),
+        h("button", { class: "danger", id: "lock-sign-out", onclick: () => void signOutFlow() }, "Sign out of this device"))),
   );
+  document.getElementById("f-unlock-code")?.focus();
+}
+
+/** Signs this device out after a confirmation; with edits that have not reached the server,
+ * says how many and offers to sync first. */
+async function signOutFlow(): Promise<void> {
+  if (!(await confirmDialog("Sign out of this device?", "Lockstep stops syncing here and forgets this device's copy of your settings.", "Sign out"))) return;
+  try {
+    await api.signOut("this_device", false);
+  } catch (e) {
+    if (!isError(e) || e.code !== "unsynced") {
+      toast(message(e));
+      return;
+    }
+    const choice = await choiceDialog("Changes not synced yet", e.message, [["sync", "Sync first"], ["discard", "Sign out anyway"]]);
+    if (choice === "sync") {
+      await api.syncNow().catch(() => undefined);
+      toast("Syncing: sign out again once \"All changes synced\" shows");
+      return;
+    }
+    if (choice !== "discard") return;
+    await api.signOut("this_device", true);
+  }
+  state.locked = false;
+  authScreen();
+}
+
+/** A modal dialog asking to confirm `action`; resolves with the answer. Keyboard: Escape
+ * cancels, focus starts on Cancel. */
+function confirmDialog(title: string, text: string, action: string): Promise<boolean> {
+  return choiceDialog(title, text, [["ok", action]]).then((c) => c === "ok");
+}
+
+/** A modal dialog with a Cancel button and `choices` ([value, label]); resolves with the value
+ * chosen, or null. */
+function choiceDialog(title: string, text: string, choices: [string, string][]): Promise<string | null> {
+  return new Promise((resolve) => {
+    const dialog = h("dialog", { "aria-labelledby": "dialog-title", "aria-describedby": "dialog-text", class: "card" }) as HTMLDialogElement;
+    const close = (value: string | null) => { dialog.close(); dialog.remove(); resolve(value); };
+    const cancel = h("button", { onclick: () => close(null) }, "Cancel");
+    dialog.append(
+      h("h2", { id: "dialog-title" }, title),
+      h("p", { id: "dialog-text" }, text),
+      h("p", { class: "actions" }, cancel, ...choices.map(([value, label]) => h("button", { "data-choice": value, class: value === "discard" || value === "ok" ? "danger" : "", onclick: () => close(value) }, label))));
+    dialog.addEventListener("cancel", (e) => { e.preventDefault(); close(null); });
+    document.body.append(dialog);
+    dialog.showModal();
+    cancel.focus();
+  });
 }
 
 // ---- the main window ----
@@ -163,6 +232,7 @@ async function refresh(): Promise<void> {
     if (status.connection === "step_up_required") return codeScreen();
     if (status.connection === "signed_out") return authScreen();
   } catch (e) {
+    if (isError(e) && e.code === "locked") return void (await lockScreen());
     if (isError(e) && e.code === "signed_out") return authScreen();
     if (isError(e) && e.code === "code_needed") return codeScreen();
     if (isError(e) && e.code === "offline") {
@@ -208,9 +278,16 @@ async function restoreVersion(s: SettingDto, version: HistoryDto): Promise<void>
 
 async function enterMain(): Promise<void> {
   await refresh();
-  const account = state.account;
-  const required = state.settings.find((s) => s.key === "security.require_code_on_unlock")?.value === true;
-  if (account?.offline_codes && required) lockScreen();
+}
+
+/** Locks now ("Lock now", Ctrl+L, or after inactivity). */
+async function lockNow(): Promise<void> {
+  try {
+    await api.lockNow();
+    await lockScreen();
+  } catch (e) {
+    toast(message(e));
+  }
 }
 
 function header(): HTMLElement {
@@ -226,7 +303,8 @@ function header(): HTMLElement {
     h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"),
     h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`),
     h("button", { onclick: () => void api.syncNow(), disabled: shared, title: shared ? "The other Lockstep process syncs this profile" : "" }, "Sync now"),
-    h("button", { onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"),
+    h("button", { id: "pause-sync", onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"),
+    state.account?.offline_codes ? h("button", { id: "lock-now", title: "Ctrl+L", "aria-keyshortcuts": "Control+L", onclick: () => void lockNow() }, "Lock now") : null,
   );
 }
 
@@ -269,6 +347,7 @@ async function guard(p: Promise<unknown>): Promise<void> {
   try {
     await p;
   } catch (e) {
+    if (isError(e) && e.code === "locked") return void (await lockScreen());
     toast(message(e));
   }
   await refresh();
@@ -289,7 +368,9 @@ function settingRow(s: SettingDto): HTMLElement {
     control = h("span", {},
       h("code", { id }, shown ? String(s.value) : mask(String(s.value ?? ""))),
       h("button", { onclick: () => { if (shown) state.revealed.delete(s.key); else state.revealed.add(s.key); render(); } }, shown ? "Hide" : "Reveal"),
-      h("button", { onclick: () => void guard(api.resetSetting(s.key)) }, "Remove"));
+      h("button", { onclick: async () => {
+        if (await confirmDialog(`Remove ${s.label}?`, "The key is removed from every device.", "Remove")) await guard(api.resetSetting(s.key));
+      } }, "Remove"));
   } else if (s.key === "dashboard.layout") {
     control = layoutEditor(s);
   } else {
@@ -340,39 +421,49 @@ async function securityView(): Promise<HTMLElement> {
   if (!account) return section;
   const codes = state.recoveryCodes;
   if (codes) {
-    section.append(h("div", { class: "card" },
+    const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = (e.target as HTMLInputElement).checked; done.toggleAttribute("disabled", !state.codesKept); } });
+    const done = h("button", { id: "codes-done", disabled: !state.codesKept, onclick: () => { state.recoveryCodes = null; state.codesKept = false; void render(); } }, "Done");
+    section.append(h("div", { class: "card", id: "recovery-card" },
       h("h2", {}, "Your recovery codes"),
       h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."),
       h("pre", { id: "recovery-codes" }, codes.join("\n")),
-      h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")) }, "Copy"),
-      h("button", { onclick: () => { const a = h("a", { href: "data:text/plain," + encodeURIComponent(codes.join("\n")), download: "lockstep-recovery-codes.txt" }); a.click(); } }, "Save as file"),
-      h("button", { id: "codes-done", onclick: () => { state.recoveryCodes = null; void render(); } }, "Done")));
+      h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")).then(() => toast("Recovery codes copied")) }, "Copy"),
+      h("p", {}, kept, h("label", { for: "codes-kept", class: "inline" }, "I have saved my recovery codes")),
+      done));
   }
   if (!account.mfa_enabled) {
-    const area = h("div", {});
-    const start = h("button", { id: "enable-mfa", onclick: async () => {
-      try {
-        const enrollment = await api.enrollTotp("Authenticator app");
-        const qr = h("div", { class: "qr", "aria-label": "QR code for your authenticator app" });
-        qr.innerHTML = enrollment.qr_svg; // SVG markup rendered by the server's qrcode crate
-        area.replaceChildren(
-          h("p", {}, "Scan this with your authenticator app, or type the key in:"), qr,
-          h("p", {}, h("code", { id: "totp-secret" }, enrollment.secret)),
-          form("Confirm with a code", [field("code", "Code from the app", "text", "", { inputmode: "numeric", id: "f-confirm-code" })], "Turn on", async (d) => {
-            state.recoveryCodes = await api.confirmEnrollment(String(d.get("code")));
-            await refresh();
-          }));
-      } catch (e) {
-        toast(message(e));
-      }
-    } }, "Turn on two-factor authentication");
-    area.append(start);
-    section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is off"), area));
+    const enrollment = state.enrollment;
+    const body: (HTMLElement | null)[] = [];
+    if (!enrollment) {
+      body.push(h("button", { id: "enable-mfa", onclick: async () => {
+        try {
+          state.enrollment = await api.enrollTotp("Authenticator app");
+          await render();
+        } catch (e) {
+          toast(message(e));
+        }
+      } }, "Turn on two-factor authentication"));
+    } else {
+      const qr = h("div", { class: "qr", role: "img", "aria-label": "QR code for your authenticator app" });
+      qr.innerHTML = enrollment.qr_svg; // SVG markup rendered by the server's qrcode crate
+      body.push(
+        h("p", {}, "Scan this with your authenticator app, or type the key in:"), qr,
+        h("p", {}, h("code", { id: "totp-secret", "data-secret": enrollment.secret }, groupedKey(enrollment.secret)), " ",
+          h("button", { id: "copy-secret", onclick: () => void navigator.clipboard.writeText(enrollment.secret).then(() => toast("Key copied")) }, "Copy key")),
+        form("Confirm with a code", [field("code", "Code from the app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-confirm-code" })], "Turn on", async (d) => {
+          // A wrong code throws: the form shows it, and the same key stays for the next code.
+          state.recoveryCodes = await api.confirmEnrollment(String(d.get("code")));
+          state.enrollment = null;
+          await refresh();
+        }));
+    }
+    section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is off"), ...body));
   } else {
     section.append(h("div", { class: "card" },
       h("h2", {}, "Two-factor authentication is on"),
       h("p", {}, account.offline_codes ? "This device can check codes offline (app lock)." : "This device does not hold the authenticator secret."),
-      form("Turn it off", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric" })], "Turn off", async (d) => {
+      form("Turn it off", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", id: "f-disable-code" })], "Turn off", async (d) => {
+        if (!(await confirmDialog("Turn off two-factor authentication?", "Signing in will need only your password, on every device.", "Turn off"))) return;
         await api.disableMfa(String(d.get("code")));
         await refresh();
       })));
@@ -393,9 +484,17 @@ async function devicesView(): Promise<HTMLElement> {
             await render();
           })
         : h("button", { onclick: () => { state.renaming = d.id; render(); } }, "Rename"),
-      d.current ? null : h("button", { class: "danger", "data-revoke": d.id, onclick: async () => { await guard(api.revokeDevice(d.id)); render(); } }, "Revoke")))),
-    h("button", { onclick: async () => { await guard(api.signOut("others")); render(); } }, "Sign out everywhere else"),
-    h("button", { class: "danger", onclick: async () => { await api.signOut("this_device"); authScreen(); } }, "Sign out"));
+      d.current ? null : h("button", { class: "danger", "data-revoke": d.id, onclick: async () => {
+        if (!(await confirmDialog(`Sign out ${d.name}?`, `${d.name} stops syncing at once and forgets this account.`, "Revoke"))) return;
+        await guard(api.revokeDevice(d.id));
+        render();
+      } }, "Revoke")))),
+    h("button", { id: "sign-out-others", onclick: async () => {
+      if (!(await confirmDialog("Sign out everywhere else?", "Every other device stops syncing until it signs in again.", "Sign out the others"))) return;
+      await guard(api.signOut("others", false));
+      render();
+    } }, "Sign out everywhere else"),
+    h("button", { class: "danger", id: "sign-out", onclick: () => void signOutFlow() }, "Sign out"));
 }
 
 async function activityView(): Promise<HTMLElement> {
@@ -406,6 +505,44 @@ async function activityView(): Promise<HTMLElement> {
     h("h3", {}, "On this device"), h("ul", { id: "event-log" }, ...state.log.map((l) => h("li", {}, l))));
 }
 
+/** Runs `redraw` (which replaces the window's content) keeping what the user was doing: text
+ * typed in fields, ticked boxes, inline errors, and focus with its selection, matched by id
+ * (inline errors by their form's label). */
+function keepingInput(redraw: () => void): void {
+  const fields = new Map<string, { value: string; checked: boolean }>();
+  for (const el of Array.from(root().querySelectorAll<HTMLInputElement>("input[id]"))) {
+    if (el.type !== "checkbox" && el.value !== el.defaultValue) fields.set(el.id, { value: el.value, checked: el.checked });
+  }
+  const errors = new Map<string, string>();
+  for (const el of Array.from(root().querySelectorAll<HTMLElement>("form[aria-label] > .error"))) {
+    const label = el.parentElement?.getAttribute("aria-label");
+    if (label && el.textContent) errors.set(label, el.textContent);
+  }
+  const active = document.activeElement instanceof HTMLElement && root().contains(document.activeElement) ? document.activeElement : null;
+  const focusId = active?.id || null;
+  const selection = active instanceof HTMLInputElement ? [active.selectionStart, active.selectionEnd] : null;
+  redraw();
+  for (const [id, kept] of fields) {
+    const el = document.getElementById(id);
+    if (el instanceof HTMLInputElement) el.value = kept.value;
+  }
+  for (const [label, text] of errors) {
+    const el = root().querySelector(`form[aria-label="${CSS.escape(label)}"] > .error`);
+    if (el && !el.textContent) el.textContent = text;
+  }
+  const again = focusId ? document.getElementById(focusId) : null;
+  if (again) {
+    again.focus();
+    if (again instanceof HTMLInputElement && selection && selection[0] !== null) {
+      try {
+        again.setSelectionRange(selection[0], selection[1]);
+      } catch {
+        // Not every input type has a selection.
+      }
+    }
+  }
+}
+
 let rendering = 0;
 async function render(): Promise<void> {
   if (state.locked) return;
@@ -414,10 +551,12 @@ async function render(): Promise<void> {
   try {
     body = state.view === "settings" ? settingsView() : state.view === "security" ? await securityView() : state.view === "devices" ? await devicesView() : await activityView();
   } catch (e) {
+    if (isError(e) && e.code === "locked") return void (await lockScreen());
     body = h("p", { class: "error" }, message(e));
   }
-  if (ticket !== rendering) return;
-  root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body));
+  // The lock may have come on while the view was read: it wins.
+  if (ticket !== rendering || state.locked) return;
+  keepingInput(() => root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body)));
 }
 
 function onEngineEvent(event: EventReport): void {
@@ -445,11 +584,13 @@ async function start(): Promise<void> {
   if (lastView === "settings" || lastView === "security" || lastView === "devices" || lastView === "activity") state.view = lastView;
   for (const p of launch.problems) toast(p);
   if (!launch.connected) return connectScreen(launch);
+  if (launch.locked) return void (await lockScreen());
   try {
     await api.account();
     await enterMain();
   } catch (e) {
-    if (isError(e) && e.code === "code_needed") codeScreen();
+    if (isError(e) && e.code === "locked") await lockScreen();
+    else if (isError(e) && e.code === "code_needed") codeScreen();
     else if (isError(e) && e.code === "offline") await enterMain();
     else authScreen();
   }
@@ -463,9 +604,15 @@ for (const type of ["keydown", "pointerdown", "wheel"]) {
 setInterval(() => {
   const minutes = Number(state.settings.find((s) => s.key === "security.lock_after_minutes")?.value ?? 0);
   if (!state.locked && state.account?.offline_codes && minutes > 0 && Date.now() - state.lastActivity > minutes * 60_000) {
-    lockScreen();
+    void lockNow();
   }
 }, 5_000);
+window.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "l" && !state.locked && state.account?.offline_codes) {
+    e.preventDefault();
+    void lockNow();
+  }
+});
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
 
 /** Shows an error the window could not recover from, instead of a blank window. */

@@ -1,7 +1,7 @@
 // Unit tests of the window's view logic (compiled by `npm test` first).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ago, connectionNote, describe, effectiveTheme, historyNote, historyValue, mask, move, toggle } from "../dist/js/format.js";
+import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, toggle } from "../dist/js/format.js";
 
 test("times read as people say them", () => {
   const now = 1_000_000_000;
@@ -98,4 +98,16 @@ test("a version says where it came from and when", () => {
     historyNote({ ...version, origin: "device_only", origin_label: "this device only", changed_by: "this device" }, now),
     "this device only · 3 min ago",
   );
+});
+
+test("an authenticator key reads in groups of four", () => {
+  assert.equal(groupedKey("JBSWY3DPEHPK3PXP"), "JBSW Y3DP EHPK 3PXP");
+  assert.equal(groupedKey("JBSWY3DPEH"), "JBSW Y3DP EH");
+  assert.equal(groupedKey(" JBSW Y3DP "), "JBSW Y3DP");
+});
+
+test("the lock screen says why a code did not unlock", () => {
+  assert.equal(lockNote({ failures: 2, retry_in_ms: null }), "That code is not valid (or was already used): try the next one");
+  assert.equal(lockNote({ failures: 5, retry_in_ms: 14_200 }), "Too many wrong codes: try again in 15 s");
+  assert.equal(lockNote({ failures: 9, retry_in_ms: 240_000 }), "Too many wrong codes: try again in 4 min");
 });

@@ -290,8 +290,8 @@ async fn logout(
         (SignOutScope::ThisDevice, "signed out", "this_device")
     };
     // Signing this device out wipes what it holds, unsynced edits included: say so first.
-    let unsynced = engine.pending() + engine.set_aside().len();
-    if scope != SignOutScope::Others && unsynced > 0 && !discard_pending {
+    let unsynced = engine.edits_lost_by_sign_out(scope).await?;
+    if unsynced > 0 && !discard_pending {
         return Err(CliError::Unsynced(format!(
             "{unsynced} edit(s) made on this device have not reached the server and signing out \
              would lose them: run `lockstep sync` first (`lockstep set-aside list` shows refused \

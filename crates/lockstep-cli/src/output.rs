@@ -171,7 +171,9 @@ mod tests {
             key: "appearance.theme".into(),
             old: Some(json!("system")),
             new: Some(json!("dark")),
+            device_id: Some("d-2".into()),
             device_name: Some("Laptop".into()),
+            arrival: lockstep_core::engine::Arrival::Live,
         };
         assert_eq!(
             describe_event(&(&change).into()),

@@ -126,6 +126,13 @@ impl Engine {
             })
             .await?;
         self.installed(&session).await?;
+        self.copy_secret_if_missing().await
+    }
+
+    /// After a second factor was proven (a code or a recovery code): copies the authenticator
+    /// secret to this device if it lacks it, so the app lock works offline. A failure is
+    /// logged: signing in stands.
+    async fn copy_secret_if_missing(&self) -> Result<(), EngineError> {
         if self.keychain().get(SecretKind::TotpSecret).await?.is_none()
             && let Err(error) = self.fetch_totp_secret().await
         {
@@ -143,7 +150,8 @@ impl Engine {
                 async move { c.verify_recovery_code(&t, &code).await }
             })
             .await?;
-        self.installed(&session).await
+        self.installed(&session).await?;
+        self.copy_secret_if_missing().await
     }
 
     /// Starts adding an authenticator app. Show the QR code (or the secret), then confirm with
@@ -293,6 +301,17 @@ impl Engine {
             async move { c.revoke_device(&t, &id).await }
         })
         .await
+    }
+
+    /// The edits signing out with `scope` would lose: those made here that have not reached
+    /// the server (queued, or refused and set aside). Signing this device out wipes them;
+    /// signing the others out loses nothing here.
+    pub async fn edits_lost_by_sign_out(&self, scope: SignOutScope) -> Result<usize, EngineError> {
+        if scope == SignOutScope::Others {
+            return Ok(0);
+        }
+        self.read_async(|view| view.pending() + view.set_aside().count())
+            .await
     }
 
     /// Signs out. Leaving this device (alone or everywhere) wipes its secrets and cache; an

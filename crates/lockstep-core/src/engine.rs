@@ -14,8 +14,9 @@
 //!   The user can [retry](Engine::retry_set_aside) or [drop](Engine::drop_set_aside) it; a newer
 //!   edit of the key replaces it. Only network errors, 5xx, 408 and 429 are retried as they are.
 //! - What happened is told on an event channel ([`EngineEvent`]): remote changes (with the
-//!   writing device's name), local edits superseded by newer ones elsewhere, security events,
-//!   status, problems.
+//!   writing device's id and name, and whether they came live or in a catch-up: [`Arrival`]),
+//!   local edits superseded by newer ones elsewhere, security events (those this device caused
+//!   itself apart), status, problems.
 //!
 //! The live loop (stream, reconnects, polling fallback) is in [`crate::live`]; accounts and
 //! two-factor authentication in [`crate::account`].
@@ -105,6 +106,34 @@ impl Connection {
     }
 }
 
+/// How a remote change reached this device: as it happened, or in a catch-up (which may bring
+/// changes minutes or days old, many at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// As it happened: streamed while live, read by a poll (the stream cannot be used), or taken
+    /// from the process on this profile that holds the connection.
+    Live,
+    /// In a catch-up: read while (re)connecting, so made while this device was away: at start,
+    /// after a sign-in, after being offline, paused or asked for a code (the pull pages after
+    /// connecting, a full pull, and what the stream replays before it says it is live).
+    CatchUp,
+}
+
+impl Arrival {
+    /// How the changes applied now arrive, by this device's connection: current while it is
+    /// live, polling or shared with the process that is; a catch-up otherwise.
+    fn for_connection(connection: &Connection) -> Arrival {
+        match connection {
+            Connection::Live | Connection::Polling | Connection::Shared => Arrival::Live,
+            Connection::Connecting
+            | Connection::Offline
+            | Connection::Paused
+            | Connection::StepUpRequired
+            | Connection::SignedOut => Arrival::CatchUp,
+        }
+    }
+}
+
 /// The state a status line shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncStatus {
@@ -121,13 +150,18 @@ pub struct SyncStatus {
 /// What the engine tells its front end.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
-    /// Another device changed a setting. `old` and `new` are effective values (a default when
-    /// the key is unset); the values of sensitive keys are left out.
+    /// A setting changed elsewhere: on another device, or on this one by another process on
+    /// its profile (a `lockstep set` while the app runs: `device_id` is then this device's).
+    /// `old` and `new` are effective values (a default when the key is unset); the values of
+    /// sensitive keys are left out.
     RemoteChange {
         key: String,
         old: Option<Value>,
         new: Option<Value>,
+        /// The device that wrote it, when known.
+        device_id: Option<String>,
         device_name: Option<String>,
+        arrival: Arrival,
     },
     /// A local edit lost to a newer edit made elsewhere: what was lost, and what stands.
     Superseded {
@@ -138,8 +172,12 @@ pub enum EngineEvent {
     /// The server refused a local edit for good; it is kept aside, not sent, and the rest of
     /// the outbox goes on syncing (see [`Engine::set_aside`]).
     SetAside { key: String, reason: String },
-    /// Something about the account's security changed.
+    /// Something about the account's security changed (by another device, the server or a
+    /// browser).
     Security(SecurityEvent),
+    /// A security change this device made itself (two-factor authentication turned on, a
+    /// device removed), as the account's feed tells it back: for the window, never an alert.
+    OwnSecurity(SecurityEvent),
     /// Connection, pending edits or last sync changed.
     Status(SyncStatus),
     /// Something the user should know about local state (a repaired or rebuilt file).
@@ -363,7 +401,7 @@ impl Engine {
     }
 
     /// Reads the view, awaiting the store.
-    async fn read_async<R: Send + 'static>(
+    pub(crate) async fn read_async<R: Send + 'static>(
         &self,
         f: impl FnOnce(&View) -> R + Send + 'static,
     ) -> Result<R, EngineError> {
@@ -832,6 +870,7 @@ impl Engine {
                     .await?;
                 let mine = self.profile.device.id.clone();
                 let now = self.now_ms();
+                let arrival = self.arrival();
                 let changed = self
                     .write(move |tx| {
                         // The server's rows are the truth; the edits still queued here go on
@@ -854,11 +893,15 @@ impl Engine {
                         for key in keys {
                             let before = before.effective(&key);
                             let after = rebuilt.effective(&key);
-                            let row = rebuilt.rows.get(&key);
-                            let from_elsewhere = row.is_some_and(|r| r.device_id != mine);
-                            if before != after && from_elsewhere {
-                                let device_name = row.and_then(|r| r.device_name.clone());
-                                changed.push(remote_change(key, before, after, device_name));
+                            let Some(row) = rebuilt.rows.get(&key) else {
+                                continue;
+                            };
+                            if before != after && row.device_id != mine {
+                                let writer = Writer {
+                                    device_id: Some(row.device_id.clone()),
+                                    device_name: row.device_name.clone(),
+                                };
+                                changed.push(remote_change(key, before, after, writer, arrival));
                             }
                         }
                         tx.replace_rows(rebuilt.rows, now)?;
@@ -897,6 +940,11 @@ impl Engine {
         self.flags().needs_full_pull = true;
     }
 
+    /// How the changes applied now arrive (see [`Arrival::for_connection`]).
+    fn arrival(&self) -> Arrival {
+        Arrival::for_connection(&self.status.borrow().connection)
+    }
+
     /// Applies feed entries (from the stream or the change log) as one transaction and tells
     /// the front end what they mean. Returns how many settings changed because of another
     /// device.
@@ -909,6 +957,7 @@ impl Engine {
         }
         let mine = self.profile.device.id.clone();
         let now = self.now_ms();
+        let arrival = self.arrival();
         let (events, session_check) = self
             .write(move |tx| {
                 let mut events = Vec::new();
@@ -919,25 +968,27 @@ impl Engine {
                         // Already applied (a replay after a reconnect): nothing to do.
                         continue;
                     }
+                    let by_this_device = change.device_id.as_deref() == Some(mine.as_str());
                     match feed::interpret(&change, &mine) {
                         FeedEffect::Setting(row) => {
                             let key = row.key.clone();
                             let before = tx.view().cache.effective(&key);
-                            let from_elsewhere = change.device_id.as_deref() != Some(mine.as_str());
-                            if tx.apply_remote(row, now)? && from_elsewhere {
+                            if tx.apply_remote(row, now)? && !by_this_device {
                                 let after = tx.view().cache.effective(&key);
                                 if before != after {
-                                    events.push(remote_change(
-                                        key,
-                                        before,
-                                        after,
-                                        change.device_name.clone(),
-                                    ));
+                                    let writer = Writer {
+                                        device_id: change.device_id.clone(),
+                                        device_name: change.device_name.clone(),
+                                    };
+                                    events.push(remote_change(key, before, after, writer, arrival));
                                 }
                             }
                         }
                         FeedEffect::Security(SecurityEvent::SessionEndedHere { by }) => {
                             session_check = Some(by);
+                        }
+                        FeedEffect::Security(event) if by_this_device => {
+                            events.push(EngineEvent::OwnSecurity(event));
                         }
                         FeedEffect::Security(event) => events.push(EngineEvent::Security(event)),
                         FeedEffect::Nothing => {}
@@ -997,14 +1048,22 @@ impl Engine {
             self.store.call(move |db| db.set_seal(Some(seal))).await?;
         }
         self.publish_counts(counts);
+        let arrival = self.arrival();
         for (key, after, row) in now {
             let before = elsewhere.changed.get(&key).cloned().flatten();
             if before != after {
-                let device_name = match row {
-                    Some(row) if row.device_id != self.profile.device.id => row.device_name,
-                    _ => Some(self.profile.device.name.clone()),
+                let writer = match row {
+                    Some(row) if row.device_id != self.profile.device.id => Writer {
+                        device_id: Some(row.device_id),
+                        device_name: row.device_name,
+                    },
+                    // An edit made on this device (a `lockstep set`, a device-only value).
+                    _ => Writer {
+                        device_id: Some(self.profile.device.id.clone()),
+                        device_name: Some(self.profile.device.name.clone()),
+                    },
                 };
-                self.emit(remote_change(key, before, after, device_name));
+                self.emit(remote_change(key, before, after, writer, arrival));
             }
         }
         if elsewhere.outbox_changed {
@@ -1127,17 +1186,26 @@ fn shown_version(mut version: HistoryEntry) -> HistoryEntry {
     version
 }
 
+/// The device that wrote a change, as far as it is known.
+struct Writer {
+    device_id: Option<String>,
+    device_name: Option<String>,
+}
+
 fn remote_change(
     key: String,
     old: Option<Value>,
     new: Option<Value>,
-    device_name: Option<String>,
+    writer: Writer,
+    arrival: Arrival,
 ) -> EngineEvent {
     let hide = |v: Option<Value>| v.map(|v| feed::shown_value(&key, &v));
     EngineEvent::RemoteChange {
         old: hide(old),
         new: hide(new),
         key,
-        device_name,
+        device_id: writer.device_id,
+        device_name: writer.device_name,
+        arrival,
     }
 }

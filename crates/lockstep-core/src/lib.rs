@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod app_lock;
 pub mod api;
 pub mod engine;
 pub mod feed;

@@ -90,6 +90,7 @@ impl From<&EngineEvent> for EventReport {
                 old,
                 new,
                 device_name,
+                ..
             } => EventReport::RemoteChange {
                 key: key.clone(),
                 label: settings::label(key),
@@ -110,7 +111,10 @@ impl From<&EngineEvent> for EventReport {
                 label: settings::label(key),
                 reason: reason.clone(),
             },
-            EngineEvent::Security(security) => EventReport::Security(security.clone()),
+            // The window shows what this device did too.
+            EngineEvent::Security(security) | EngineEvent::OwnSecurity(security) => {
+                EventReport::Security(security.clone())
+            }
             EngineEvent::Status(status) => EventReport::Status(status.into()),
             EngineEvent::Problem(message) => EventReport::Problem {
                 message: message.clone(),
@@ -153,7 +157,9 @@ mod tests {
                     key: "appearance.theme".into(),
                     old: Some(json!("system")),
                     new: Some(json!("dark")),
+                    device_id: Some("d-2".into()),
                     device_name: Some("Laptop".into()),
+                    arrival: crate::engine::Arrival::Live,
                 },
                 json!({"event": "remote_change", "key": "appearance.theme", "label": "Theme",
                        "old": "system", "new": "dark", "device_name": "Laptop"}),

@@ -43,6 +43,21 @@ pub fn code_at(secret_base32: &str, unix_secs: u64) -> Result<String, TotpError>
     Ok(totp(secret_base32)?.generate(unix_secs).to_string())
 }
 
+/// The step of `code` (spaces ignored) if it is valid for `secret_base32` at `unix_secs` and
+/// newer than `last_step`, the step of the last code accepted here.
+pub fn accepted_step(
+    secret_base32: &str,
+    code: &str,
+    unix_secs: u64,
+    last_step: Option<u64>,
+) -> Result<Option<u64>, TotpError> {
+    let totp = totp(secret_base32)?;
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    Ok(totp
+        .check(&code, unix_secs)
+        .filter(|step| last_step.is_none_or(|last| *step > last)))
+}
+
 impl CodeChecker {
     /// Whether `code` (spaces ignored) is valid for `secret_base32` at `unix_secs` and newer
     /// than the last code this checker accepted.
@@ -52,20 +67,15 @@ impl CodeChecker {
         code: &str,
         unix_secs: u64,
     ) -> Result<bool, TotpError> {
-        let totp = totp(secret_base32)?;
-        let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-        let Some(step) = totp.check(&code, unix_secs) else {
-            return Ok(false);
-        };
         let mut last = self
             .last_step
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|last| step <= last) {
-            return Ok(false);
+        let step = accepted_step(secret_base32, code, unix_secs, *last)?;
+        if step.is_some() {
+            *last = step;
         }
-        *last = Some(step);
-        Ok(true)
+        Ok(step.is_some())
     }
 }
 

@@ -64,6 +64,7 @@ pub mod keys {
     pub const LOCK_AFTER_MINUTES: Key<u32> = Key::new("security.lock_after_minutes");
     pub const REQUIRE_CODE_ON_UNLOCK: Key<bool> = Key::new("security.require_code_on_unlock");
     pub const DASHBOARD_LAYOUT: Key<Vec<Widget>> = Key::new("dashboard.layout");
+    pub const CLOSE_TO_TRAY: Key<bool> = Key::new("desktop.close_to_tray");
 }
 
 impl Engine {
@@ -131,6 +132,7 @@ mod tests {
                 keys::DASHBOARD_LAYOUT.name,
                 reads_default(keys::DASHBOARD_LAYOUT),
             ),
+            (keys::CLOSE_TO_TRAY.name, reads_default(keys::CLOSE_TO_TRAY)),
         ];
         let names: Vec<&str> = typed.iter().map(|(n, _)| *n).collect();
         assert_eq!(

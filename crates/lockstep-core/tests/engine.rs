@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{Cloud, Device, PASSWORD, open, open_at, unique};
-use lockstep_core::engine::EngineEvent;
+use lockstep_core::engine::{Arrival, EngineEvent};
 use serde_json::json;
 
 /// Ada's account on two new devices under `base`, `<prefix>-a` and `<prefix>-b`: `a` signs up,
@@ -99,7 +99,10 @@ async fn an_edit_on_one_device_reaches_the_other_and_defaults_are_never_written(
             key: "appearance.theme".into(),
             old: Some(json!("system")),
             new: Some(json!("dark")),
+            device_id: Some(a.engine.profile().device.id.clone()),
             device_name: Some(a_name.clone()),
+            // Pulled without a live loop: read in a catch-up.
+            arrival: Arrival::CatchUp,
         }),
         "{events:?}"
     );

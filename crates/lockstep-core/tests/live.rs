@@ -400,12 +400,12 @@ async fn a_revoked_device_wipes_its_secrets_and_cache_when_it_hears() {
         devices[1].engine.status().borrow().connection,
         Connection::SignedOut
     );
-    // A learns of it too, and keeps working.
+    // A learns of it too, as its own doing, and keeps working.
     devices[0]
         .wait_for(20, "the revocation", |e| {
             matches!(
                 e,
-                EngineEvent::Security(SecurityEvent::DeviceRevoked { .. })
+                EngineEvent::OwnSecurity(SecurityEvent::DeviceRevoked { .. })
             )
         })
         .await;

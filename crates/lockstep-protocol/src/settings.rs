@@ -64,6 +64,7 @@ const KNOWN_KEYS: &[&str] = &[
     "security.lock_after_minutes",
     "security.require_code_on_unlock",
     "dashboard.layout",
+    "desktop.close_to_tray",
 ];
 
 /// What values a setting takes.
@@ -220,6 +221,109 @@ pub fn label(key: &str) -> String {
     }
 }
 
+/// A value of `key` as people read it, in a sentence of any front end (`Theme set to Dark`):
+///
+/// - a switch: `on` or `off`;
+/// - the lock delay: `1 minute`, `15 minutes`, `never` for 0;
+/// - a choice, capitalised: `Dark`;
+/// - the dashboard layout, as lists of its widgets: `Devices, Security and Activity shown;
+///   Settings hidden`;
+/// - a custom number as it is, a custom text in quotes (`“hello”`, cut after 40 characters).
+///
+/// Never JSON: `None` for what a sentence cannot carry, where a front end says that the setting
+/// "changed": a sensitive value (never spelled out), a custom list or object, a value that
+/// breaks the schema.
+pub fn spoken_value(key: &str, value: &Value) -> Option<String> {
+    let kind = match spec(key) {
+        Ok(spec) if spec.sensitive => return None,
+        Ok(spec) => spec.kind,
+        // A key of a newer schema: said as a custom value would be.
+        Err(_) => SettingKind::AnyJson,
+    };
+    match (kind, value) {
+        (SettingKind::Bool | SettingKind::AnyJson, Value::Bool(on)) => {
+            Some(if *on { "on" } else { "off" }.to_owned())
+        }
+        (SettingKind::Integer { .. }, Value::Number(n)) if key == LOCK_AFTER_MINUTES => {
+            match n.as_i64()? {
+                0 => Some("never".to_owned()),
+                1 => Some("1 minute".to_owned()),
+                minutes => Some(format!("{minutes} minutes")),
+            }
+        }
+        (SettingKind::Integer { .. } | SettingKind::AnyJson, Value::Number(n)) => {
+            Some(n.to_string())
+        }
+        (SettingKind::Choice(_), Value::String(choice)) => Some(capitalised(choice)),
+        (SettingKind::DashboardLayout, layout) => spoken_layout(layout),
+        (SettingKind::AnyJson, Value::String(text)) => {
+            const LONGEST: usize = 40;
+            let mut shown: String = text.chars().take(LONGEST).collect();
+            if text.chars().count() > LONGEST {
+                shown.push('…');
+            }
+            Some(format!("“{shown}”"))
+        }
+        _ => None,
+    }
+}
+
+/// Items as people list them: `A`, `A and B`, `A, B and C` (empty for none).
+pub fn spoken_list<S: AsRef<str>>(items: &[S]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.as_ref().to_owned(),
+        [init @ .., last] => format!(
+            "{} and {}",
+            init.iter()
+                .map(AsRef::as_ref)
+                .collect::<Vec<_>>()
+                .join(", "),
+            last.as_ref()
+        ),
+    }
+}
+
+/// The key whose whole number is a delay in minutes (0 = never).
+const LOCK_AFTER_MINUTES: &str = "security.lock_after_minutes";
+
+/// `dark` → `Dark`.
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A dashboard layout as lists of its widgets, in its order: `Devices and Security shown;
+/// Settings hidden`, or `no widgets` for an empty list. `None` if it is not a layout.
+fn spoken_layout(layout: &Value) -> Option<String> {
+    let mut shown = Vec::new();
+    let mut hidden = Vec::new();
+    for entry in layout.as_array()? {
+        let widget = entry.get("widget")?.as_str()?;
+        // `sync_status` → `Sync status`.
+        let name = capitalised(&widget.replace('_', " "));
+        if entry.get("visible")?.as_bool()? {
+            shown.push(name);
+        } else {
+            hidden.push(name);
+        }
+    }
+    let mut parts = Vec::new();
+    if !shown.is_empty() {
+        parts.push(format!("{} shown", spoken_list(&shown)));
+    }
+    if !hidden.is_empty() {
+        parts.push(format!("{} hidden", spoken_list(&hidden)));
+    }
+    if parts.is_empty() {
+        return Some("no widgets".to_owned());
+    }
+    Some(parts.join("; "))
+}
+
 /// The spec of one of the exact keys.
 fn exact_spec(key: &str) -> Option<SettingSpec> {
     let plain = |kind, default, label, description| SettingSpec {
@@ -271,6 +375,13 @@ fn exact_spec(key: &str) -> Option<SettingSpec> {
             default_layout(),
             "Dashboard layout",
             "which dashboard widgets to show, in order",
+        ),
+        "desktop.close_to_tray" => plain(
+            SettingKind::Bool,
+            json!(true),
+            "Keep running in the tray",
+            "closing the desktop window hides it and keeps syncing in the tray (where the \
+             desktop has one)",
         ),
         _ => return None,
     };
@@ -653,6 +764,7 @@ mod tests {
         assert_eq!(defaults["appearance.theme"], json!("system"));
         assert_eq!(defaults["security.lock_after_minutes"], json!(15));
         assert_eq!(defaults["security.require_code_on_unlock"], json!(false));
+        assert_eq!(defaults["desktop.close_to_tray"], json!(true));
         assert_eq!(defaults["dashboard.layout"].as_array().unwrap().len(), 5);
         for key in known_keys() {
             let spec = spec(key).unwrap();
@@ -674,6 +786,72 @@ mod tests {
         assert_eq!(label("appearance.theme"), "Theme");
         assert_eq!(label("integrations.github"), "API key for github");
         assert_eq!(label("custom.x"), "custom.x");
+    }
+
+    #[test]
+    fn values_read_as_people_say_them_never_as_json() {
+        let said = |key: &str, value: Value| spoken_value(key, &value);
+        assert_eq!(said("notifications.desktop", json!(true)).unwrap(), "on");
+        assert_eq!(said("notifications.desktop", json!(false)).unwrap(), "off");
+        assert_eq!(
+            said("security.lock_after_minutes", json!(0)).unwrap(),
+            "never"
+        );
+        assert_eq!(
+            said("security.lock_after_minutes", json!(1)).unwrap(),
+            "1 minute"
+        );
+        assert_eq!(
+            said("security.lock_after_minutes", json!(15)).unwrap(),
+            "15 minutes"
+        );
+        assert_eq!(said("appearance.theme", json!("dark")).unwrap(), "Dark");
+        let layout = json!([
+            {"widget": "devices", "visible": true},
+            {"widget": "security", "visible": true},
+            {"widget": "activity", "visible": true},
+            {"widget": "settings", "visible": false},
+        ]);
+        assert_eq!(
+            said("dashboard.layout", layout).unwrap(),
+            "Devices, Security and Activity shown; Settings hidden"
+        );
+        assert_eq!(
+            said("dashboard.layout", default_layout()).unwrap(),
+            "Sync status, Devices, Security, Activity and Settings shown"
+        );
+        assert_eq!(
+            said(
+                "dashboard.layout",
+                json!([{"widget": "devices", "visible": false}])
+            )
+            .unwrap(),
+            "Devices hidden"
+        );
+        assert_eq!(said("dashboard.layout", json!([])).unwrap(), "no widgets");
+        assert_eq!(said("custom.size", json!(3)).unwrap(), "3");
+        assert_eq!(said("custom.greeting", json!("hello")).unwrap(), "“hello”");
+        assert_eq!(
+            said("custom.long", json!("x".repeat(50))).unwrap(),
+            format!("“{}…”", "x".repeat(40))
+        );
+        // What a sentence cannot carry is not said at all.
+        assert_eq!(said("integrations.github", json!("ghp_secret")), None);
+        assert_eq!(said("custom.list", json!([1, 2])), None);
+        assert_eq!(said("custom.object", json!({"a": 1})), None);
+        assert_eq!(said("dashboard.layout", json!({"widget": "devices"})), None);
+        assert_eq!(said("appearance.theme", json!(["dark"])), None);
+    }
+
+    #[test]
+    fn lists_read_as_people_say_them() {
+        assert_eq!(spoken_list::<&str>(&[]), "");
+        assert_eq!(spoken_list(&["Desk"]), "Desk");
+        assert_eq!(
+            spoken_list(&["Work laptop", "Desk"]),
+            "Work laptop and Desk"
+        );
+        assert_eq!(spoken_list(&["A", "B", "C"]), "A, B and C");
     }
 
     #[test]

@@ -31,11 +31,15 @@ export const api = {
     enrollTotp: (friendlyName) => invoke("enroll_totp", { friendlyName }),
     confirmEnrollment: (code) => invoke("confirm_enrollment", { code }),
     disableMfa: (code) => invoke("disable_mfa", { code }),
-    unlock: (code) => invoke("unlock", { code }),
+    /** The app lock: a code from the authenticator app (`recovery`: a recovery code). */
+    unlock: (code, recovery) => invoke("unlock", { code, recovery }),
+    lockNow: () => invoke("lock_now"),
+    lockScreen: () => invoke("lock_screen"),
     devices: () => invoke("devices"),
     renameDevice: (deviceId, name) => invoke("rename_device", { deviceId, name }),
     revokeDevice: (deviceId) => invoke("revoke_device", { deviceId }),
-    signOut: (scope) => invoke("sign_out", { scope }),
+    /** Refused with `unsynced` when edits have not reached the server, unless `discardPending`. */
+    signOut: (scope, discardPending) => invoke("sign_out", { scope, discardPending }),
     activity: () => invoke("activity"),
     syncNow: () => invoke("sync_now"),
     pauseSync: (paused) => invoke("pause_sync", { paused }),

@@ -14,6 +14,19 @@ export function ago(thenMs, nowMs) {
         return `${Math.floor(s / 3600)} h ago`;
     return new Date(thenMs).toISOString().slice(0, 10);
 }
+/** An authenticator key in groups of four, for typing it in: `JBSW Y3DP EHPK 3PXP`. */
+export function groupedKey(secret) {
+    return secret.replace(/\s+/g, "").replace(/(.{4})(?=.)/g, "$1 ");
+}
+/** What the lock screen says after a try that did not unlock. */
+export function lockNote(outcome) {
+    if (outcome.retry_in_ms !== null && outcome.retry_in_ms > 0) {
+        const seconds = Math.ceil(outcome.retry_in_ms / 1000);
+        const wait = seconds < 60 ? `${seconds} s` : `${Math.ceil(seconds / 60)} min`;
+        return `Too many wrong codes: try again in ${wait}`;
+    }
+    return "That code is not valid (or was already used): try the next one";
+}
 /** An API key shown masked: the last four characters only. */
 export function mask(secret) {
     if (secret.length <= 4)

@@ -3,4 +3,4 @@
 /**
  * The kinds of failure the UI tells apart.
  */
-export type ErrorCode = "not_connected" | "invalid" | "offline" | "signed_out" | "code_needed" | "refused" | "keychain" | "storage";
+export type ErrorCode = "not_connected" | "invalid" | "offline" | "signed_out" | "code_needed" | "refused" | "keychain" | "storage" | "locked" | "unsynced";

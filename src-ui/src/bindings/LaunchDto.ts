@@ -5,6 +5,10 @@
  */
 export type LaunchDto = { profile: string, connected: boolean, 
 /**
+ * The app lock is on: show the lock screen and nothing else.
+ */
+locked: boolean, 
+/**
  * Prefilled on the connect screen.
  */
 server_url: string | null, anon_key: string | null, device_name: string | null, 

@@ -19,6 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
 use super::cache::{CacheData, local_row};
+use crate::app_lock::LockState;
 use super::outbox::{OutboxEntry, Refusal};
 use super::seal::{LocalSeal, open_value, seal_value};
 use super::{HistoryEntry, HistoryOrigin, StoreError};
@@ -28,6 +29,29 @@ pub const DB_FILE: &str = "profile.sqlite3";
 
 /// The `meta` entry naming the key the profile's values are sealed with.
 const SEALED_WITH: &str = "sealed_with";
+
+/// The `meta` entries of the app lock (all named `lock.*`; a sign-out's wipe clears them).
+const LOCK_LOCKED: &str = "lock.locked";
+const LOCK_FAILURES: &str = "lock.failures";
+const LOCK_WAIT_UNTIL_MS: &str = "lock.wait_until_ms";
+const LOCK_LAST_STEP: &str = "lock.last_step";
+
+fn read_lock_state(conn: &Connection) -> rusqlite::Result<LockState> {
+    let get = |name: &str| -> rusqlite::Result<Option<i64>> {
+        conn.query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    Ok(LockState {
+        locked: get(LOCK_LOCKED)?.is_some_and(|v| v != 0),
+        failures: get(LOCK_FAILURES)?.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+        wait_until_ms: get(LOCK_WAIT_UNTIL_MS)?.unwrap_or(0),
+        last_step: get(LOCK_LAST_STEP)?.and_then(|v| u64::try_from(v).ok()),
+    })
+}
 
 /// How long a writer waits for another one (in this process or another) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -313,6 +337,43 @@ impl Db {
             }
         }
         outcome
+    }
+
+    /// The app lock as kept in `meta` (see [`crate::app_lock`]).
+    pub fn lock_state(&mut self) -> Result<LockState, StoreError> {
+        read_lock_state(&self.conn).map_err(db_error(&self.path, "read the app lock"))
+    }
+
+    /// Changes the app lock in one transaction: `f` gets the state as committed (by any
+    /// process) and answers the new state and what to return.
+    pub fn update_lock<R>(
+        &mut self,
+        f: impl FnOnce(LockState) -> (LockState, R),
+    ) -> Result<R, StoreError> {
+        self.write(|tx| {
+            let err = tx.err("change the app lock");
+            let (next, answer) = f(read_lock_state(tx.conn).map_err(&err)?);
+            let step = next.last_step.and_then(|s| i64::try_from(s).ok());
+            for (name, value) in [
+                (LOCK_LOCKED, Some(i64::from(next.locked))),
+                (LOCK_FAILURES, Some(i64::from(next.failures))),
+                (LOCK_WAIT_UNTIL_MS, Some(next.wait_until_ms)),
+                (LOCK_LAST_STEP, step),
+            ] {
+                match value {
+                    Some(value) => tx.conn.execute(
+                        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET value = ?2",
+                        params![name, value],
+                    ),
+                    None => tx
+                        .conn
+                        .execute("DELETE FROM meta WHERE name = ?1", params![name]),
+                }
+                .map_err(&err)?;
+            }
+            Ok(answer)
+        })
     }
 
     /// Replaces the seal (after a wipe, the profile's new local key) and reads the view again
@@ -991,7 +1052,8 @@ impl Tx<'_> {
         self.conn
             .execute_batch(
                 "DELETE FROM settings; DELETE FROM outbox; DELETE FROM device_only;
-                 DELETE FROM history; DELETE FROM meta WHERE name = 'cursor';",
+                 DELETE FROM history; DELETE FROM meta WHERE name = 'cursor';
+                 DELETE FROM meta WHERE name LIKE 'lock.%';",
             )
             .map_err(self.err("clear the profile"))?;
         *self.view = View::default();
