@@ -8,6 +8,7 @@
 
 use lockstep_core::{
     account::{SignIn, SignOutScope},
+    api::{ServerCheckError, check_server},
     engine::{Engine, EngineError},
     profile::OpenOptions,
     report::StatusReport,
@@ -96,8 +97,14 @@ pub async fn launch(shell: State<'_, Shell>) -> Answer<LaunchDto> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
+    let server = match shell.engine_while_locked().await {
+        Ok(engine) => Some(engine.session().client().base_url().to_owned()),
+        Err(_) => None,
+    };
     let launch = &shell.launch;
     Ok(LaunchDto {
+        server,
+        password_rule: lockstep_protocol::password::describe_rule(),
         profile: launch.name.clone(),
         connected,
         locked: shell.is_locked(),
@@ -108,7 +115,9 @@ pub async fn launch(shell: State<'_, Shell>) -> Answer<LaunchDto> {
     })
 }
 
-/// Connects this profile to a server and names the device (first run).
+/// Connects this profile to a server and names the device (first run), or moves a signed-out
+/// profile to another server. The server is checked first (it answers as a Lockstep server and
+/// takes the anon key): a wrong address is never saved, and the error names it.
 #[tauri::command]
 pub async fn connect(
     shell: State<'_, Shell>,
@@ -122,16 +131,27 @@ pub async fn connect(
             "Lockstep is locked: enter a code from your authenticator app",
         ));
     }
-    if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
+    if let Ok(engine) = shell.engine().await
+        && engine.session().is_signed_in().await.unwrap_or(false)
+    {
         return Err(ErrorDto::new(
             ErrorCode::Invalid,
-            "the server URL must start with http:// or https://",
+            "sign out before moving this device to another server",
         ));
+    }
+    if let Err(problem) = check_server(&server_url, &anon_key).await {
+        let code = match problem {
+            ServerCheckError::Unreachable { .. } | ServerCheckError::ServerTrouble { .. } => {
+                ErrorCode::Offline
+            }
+            _ => ErrorCode::Invalid,
+        };
+        return Err(ErrorDto::new(code, problem.to_string()));
     }
     shell
         .open(OpenOptions {
-            server_url: Some(server_url),
-            anon_key: Some(anon_key),
+            server_url: Some(server_url.trim().to_owned()),
+            anon_key: Some(anon_key.trim().to_owned()),
             device_name: Some(device_name),
         })
         .await
@@ -186,6 +206,7 @@ pub async fn account(shell: State<'_, Shell>) -> Answer<AccountDto> {
         offline_codes: engine.has_offline_secret().await?,
         device_id: engine.profile().device.id.clone(),
         device_name: engine.profile().device.name.clone(),
+        server_url: engine.session().client().base_url().to_owned(),
     })
 }
 

@@ -25,7 +25,10 @@ dto! {
     /// What went wrong, for the UI to act on by `code`.
     pub struct ErrorDto {
         pub code: ErrorCode,
+        /// In plain words, for people.
         pub message: String,
+        /// The technical detail (the server's error code and HTTP status), shown on request.
+        pub detail: Option<String>,
     }
 }
 
@@ -68,6 +71,7 @@ impl ErrorDto {
         ErrorDto {
             code,
             message: message.into(),
+            detail: None,
         }
     }
 }
@@ -88,7 +92,46 @@ impl From<EngineError> for ErrorDto {
                 EngineError::Api(_) | EngineError::Session(_) => ErrorCode::Refused,
             }
         };
-        ErrorDto::new(code, error.to_string())
+        // The server's own words, with its code and status apart.
+        let server = match &error {
+            EngineError::Api(api)
+            | EngineError::Session(
+                lockstep_core::session::SessionError::Api(api)
+                | lockstep_core::session::SessionError::Ended(api),
+            ) => Some(api),
+            _ => None,
+        };
+        match server {
+            Some(lockstep_core::api::ApiError::Server {
+                status,
+                code: server_code,
+                message,
+                ..
+            }) => ErrorDto {
+                code,
+                message: sentence(message),
+                detail: Some(format!("{server_code}, HTTP {status}")),
+            },
+            _ => match &error {
+                // A refused value names the setting as people read it; the key goes in the
+                // detail.
+                EngineError::Invalid(refused) if !refused.key.is_empty() => ErrorDto {
+                    code,
+                    message: format!("{}: {}", settings::label(&refused.key), refused.rule),
+                    detail: Some(refused.key.clone()),
+                },
+                _ => ErrorDto::new(code, error.to_string()),
+            },
+        }
+    }
+}
+
+/// `text` as a sentence: its first letter capitalised.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -112,6 +155,10 @@ dto! {
         pub connected: bool,
         /// The app lock is on: show the lock screen and nothing else.
         pub locked: bool,
+        /// The server this profile syncs with, once connected.
+        pub server: Option<String>,
+        /// The rule a new password must follow (shown before the first try).
+        pub password_rule: String,
         /// Prefilled on the connect screen.
         pub server_url: Option<String>,
         pub anon_key: Option<String>,
@@ -131,6 +178,8 @@ dto! {
         pub offline_codes: bool,
         pub device_id: String,
         pub device_name: String,
+        /// The server this profile syncs with.
+        pub server_url: String,
     }
 }
 
@@ -314,5 +363,28 @@ impl From<Unlock> for UnlockDto {
                 retry_in_ms: Some(retry_in_ms),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_core::api::ApiError;
+
+    #[test]
+    fn a_server_error_reads_in_plain_words_with_its_code_and_status_apart() {
+        let refused = EngineError::Api(ApiError::Server {
+            status: 422,
+            code: lockstep_protocol::errors::Code::Auth(
+                lockstep_protocol::errors::ErrorCode::MfaVerificationFailed,
+            ),
+            session_ended: false,
+            message: "invalid TOTP code entered".into(),
+            retry_after_secs: None,
+        });
+        let dto = ErrorDto::from(refused);
+        assert_eq!(dto.message, "Invalid TOTP code entered");
+        assert!(!dto.message.contains("HTTP"), "{}", dto.message);
+        assert_eq!(dto.detail.as_deref(), Some("mfa_verification_failed, HTTP 422"));
     }
 }

@@ -196,13 +196,13 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
         )
         .unwrap_err();
     assert_eq!(refused["code"], "invalid");
-    assert!(
-        refused["message"]
-            .as_str()
-            .unwrap()
-            .contains("appearance.theme"),
+    // In words (issue 15: raw key names), the key behind the disclosure.
+    assert_eq!(
+        refused["message"],
+        "Theme: must be one of light, dark, system",
         "{refused}"
     );
+    assert_eq!(refused["detail"], "appearance.theme", "{refused}");
     // API keys are flagged sensitive for masking.
     a.ok(
         "set_setting",
@@ -723,4 +723,88 @@ fn signing_out_with_a_pending_edit_warns_and_keeps_it() {
         a.call("account", json!({})).unwrap_err()["code"],
         "signed_out"
     );
+}
+
+/// A web server on loopback that answers every request with a page: not a Lockstep server.
+fn web_page_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            use std::io::{Read as _, Write as _};
+            let mut request = [0_u8; 4096];
+            let _ = stream.read(&mut request);
+            let page = "<html><body>Hello</body></html>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    url
+}
+
+/// Regression (issue 15): a wrong server URL was saved unchecked, with no way back but deleting
+/// the profile. Connecting checks the server (it answers as a Lockstep server and takes the anon
+/// key) and names the URL when it does not; nothing is saved until it does; a signed-out profile
+/// can move to another server.
+#[test]
+fn connecting_checks_the_server_and_names_the_url_when_it_is_wrong() {
+    let cloud = Cloud::start();
+    let base = tempfile::tempdir().unwrap();
+    let a = Instance::start(base.path(), &unique("check-a"));
+    a.ok("launch", json!({}));
+    let (url, anon) = (cloud.server.url.clone(), cloud.server.anon_key.clone());
+    let connect = |server: &str, key: &str| {
+        a.call(
+            "connect",
+            json!({"serverUrl": server, "anonKey": key, "deviceName": "Work laptop"}),
+        )
+    };
+    let nobody = format!("http://127.0.0.1:{}", {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    });
+    let page = web_page_server();
+    for (server, key, code, says) in [
+        ("ftp://example.com", anon.as_str(), "invalid", "is not a web address"),
+        ("lockstep.example", anon.as_str(), "invalid", "is not a web address"),
+        (nobody.as_str(), anon.as_str(), "offline", "nothing answers at"),
+        (page.as_str(), anon.as_str(), "invalid", "not a Lockstep server"),
+        (url.as_str(), "not-the-key", "invalid", "does not take that anon key"),
+    ] {
+        let error = connect(server, key).unwrap_err();
+        assert_eq!(error["code"], code, "{server}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(server) && message.contains(says),
+            "{server}: {message}"
+        );
+        assert!(!message.contains(key) || key == anon, "the key is not echoed");
+        assert_eq!(
+            a.ok("launch", json!({}))["connected"],
+            false,
+            "{server}: nothing saved"
+        );
+    }
+
+    connect(&url, &anon).unwrap();
+    a.ok(
+        "sign_up",
+        json!({"email": "where@example.com", "password": "Correct horse 42"}),
+    );
+    assert_eq!(a.ok("account", json!({}))["server_url"], url);
+    // Signed in: moving to another server needs a sign-out first.
+    let moving = connect(&url, &anon).unwrap_err();
+    assert_eq!(moving["code"], "invalid", "{moving}");
+    a.ok("sign_out", json!({"scope": "this_device"}));
+    let other = Cloud::start();
+    connect(&other.server.url, &other.server.anon_key).unwrap();
+    a.ok(
+        "sign_up",
+        json!({"email": "where@example.com", "password": "Correct horse 42"}),
+    );
+    assert_eq!(a.ok("account", json!({}))["server_url"], other.server.url);
 }

@@ -367,6 +367,7 @@ async fn two_devices_in_real_windows() {
         .await;
     a.fill("#f-signup-email", &email).await;
     a.fill("#f-signup-password", PASSWORD).await;
+    a.fill("#f-signup-confirm", PASSWORD).await;
     a.click(r#"form[aria-label="Create an account"] button[type="submit"]"#)
         .await;
     a.wait("#verify-banner").await;

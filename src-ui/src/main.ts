@@ -2,7 +2,7 @@
 // Plain DOM (no framework): a few views re-rendered from state; all decisions are the
 // engine's, reached through `api`.
 
-import { api, isError, onEvent, uiState, type AccountDto, type EnrollmentDto, type EventReport, type HistoryDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
+import { api, isError, onEvent, uiState, type AccountDto, type EnrollmentDto, type EventReport, type HistoryDto, type LaunchDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
 import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, toggle, type Widget } from "./format.js";
 
 type View = "settings" | "security" | "devices" | "activity";
@@ -40,12 +40,23 @@ const state = {
   enrollment: null as EnrollmentDto | null,
   /** The user ticked "I have saved my recovery codes". */
   codesKept: false,
+  /** How this window was launched (the profile, its server, the connect form's prefill). */
+  launch: null as LaunchDto | null,
 };
 
 const root = () => document.getElementById("app") as HTMLElement;
 
 function message(e: unknown): string {
-  return isError(e) ? e.message : String(e);
+  if (isError(e)) return e.message;
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** An error in plain words, with its technical detail (if any) behind a disclosure. */
+function explained(e: unknown): Node[] {
+  const detail = isError(e) ? e.detail : null;
+  const text = document.createTextNode(message(e));
+  if (!detail) return [text];
+  return [text, document.createTextNode(" "), h("details", { class: "detail" }, h("summary", {}, "Details"), h("code", {}, detail))];
 }
 
 function toast(text: string): void {
@@ -72,7 +83,7 @@ function form(title: string, fields: HTMLElement[], submit: string, action: (dat
     try {
       await action(new FormData(f as HTMLFormElement));
     } catch (err) {
-      error.textContent = message(err);
+      error.replaceChildren(...explained(err));
     }
   });
   return f;
@@ -103,11 +114,19 @@ function connectScreen(prefill: { server_url: string | null; anon_key: string | 
   );
 }
 
+/** The server a signed-out profile uses, with a way to another one. */
+function serverNote(): HTMLElement | null {
+  const launch = state.launch;
+  if (!launch?.server) return null;
+  return h("p", { class: "muted server-note", id: "server-note" }, `Server: ${launch.server} `,
+    h("button", { id: "change-server", onclick: () => connectScreen({ ...launch, server_url: launch.server }) }, "Change server"));
+}
+
 function authScreen(): void {
   // Each form's fields get their own ids (`f-signin-email`, `f-signup-email`, …).
   const fields = (prefix: string) => [
     field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
-    field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password` }),
+    field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password`, ...(prefix === "signup" ? { "aria-describedby": "password-rule" } : {}) }),
   ];
   root().replaceChildren(
     h("div", { class: "pair" },
@@ -116,11 +135,17 @@ function authScreen(): void {
         if (outcome === "code_needed") codeScreen();
         else await enterMain();
       }),
-      form("Create an account", fields("signup"), "Sign up", async (d) => {
+      form("Create an account", [
+        ...fields("signup"),
+        h("p", { class: "muted", id: "password-rule" }, state.launch?.password_rule ?? ""),
+        field("confirm", "Password again", "password", "", { autocomplete: "new-password", id: "f-signup-confirm" }),
+      ], "Sign up", async (d) => {
+        if (d.get("password") !== d.get("confirm")) throw new Error("The two passwords differ: type the same one twice");
         await api.signUp(String(d.get("email")), String(d.get("password")));
         await enterMain();
       }),
     ),
+    serverNote() ?? "",
   );
 }
 
@@ -419,6 +444,10 @@ async function securityView(): Promise<HTMLElement> {
   const section = h("section", { "aria-label": "Security" });
   const account = state.account;
   if (!account) return section;
+  section.append(h("div", { class: "card", id: "account-card" },
+    h("h2", {}, "Account"),
+    h("p", {}, `Signed in as ${account.email} on ${account.device_name}`),
+    h("p", { class: "muted", id: "account-server" }, `Server: ${account.server_url}`)));
   const codes = state.recoveryCodes;
   if (codes) {
     const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = (e.target as HTMLInputElement).checked; done.toggleAttribute("disabled", !state.codesKept); } });
@@ -513,10 +542,10 @@ function keepingInput(redraw: () => void): void {
   for (const el of Array.from(root().querySelectorAll<HTMLInputElement>("input[id]"))) {
     if (el.type !== "checkbox" && el.value !== el.defaultValue) fields.set(el.id, { value: el.value, checked: el.checked });
   }
-  const errors = new Map<string, string>();
+  const errors = new Map<string, Node[]>();
   for (const el of Array.from(root().querySelectorAll<HTMLElement>("form[aria-label] > .error"))) {
     const label = el.parentElement?.getAttribute("aria-label");
-    if (label && el.textContent) errors.set(label, el.textContent);
+    if (label && el.textContent) errors.set(label, Array.from(el.childNodes));
   }
   const active = document.activeElement instanceof HTMLElement && root().contains(document.activeElement) ? document.activeElement : null;
   const focusId = active?.id || null;
@@ -526,9 +555,9 @@ function keepingInput(redraw: () => void): void {
     const el = document.getElementById(id);
     if (el instanceof HTMLInputElement) el.value = kept.value;
   }
-  for (const [label, text] of errors) {
+  for (const [label, nodes] of errors) {
     const el = root().querySelector(`form[aria-label="${CSS.escape(label)}"] > .error`);
-    if (el && !el.textContent) el.textContent = text;
+    if (el && !el.textContent) el.replaceChildren(...nodes);
   }
   const again = focusId ? document.getElementById(focusId) : null;
   if (again) {
@@ -578,6 +607,7 @@ function onEngineEvent(event: EventReport): void {
 
 async function start(): Promise<void> {
   const launch = await api.launch();
+  state.launch = launch;
   document.title = `Lockstep (${launch.profile})`;
   uiState.open(launch.profile);
   const lastView = await uiState.get<View>("view").catch(() => null);

@@ -541,3 +541,65 @@ mod tests {
         assert_eq!(url_encode("Work laptop ✓"), "Work%20laptop%20%E2%9C%93");
     }
 }
+
+/// Why a server cannot be connected to, each naming the URL as given.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServerCheckError {
+    #[error("{url} is not a web address: it must start with http:// or https:// and name a host")]
+    NotAnAddress { url: String },
+    #[error("nothing answers at {url} ({reason}): check the address and that the server runs")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answers, but it is not a Lockstep server (no /auth/v1/settings there)")]
+    NotLockstep { url: String },
+    #[error("the server at {url} does not take that anon key: copy it again from the server")]
+    WrongAnonKey { url: String },
+    #[error("the server at {url} has a problem (HTTP {status}): try again later")]
+    ServerTrouble { url: String, status: u16 },
+}
+
+/// Checks, before a profile is set up with them, that `server` is a Lockstep server (its
+/// auth settings answer, as Supabase's do) and that it takes `anon_key`.
+pub async fn check_server(server: &str, anon_key: &str) -> Result<(), ServerCheckError> {
+    let url = server.trim().to_owned();
+    let parsed = reqwest::Url::parse(&url).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    let Some(parsed) = parsed else {
+        return Err(ServerCheckError::NotAnAddress { url });
+    };
+    let settings = format!("{}/auth/v1/settings", parsed.as_str().trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("lockstep-core/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ServerCheckError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    let response = http
+        .get(settings)
+        .header("apikey", anon_key.trim())
+        .send()
+        .await
+        .map_err(|e| ServerCheckError::Unreachable {
+            url: url.clone(),
+            reason: e.without_url().to_string(),
+        })?;
+    let status = response.status();
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Err(ServerCheckError::WrongAnonKey { url });
+    }
+    if status.is_server_error() {
+        return Err(ServerCheckError::ServerTrouble {
+            url,
+            status: status.as_u16(),
+        });
+    }
+    // Supabase's auth settings name the sign-in providers under `external`.
+    let body: Option<Value> = response.json().await.ok();
+    if !status.is_success() || body.as_ref().and_then(|b| b.get("external")).is_none() {
+        return Err(ServerCheckError::NotLockstep { url });
+    }
+    Ok(())
+}

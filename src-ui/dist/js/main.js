@@ -39,10 +39,22 @@ const state = {
     enrollment: null,
     /** The user ticked "I have saved my recovery codes". */
     codesKept: false,
+    /** How this window was launched (the profile, its server, the connect form's prefill). */
+    launch: null,
 };
 const root = () => document.getElementById("app");
 function message(e) {
-    return isError(e) ? e.message : String(e);
+    if (isError(e))
+        return e.message;
+    return e instanceof Error ? e.message : String(e);
+}
+/** An error in plain words, with its technical detail (if any) behind a disclosure. */
+function explained(e) {
+    const detail = isError(e) ? e.detail : null;
+    const text = document.createTextNode(message(e));
+    if (!detail)
+        return [text];
+    return [text, document.createTextNode(" "), h("details", { class: "detail" }, h("summary", {}, "Details"), h("code", {}, detail))];
 }
 function toast(text) {
     const region = document.getElementById("toasts");
@@ -68,7 +80,7 @@ function form(title, fields, submit, action) {
             await action(new FormData(f));
         }
         catch (err) {
-            error.textContent = message(err);
+            error.replaceChildren(...explained(err));
         }
     });
     return f;
@@ -88,11 +100,18 @@ function connectScreen(prefill) {
         await start();
     }));
 }
+/** The server a signed-out profile uses, with a way to another one. */
+function serverNote() {
+    const launch = state.launch;
+    if (!launch?.server)
+        return null;
+    return h("p", { class: "muted server-note", id: "server-note" }, `Server: ${launch.server} `, h("button", { id: "change-server", onclick: () => connectScreen({ ...launch, server_url: launch.server }) }, "Change server"));
+}
 function authScreen() {
     // Each form's fields get their own ids (`f-signin-email`, `f-signup-email`, …).
     const fields = (prefix) => [
         field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
-        field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password` }),
+        field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password`, ...(prefix === "signup" ? { "aria-describedby": "password-rule" } : {}) }),
     ];
     root().replaceChildren(h("div", { class: "pair" }, form("Sign in", fields("signin"), "Sign in", async (d) => {
         const outcome = await api.signIn(String(d.get("email")), String(d.get("password")));
@@ -100,10 +119,16 @@ function authScreen() {
             codeScreen();
         else
             await enterMain();
-    }), form("Create an account", fields("signup"), "Sign up", async (d) => {
+    }), form("Create an account", [
+        ...fields("signup"),
+        h("p", { class: "muted", id: "password-rule" }, state.launch?.password_rule ?? ""),
+        field("confirm", "Password again", "password", "", { autocomplete: "new-password", id: "f-signup-confirm" }),
+    ], "Sign up", async (d) => {
+        if (d.get("password") !== d.get("confirm"))
+            throw new Error("The two passwords differ: type the same one twice");
         await api.signUp(String(d.get("email")), String(d.get("password")));
         await enterMain();
-    })));
+    })), serverNote() ?? "");
 }
 function codeScreen() {
     root().replaceChildren(h("div", { class: "pair" }, form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
@@ -361,6 +386,7 @@ async function securityView() {
     const account = state.account;
     if (!account)
         return section;
+    section.append(h("div", { class: "card", id: "account-card" }, h("h2", {}, "Account"), h("p", {}, `Signed in as ${account.email} on ${account.device_name}`), h("p", { class: "muted", id: "account-server" }, `Server: ${account.server_url}`)));
     const codes = state.recoveryCodes;
     if (codes) {
         const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = e.target.checked; done.toggleAttribute("disabled", !state.codesKept); } });
@@ -440,7 +466,7 @@ function keepingInput(redraw) {
     for (const el of Array.from(root().querySelectorAll("form[aria-label] > .error"))) {
         const label = el.parentElement?.getAttribute("aria-label");
         if (label && el.textContent)
-            errors.set(label, el.textContent);
+            errors.set(label, Array.from(el.childNodes));
     }
     const active = document.activeElement instanceof HTMLElement && root().contains(document.activeElement) ? document.activeElement : null;
     const focusId = active?.id || null;
@@ -451,10 +477,10 @@ function keepingInput(redraw) {
         if (el instanceof HTMLInputElement)
             el.value = kept.value;
     }
-    for (const [label, text] of errors) {
+    for (const [label, nodes] of errors) {
         const el = root().querySelector(`form[aria-label="${CSS.escape(label)}"] > .error`);
         if (el && !el.textContent)
-            el.textContent = text;
+            el.replaceChildren(...nodes);
     }
     const again = focusId ? document.getElementById(focusId) : null;
     if (again) {
@@ -510,6 +536,7 @@ function onEngineEvent(event) {
 }
 async function start() {
     const launch = await api.launch();
+    state.launch = launch;
     document.title = `Lockstep (${launch.profile})`;
     uiState.open(launch.profile);
     const lastView = await uiState.get("view").catch(() => null);

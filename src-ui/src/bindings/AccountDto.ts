@@ -7,4 +7,8 @@ export type AccountDto = { email: string, email_verified: boolean, mfa_enabled: 
 /**
  * This device holds the authenticator secret (the app lock works offline).
  */
-offline_codes: boolean, device_id: string, device_name: string, };
+offline_codes: boolean, device_id: string, device_name: string, 
+/**
+ * The server this profile syncs with.
+ */
+server_url: string, };

@@ -4,4 +4,12 @@ import type { ErrorCode } from "./ErrorCode";
 /**
  * What went wrong, for the UI to act on by `code`.
  */
-export type ErrorDto = { code: ErrorCode, message: string, };
+export type ErrorDto = { code: ErrorCode, 
+/**
+ * In plain words, for people.
+ */
+message: string, 
+/**
+ * The technical detail (the server's error code and HTTP status), shown on request.
+ */
+detail: string | null, };

@@ -9,6 +9,14 @@ export type LaunchDto = { profile: string, connected: boolean,
  */
 locked: boolean, 
 /**
+ * The server this profile syncs with, once connected.
+ */
+server: string | null, 
+/**
+ * The rule a new password must follow (shown before the first try).
+ */
+password_rule: string, 
+/**
  * Prefilled on the connect screen.
  */
 server_url: string | null, anon_key: string | null, device_name: string | null, 
