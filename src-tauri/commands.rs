@@ -353,7 +353,11 @@ pub async fn disable_mfa(shell: State<'_, Shell>, code: String) -> Answer<()> {
 /// device's keychain (`recovery`: with one of the account's recovery codes, checked by the
 /// server). Wrong codes back off.
 #[tauri::command]
-pub async fn unlock(shell: State<'_, Shell>, code: String, recovery: Option<bool>) -> Answer<UnlockDto> {
+pub async fn unlock(
+    shell: State<'_, Shell>,
+    code: String,
+    recovery: Option<bool>,
+) -> Answer<UnlockDto> {
     let outcome = shell.unlock(&code, recovery.unwrap_or(false)).await?;
     Ok(UnlockDto::from(outcome))
 }
@@ -459,6 +463,7 @@ pub async fn activity(shell: State<'_, Shell>) -> Answer<Vec<ActivityDto>> {
     Ok(entries
         .into_iter()
         .map(|e| ActivityDto {
+            label: lockstep_protocol::audit::action_label(&e.action),
             action: e.action,
             device_name: e.device_name,
             ip_address: e.ip_address,
@@ -482,4 +487,93 @@ pub async fn pause_sync(shell: State<'_, Shell>, paused: bool) -> Answer<()> {
         .with_live(|live| if paused { live.pause() } else { live.resume() })
         .await;
     Ok(())
+}
+
+// Account basics (issue 15): the emailed codes, a forgotten password, the recovery codes.
+// Every command goes through `shell.engine()`: refused with `locked` while the app lock is on.
+// `resend_confirmation`, `request_password_reset` and `reset_password` also work signed out
+// (a profile must be connected); the others need the account signed in (`signed_out`).
+
+/// Mails the address confirmation again (a new code and link; the older codes stop working):
+/// to `email` when given (signed out), else to the signed-in account's address. Answers
+/// `null` whether or not a mail goes: the server sends nothing for an unknown or confirmed
+/// address, and at most one a minute (by default) to any address. Signed in with a confirmed
+/// address: `invalid`.
+#[tauri::command]
+pub async fn resend_confirmation(shell: State<'_, Shell>, email: Option<String>) -> Answer<()> {
+    Ok(shell
+        .engine()
+        .await?
+        .resend_confirmation(email.as_deref())
+        .await?)
+}
+
+/// Confirms the signed-in account's address with the 6-digit code from the newest
+/// confirmation mail; `account` then reads `email_verified: true`. A wrong, used or expired
+/// code: `refused` (the message says so; wrong codes are limited per address). Already
+/// confirmed: `null`.
+#[tauri::command]
+pub async fn confirm_email_code(shell: State<'_, Shell>, code: String) -> Answer<()> {
+    Ok(shell.engine().await?.confirm_email_code(&code).await?)
+}
+
+/// "Forgot password": mails a reset code (and link) to `email`. Answers `null` whether or not
+/// the address has an account (only a malformed address is refused); at most one mail a
+/// minute (by default) to an address.
+#[tauri::command]
+pub async fn request_password_reset(shell: State<'_, Shell>, email: String) -> Answer<()> {
+    Ok(shell.engine().await?.request_password_reset(&email).await?)
+}
+
+/// Resets a forgotten password with the code from the reset mail and signs this device in.
+/// The new password is checked first (`invalid`, with the rule, before the code is used). Every
+/// other session of the account ends. Answers `done` (the new password is set), or
+/// `code_needed` for an account with two-factor authentication: this device is signed in and
+/// the password is NOT changed yet; call `verify_code` (or `verify_recovery_code`), then
+/// `change_password`. A wrong code: `refused`. Signed in to another account: `invalid`.
+#[tauri::command]
+pub async fn reset_password(
+    shell: State<'_, Shell>,
+    email: String,
+    code: String,
+    new_password: String,
+) -> Answer<SignInDto> {
+    let engine = shell.engine().await?;
+    Ok(
+        match engine.reset_password(&email, &code, &new_password).await? {
+            SignIn::Done => SignInDto::Done,
+            SignIn::MfaRequired => SignInDto::CodeNeeded,
+        },
+    )
+}
+
+/// Sets a new password for the signed-in account; every other session of it ends. With
+/// two-factor authentication on, after a code was verified in this session (else
+/// `code_needed`). A weak password: `invalid`, with the rule.
+#[tauri::command]
+pub async fn change_password(shell: State<'_, Shell>, new_password: String) -> Answer<()> {
+    Ok(shell.engine().await?.change_password(&new_password).await?)
+}
+
+/// How many recovery codes are left, of how many (both 0 when the account has none).
+#[tauri::command]
+pub async fn recovery_codes_status(
+    shell: State<'_, Shell>,
+) -> Answer<crate::dto::RecoveryCodesDto> {
+    Ok(shell.engine().await?.recovery_codes_status().await?.into())
+}
+
+/// A new set of recovery codes (shown once; the old ones stop working). `code` proves the
+/// second factor afresh: a code from the authenticator app, or one of the current recovery
+/// codes (used up by this). A wrong code: `refused`.
+#[tauri::command]
+pub async fn regenerate_recovery_codes(
+    shell: State<'_, Shell>,
+    code: String,
+) -> Answer<Vec<String>> {
+    Ok(shell
+        .engine()
+        .await?
+        .regenerate_recovery_codes(&code)
+        .await?)
 }

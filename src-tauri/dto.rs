@@ -5,7 +5,9 @@
 //! Errors cross as `{code, message}` with `code` from [`ErrorCode`]: the UI never matches
 //! message strings.
 
-use lockstep_core::{app_lock::Unlock, engine::EngineError, profile::ProfileError, store::HistoryOrigin};
+use lockstep_core::{
+    app_lock::Unlock, engine::EngineError, profile::ProfileError, store::HistoryOrigin,
+};
 use lockstep_protocol::settings;
 use serde::Serialize;
 use serde_json::Value;
@@ -262,6 +264,8 @@ impl From<&lockstep_core::engine::SetAsideEdit> for SetAsideDto {
 dto! {
     pub struct ActivityDto {
         pub action: String,
+        /// The action as people read it.
+        pub label: String,
         pub device_name: Option<String>,
         pub ip_address: String,
         /// RFC 3339.
@@ -385,6 +389,27 @@ mod tests {
         let dto = ErrorDto::from(refused);
         assert_eq!(dto.message, "Invalid TOTP code entered");
         assert!(!dto.message.contains("HTTP"), "{}", dto.message);
-        assert_eq!(dto.detail.as_deref(), Some("mfa_verification_failed, HTTP 422"));
+        assert_eq!(
+            dto.detail.as_deref(),
+            Some("mfa_verification_failed, HTTP 422")
+        );
+    }
+}
+
+dto! {
+    /// How many recovery codes the account has left: both 0 when it has none (two-factor
+    /// authentication off, or no codes made yet).
+    pub struct RecoveryCodesDto {
+        pub total: u32,
+        pub remaining: u32,
+    }
+}
+
+impl From<lockstep_core::credentials::RecoveryCodesLeft> for RecoveryCodesDto {
+    fn from(left: lockstep_core::credentials::RecoveryCodesLeft) -> RecoveryCodesDto {
+        RecoveryCodesDto {
+            total: left.total,
+            remaining: left.remaining,
+        }
     }
 }

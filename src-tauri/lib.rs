@@ -31,6 +31,10 @@ use crate::shell::Shell;
 /// The event the window listens to.
 pub const EVENT: &str = "lockstep://event";
 
+/// Asks the window to sign this device out (from the tray): it confirms, and warns about edits
+/// not synced yet.
+pub const SIGN_OUT_ASKED: &str = "lockstep://sign-out-asked";
+
 /// The commands, for `Builder::invoke_handler` (the app's and the tests').
 #[macro_export]
 macro_rules! handler {
@@ -66,6 +70,13 @@ macro_rules! handler {
             $crate::commands::activity,
             $crate::commands::sync_now,
             $crate::commands::pause_sync,
+            $crate::commands::resend_confirmation,
+            $crate::commands::confirm_email_code,
+            $crate::commands::request_password_reset,
+            $crate::commands::reset_password,
+            $crate::commands::change_password,
+            $crate::commands::recovery_codes_status,
+            $crate::commands::regenerate_recovery_codes,
         ]
     };
 }

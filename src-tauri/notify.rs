@@ -501,6 +501,16 @@ fn show_allowed(engine: &Arc<Engine>, notes: Vec<Note>) {
     });
 }
 
+impl crate::shell::Observer for Notifications {
+    fn event(&self, engine: &Arc<Engine>, event: &EngineEvent) {
+        self.take(engine, event);
+    }
+
+    fn locked(&self, engine: Option<&Arc<Engine>>, locked: bool) {
+        self.set_locked(engine, locked);
+    }
+}
+
 /// Shows `note` on the desktop (blocks); a failure is logged.
 fn show(note: &Note) {
     let shown = notify_rust::Notification::new()
@@ -958,15 +968,5 @@ mod tests {
                 ..ALL_ON
             }
         );
-    }
-}
-
-impl crate::shell::Observer for Notifications {
-    fn event(&self, engine: &Arc<Engine>, event: &EngineEvent) {
-        self.take(engine, event);
-    }
-
-    fn locked(&self, engine: Option<&Arc<Engine>>, locked: bool) {
-        self.set_locked(engine, locked);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{
 };
 
 use tauri::{
-    AppHandle, Manager, Runtime,
+    AppHandle, Emitter, Manager, Runtime,
     image::Image,
     menu::{Menu, MenuItem, PredefinedMenuItem},
     tray::{TrayIcon, TrayIconBuilder},
@@ -260,16 +260,11 @@ fn on_menu<R: Runtime>(app: &AppHandle<R>, id: &str) {
                     tracing::warn!(%error, "locking from the tray failed");
                 }
             }
+            // In the window, which confirms and warns about edits not synced yet.
             "sign_out" => {
-                let signed_out = match shell.engine().await {
-                    Ok(engine) => engine
-                        .sign_out(lockstep_core::account::SignOutScope::ThisDevice)
-                        .await
-                        .map_err(|error| error.to_string()),
-                    Err(error) => Err(error.to_string()),
-                };
-                if let Err(error) = signed_out {
-                    tracing::warn!(%error, "sign-out from the tray failed");
+                window::show_main(&app);
+                if let Err(error) = app.emit(crate::SIGN_OUT_ASKED, ()) {
+                    tracing::warn!(%error, "could not ask the window to sign out");
                 }
             }
             "quit" => app.exit(0),

@@ -173,7 +173,12 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
         e["event"] == "status" && e["connection"] == "live"
     });
 
-    // A change of theme on A reaches B, with the device's name.
+    // A change of theme on A reaches B, with the device's name; B's "last synced" moves with
+    // it (issue 15: it stayed at the time B connected).
+    let synced_before = b.ok("status", json!({}))["last_synced_ms"]
+        .as_i64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     a.ok(
         "set_setting",
         json!({"key": "appearance.theme", "value": "dark"}),
@@ -184,6 +189,13 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
             && e["new"] == "dark"
             && e["device_name"] == "Work laptop"
     });
+    let synced_after = b.ok("status", json!({}))["last_synced_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        synced_after > synced_before,
+        "last synced {synced_before} → {synced_after}"
+    );
     let theme = b.setting("appearance.theme");
     assert_eq!(theme["value"], "dark");
     assert_eq!(theme["changed_by"], "Work laptop");
@@ -198,8 +210,7 @@ fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
     assert_eq!(refused["code"], "invalid");
     // In words (issue 15: raw key names), the key behind the disclosure.
     assert_eq!(
-        refused["message"],
-        "Theme: must be one of light, dark, system",
+        refused["message"], "Theme: must be one of light, dark, system",
         "{refused}"
     );
     assert_eq!(refused["detail"], "appearance.theme", "{refused}");
@@ -605,10 +616,7 @@ fn a_locked_app_refuses_every_command_but_unlock_and_sign_out() {
         assert_eq!(wrong["retry_in_ms"], Value::Null, "attempt {n} is free");
     }
     let right = totp_code(&secret, 0);
-    assert_eq!(
-        a.ok("unlock", json!({"code": right}))["unlocked"],
-        true
-    );
+    assert_eq!(a.ok("unlock", json!({"code": right}))["unlocked"], true);
     a.wait_event("the held change", |e| {
         e["event"] == "remote_change" && e["key"] == "appearance.theme" && e["new"] == "light"
     });
@@ -627,7 +635,9 @@ fn a_locked_app_refuses_every_command_but_unlock_and_sign_out() {
         last = a.ok("unlock", json!({"code": "000000"}));
     }
     assert_eq!(last["failures"], 5);
-    let wait = last["retry_in_ms"].as_i64().expect("a wait after five wrong codes");
+    let wait = last["retry_in_ms"]
+        .as_i64()
+        .expect("a wait after five wrong codes");
     assert!(wait > 10_000, "{last}");
     let next = totp_code(&secret, 1);
     let early = a.ok("unlock", json!({"code": next}));
@@ -674,6 +684,31 @@ fn signing_out_with_a_pending_edit_warns_and_keeps_it() {
     a.wait_event("live", |e| {
         e["event"] == "status" && e["connection"] == "live"
     });
+    // Paused, an edit waits here too.
+    a.ok("pause_sync", json!({"paused": true}));
+    a.ok(
+        "set_setting",
+        json!({"key": "notifications.desktop", "value": false}),
+    );
+    assert_eq!(
+        a.ok("status", json!({}))["pending"],
+        1,
+        "queued while paused"
+    );
+    let paused = a
+        .call("sign_out", json!({"scope": "this_device"}))
+        .unwrap_err();
+    assert_eq!(paused["code"], "unsynced", "{paused}");
+    a.ok("pause_sync", json!({"paused": false}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.ok("status", json!({}))["pending"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the edit never synced once resumed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     cloud.server.kill();
     a.ok(
         "set_setting",
@@ -769,11 +804,36 @@ fn connecting_checks_the_server_and_names_the_url_when_it_is_wrong() {
     });
     let page = web_page_server();
     for (server, key, code, says) in [
-        ("ftp://example.com", anon.as_str(), "invalid", "is not a web address"),
-        ("lockstep.example", anon.as_str(), "invalid", "is not a web address"),
-        (nobody.as_str(), anon.as_str(), "offline", "nothing answers at"),
-        (page.as_str(), anon.as_str(), "invalid", "not a Lockstep server"),
-        (url.as_str(), "not-the-key", "invalid", "does not take that anon key"),
+        (
+            "ftp://example.com",
+            anon.as_str(),
+            "invalid",
+            "is not a web address",
+        ),
+        (
+            "lockstep.example",
+            anon.as_str(),
+            "invalid",
+            "is not a web address",
+        ),
+        (
+            nobody.as_str(),
+            anon.as_str(),
+            "offline",
+            "nothing answers at",
+        ),
+        (
+            page.as_str(),
+            anon.as_str(),
+            "invalid",
+            "not a Lockstep server",
+        ),
+        (
+            url.as_str(),
+            "not-the-key",
+            "invalid",
+            "does not take that anon key",
+        ),
     ] {
         let error = connect(server, key).unwrap_err();
         assert_eq!(error["code"], code, "{server}: {error}");
@@ -782,7 +842,10 @@ fn connecting_checks_the_server_and_names_the_url_when_it_is_wrong() {
             message.contains(server) && message.contains(says),
             "{server}: {message}"
         );
-        assert!(!message.contains(key) || key == anon, "the key is not echoed");
+        assert!(
+            !message.contains(key) || key == anon,
+            "the key is not echoed"
+        );
         assert_eq!(
             a.ok("launch", json!({}))["connected"],
             false,

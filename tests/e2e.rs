@@ -238,6 +238,67 @@ impl Instance {
         }
     }
 
+    /// Runs axe-core on what the window shows (the `screen`): no serious or critical
+    /// accessibility violation.
+    async fn accessible(&self, screen: &str) {
+        let axe = axe_script();
+        self.client
+            .execute(&format!("{axe}\nreturn typeof axe;"), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{}: axe-core could not be injected: {e}", self.name));
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; \
+                 axe.run(document, { resultTypes: ['violations'] }).then((r) => done(r.violations \
+                   .filter((v) => v.impact === 'serious' || v.impact === 'critical') \
+                   .map((v) => `${v.impact} ${v.id}: ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)), \
+                   (e) => done([`axe failed: ${e}`]));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let found: Vec<String> = serde_json::from_value(found).unwrap();
+        assert!(
+            found.is_empty(),
+            "{}: accessibility violations on {screen}:\n{}",
+            self.name,
+            found.join("\n")
+        );
+    }
+
+    /// Presses `keys` (WebDriver key codes: [`TAB`], [`ENTER`], …) on the focused element.
+    async fn press(&self, keys: &str) {
+        self.client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(keys)
+            .await
+            .unwrap_or_else(|e| panic!("{}: could not press keys: {e}", self.name));
+    }
+
+    /// The focused element's id.
+    async fn focused(&self) -> String {
+        let id = self
+            .client
+            .execute("return document.activeElement?.id ?? '';", vec![])
+            .await
+            .unwrap();
+        id.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Presses Tab until the element `id` has the focus (at most 120 times).
+    async fn tab_to(&self, id: &str) {
+        for _ in 0..120 {
+            if self.focused().await == id {
+                return;
+            }
+            self.press(TAB).await;
+        }
+        panic!("{}: Tab never reached #{id}", self.name);
+    }
+
     /// What the window shows, for a failure's message: a screenshot (`failed-<name>.png`) and
     /// the page's text, or why it could not be read.
     async fn diagnose(&self) -> String {
@@ -280,6 +341,24 @@ impl Instance {
             self.name
         );
     }
+}
+
+/// WebDriver's key codes.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+const SPACE: &str = "\u{E00D}";
+const ARROW_LEFT: &str = "\u{E012}";
+const ARROW_RIGHT: &str = "\u{E014}";
+
+/// axe-core's script: `$LOCKSTEP_AXE` (`cargo xtask test` sets it), else the window's
+/// node_modules.
+fn axe_script() -> String {
+    let path = std::env::var_os("LOCKSTEP_AXE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("src-ui/node_modules/axe-core/axe.min.js"),
+        PathBuf::from,
+    );
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("axe-core at {}: {e} (run npm ci in src-ui)", path.display()))
 }
 
 /// The code of `secret` `offset` steps from now.
@@ -363,15 +442,20 @@ async fn two_devices_in_real_windows() {
     // A: connect (prefilled), sign up; the banner asks to verify the email.
     a.wait("#f-server").await;
     a.shot("01-a-connect").await;
+    a.accessible("the connect screen").await;
     a.click(r#"form[aria-label="Connect to your Lockstep server"] button[type="submit"]"#)
         .await;
+    a.wait("#f-signup-email").await;
+    a.accessible("the sign-in screen").await;
     a.fill("#f-signup-email", &email).await;
     a.fill("#f-signup-password", PASSWORD).await;
     a.fill("#f-signup-confirm", PASSWORD).await;
     a.click(r#"form[aria-label="Create an account"] button[type="submit"]"#)
         .await;
     a.wait("#verify-banner").await;
+    a.wait("#dashboard").await;
     a.shot("02-a-signed-up").await;
+    a.accessible("the dashboard").await;
 
     // The link mailed to A, opened elsewhere (a browser): A's banner goes by itself.
     let link = cloud.newest_link(&email).unwrap();
@@ -395,12 +479,46 @@ async fn two_devices_in_real_windows() {
         home.path(),
     )
     .await;
-    b.click(r#"form[aria-label="Connect to your Lockstep server"] button[type="submit"]"#)
-        .await;
-    b.fill("#f-signin-email", &email).await;
-    b.fill("#f-signin-password", PASSWORD).await;
-    b.click(r#"form[aria-label="Sign in"] button[type="submit"]"#)
-        .await;
+    // B by keyboard only (Tab, arrows, Enter, Space): connect, sign in, the tabs, a setting.
+    b.wait("#f-server").await;
+    b.until(
+        "document.activeElement?.id === 'f-server'",
+        "the first field focused",
+    )
+    .await;
+    b.press(&format!("{TAB}{TAB}{ENTER}")).await;
+    b.until(
+        "document.activeElement?.id === 'f-signin-email'",
+        "the sign-in email focused",
+    )
+    .await;
+    b.press(&format!("{email}{TAB}{PASSWORD}{ENTER}")).await;
+    b.wait("#tab-dashboard").await;
+    b.tab_to("tab-dashboard").await;
+    b.press(ARROW_RIGHT).await;
+    b.until(
+        "document.activeElement?.id === 'tab-settings' \
+         && document.getElementById('tab-settings').getAttribute('aria-selected') === 'true'",
+        "the settings tab chosen by arrow",
+    )
+    .await;
+    b.press(ARROW_LEFT).await;
+    b.until(
+        "document.activeElement?.id === 'tab-dashboard' && document.getElementById('dashboard')",
+        "back on the dashboard by arrow",
+    )
+    .await;
+    b.press(ARROW_RIGHT).await;
+    b.wait(r#"[id="only-security.lock_after_minutes"]"#).await;
+    b.tab_to("only-security.lock_after_minutes").await;
+    b.press(SPACE).await;
+    b.until(
+        "document.getElementById('only-security.lock_after_minutes')?.checked === true \
+         && document.activeElement?.id === 'only-security.lock_after_minutes'",
+        "the setting changed, the focus kept",
+    )
+    .await;
+    b.accessible("the settings").await;
     b.wait("#tab-settings").await;
     b.until(
         "document.documentElement.dataset.theme !== 'dark'",
@@ -410,6 +528,7 @@ async fn two_devices_in_real_windows() {
     b.shot("04-b-signed-in").await;
 
     // A sets the theme to dark: B's window turns dark, and B's desktop tells who did it.
+    a.click("#tab-settings").await;
     a.click(r#"[id="setting-appearance.theme"] option[value="dark"]"#)
         .await;
     b.until("document.documentElement.dataset.theme === 'dark'", "dark")
@@ -442,7 +561,10 @@ async fn two_devices_in_real_windows() {
     };
     a.wait("#totp-secret").await;
     let (secret, qr) = enrollment(&a).await;
-    assert!(secret.len() >= 16 && qr.contains("<svg"), "{secret} {qr:.40}");
+    assert!(
+        secret.len() >= 16 && qr.contains("<svg"),
+        "{secret} {qr:.40}"
+    );
     assert_eq!(
         a.text("#totp-secret").await.replace(' ', ""),
         secret,
@@ -457,6 +579,7 @@ async fn two_devices_in_real_windows() {
     )
     .await;
     a.shot("06a-a-wrong-enrollment-code").await;
+    a.accessible("the enrollment").await;
     a.click("#tab-settings").await;
     a.click("#tab-security").await;
     a.wait("#totp-secret").await;
@@ -489,6 +612,7 @@ async fn two_devices_in_real_windows() {
     // B is asked for a code, and accepts one (the next step's: A's is spent).
     b.wait("#f-code").await;
     b.shot("07-b-code-needed").await;
+    b.accessible("the code screen").await;
     b.fill("#f-code", &code(&secret, 1)).await;
     b.click(r#"form[aria-label="Two-factor authentication"] button[type="submit"]"#)
         .await;
@@ -497,9 +621,16 @@ async fn two_devices_in_real_windows() {
 
     // A revokes B, after confirming it: B is back at the sign-in screen.
     a.click("#tab-devices").await;
+    a.wait("button[data-revoke]").await;
+    a.accessible("the devices").await;
+    a.click("#tab-activity").await;
+    a.wait("ul.activity li").await;
+    a.accessible("the activity").await;
+    a.click("#tab-devices").await;
     a.click("button[data-revoke]").await;
     a.wait("dialog").await;
     a.shot("09a-a-confirm-revoke").await;
+    a.accessible("the confirmation").await;
     a.click(r#"dialog button[data-choice="ok"]"#).await;
     b.wait("#f-signin-email").await;
     b.shot("09-b-revoked").await;
@@ -545,6 +676,23 @@ async fn two_devices_in_real_windows() {
         settings_notes[0]
     );
     b.shot("09b-b-signed-in-again").await;
+
+    // B's dashboard follows the layout A set: the activity widget hidden, and a move A makes
+    // now shows on B at once.
+    b.click("#tab-dashboard").await;
+    let order = "Array.from(document.querySelectorAll('[data-widget]')).map((w) => w.dataset.widget).join()";
+    b.until(
+        &format!("{order} === 'sync_status,devices,security,settings'"),
+        "the dashboard without activity",
+    )
+    .await;
+    a.click(r#"button[aria-label="Move devices up"]"#).await;
+    b.until(
+        &format!("{order} === 'devices,sync_status,security,settings'"),
+        "devices moved up on the dashboard",
+    )
+    .await;
+    b.shot("09c-b-dashboard").await;
 
     // A's theme history (after the two-factor and revocation steps, so that nothing else is in
     // flight): A sets light, opens the history (light on top, then dark) and restores dark. A's
@@ -644,7 +792,9 @@ async fn two_devices_in_real_windows() {
     for (n, view) in ["settings", "devices", "activity"].into_iter().enumerate() {
         a.click(&format!("#tab-{view}")).await;
         a.until(
-            &format!("document.getElementById('tab-{view}')?.getAttribute('aria-selected') === 'true'"),
+            &format!(
+                "document.getElementById('tab-{view}')?.getAttribute('aria-selected') === 'true'"
+            ),
             "the view chosen",
         )
         .await;
@@ -684,6 +834,9 @@ async fn two_devices_in_real_windows() {
         assert_eq!(refused, json!("locked"), "devices over IPC while locked");
         a.shot(&format!("13-a-locked-{}", n + 1)).await;
         if n == 0 {
+            a.accessible("the lock screen").await;
+        }
+        if n == 0 {
             a.fill("#f-unlock-code", "000000").await;
             a.click(r#"form[aria-label="Unlock"] button[type="submit"]"#)
                 .await;
@@ -698,7 +851,9 @@ async fn two_devices_in_real_windows() {
         a.click(r#"form[aria-label="Unlock"] button[type="submit"]"#)
             .await;
         a.until(
-            &format!("document.getElementById('tab-{view}')?.getAttribute('aria-selected') === 'true'"),
+            &format!(
+                "document.getElementById('tab-{view}')?.getAttribute('aria-selected') === 'true'"
+            ),
             "unlocked, on the last view",
         )
         .await;

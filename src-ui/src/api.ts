@@ -103,6 +103,11 @@ export const uiState = (() => {
   };
 })();
 
+/** The tray's "Sign out": the window confirms it (and warns about unsynced edits). */
+export function onSignOutAsked(handler: () => void): void {
+  void window.__TAURI__.event.listen<null>("lockstep://sign-out-asked", () => handler());
+}
+
 export function onEvent(handler: (event: EventReport) => void): void {
   void window.__TAURI__.event.listen<EventReport>("lockstep://event", (e) => handler(e.payload));
 }

@@ -32,6 +32,34 @@ export function lockNote(outcome: { failures: number; retry_in_ms: number | null
   return "That code is not valid (or was already used): try the next one";
 }
 
+/** A dashboard widget's name as the window shows it. */
+export function widgetLabel(widget: string): string {
+  switch (widget) {
+    case "sync_status":
+      return "Sync status";
+    case "devices":
+      return "Devices";
+    case "security":
+      return "Security";
+    case "activity":
+      return "Recent activity";
+    case "settings":
+      return "Settings";
+    default:
+      return widget.replaceAll("_", " ");
+  }
+}
+
+/** The widgets a layout shows, in its order. */
+export function visibleWidgets(layout: Widget[]): string[] {
+  return layout.filter((w) => w.visible).map((w) => w.widget);
+}
+
+/** "1 change waiting", "3 changes waiting". */
+export function pendingText(pending: number): string {
+  return pending === 1 ? "1 change waiting" : `${pending} changes waiting`;
+}
+
 /** An API key shown masked: the last four characters only. */
 export function mask(secret: string): string {
   if (secret.length <= 4) return "••••";

@@ -1,26 +1,15 @@
-// The Lockstep window: connect, sign in, settings, security, devices, activity, app lock.
-// Plain DOM (no framework): a few views re-rendered from state; all decisions are the
-// engine's, reached through `api`.
+// The Lockstep window: connect, sign in, dashboard, settings, security, devices, activity,
+// app lock. Plain DOM (no framework): views are functions of the state, and `morph` (dom.ts)
+// updates the window in place; all decisions are the engine's, reached through `api`.
 
-import { api, isError, onEvent, uiState, type AccountDto, type EnrollmentDto, type EventReport, type HistoryDto, type LaunchDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
-import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, toggle, type Widget } from "./format.js";
+import { api, isError, onEvent, onSignOutAsked, uiState, type AccountDto, type EnrollmentDto, type EventReport, type HistoryDto, type LaunchDto, type SetAsideDto, type SettingDto, type StatusReport } from "./api.js";
+import { h, morph, type Attrs } from "./dom.js";
+import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, pendingText, toggle, visibleWidgets, widgetLabel, type Widget } from "./format.js";
 
-type View = "settings" | "security" | "devices" | "activity";
-type Attrs = Record<string, string | boolean | ((e: Event) => void)>;
-
-function h(tag: string, attrs: Attrs = {}, ...children: (Node | string | null)[]): HTMLElement {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (typeof v === "function") el.addEventListener(k.replace(/^on/, ""), v);
-    else if (v === true) el.setAttribute(k, "");
-    else if (v !== false) el.setAttribute(k, v);
-  }
-  for (const c of children) if (c !== null) el.append(c);
-  return el;
-}
-
+type View = "dashboard" | "settings" | "security" | "devices" | "activity";
+const VIEWS: [View, string][] = [["dashboard", "Home"], ["settings", "Settings"], ["security", "Security"], ["devices", "Devices"], ["activity", "Activity"]];
 const state = {
-  view: "settings" as View,
+  view: "dashboard" as View,
   status: null as StatusReport | null,
   account: null as AccountDto | null,
   settings: [] as SettingDto[],
@@ -45,6 +34,18 @@ const state = {
 };
 
 const root = () => document.getElementById("app") as HTMLElement;
+
+/** Shows `nodes` as the window's content, updating what is there in place. */
+function show(...nodes: (Node | null)[]): void {
+  morph(root(), nodes.filter((n): n is Node => n !== null));
+}
+
+/** Puts the keyboard on `id` when a screen opens (focus that is already in the window stays). */
+function focusIfNone(id: string): void {
+  const active = document.activeElement;
+  if (active && active !== document.body && root().contains(active)) return;
+  document.getElementById(id)?.focus();
+}
 
 function message(e: unknown): string {
   if (isError(e)) return e.message;
@@ -75,18 +76,20 @@ function applyTheme(): void {
 
 /** A form whose submit runs `action`, showing its error inline. */
 function form(title: string, fields: HTMLElement[], submit: string, action: (data: FormData) => Promise<void>): HTMLElement {
-  const error = h("p", { class: "error", role: "alert" });
-  const f = h("form", { class: "card", "aria-label": title }, h("h2", {}, title), ...fields, error, h("button", { type: "submit" }, submit));
-  f.addEventListener("submit", async (e) => {
+  const id = `form-${title.toLowerCase().replace(/[^a-z0-9]+/g, "-")}`;
+  const submitted = async (e: Event) => {
     e.preventDefault();
+    const f = e.currentTarget as HTMLFormElement;
+    const error = f.querySelector(".error") as HTMLElement;
     error.textContent = "";
     try {
-      await action(new FormData(f as HTMLFormElement));
+      await action(new FormData(f));
     } catch (err) {
       error.replaceChildren(...explained(err));
     }
-  });
-  return f;
+  };
+  return h("form", { class: "card", "aria-label": title, id, onsubmit: submitted },
+    h("h2", {}, title), ...fields, h("p", { class: "error", role: "alert", "data-keep": true }), h("button", { type: "submit" }, submit));
 }
 
 function field(name: string, text: string, type = "text", value = "", extra: Attrs = {}): HTMLElement {
@@ -97,7 +100,7 @@ function field(name: string, text: string, type = "text", value = "", extra: Att
 // ---- screens before the main window ----
 
 function connectScreen(prefill: { server_url: string | null; anon_key: string | null; device_name: string | null }): void {
-  root().replaceChildren(
+  show(
     form(
       "Connect to your Lockstep server",
       [
@@ -112,6 +115,7 @@ function connectScreen(prefill: { server_url: string | null; anon_key: string | 
       },
     ),
   );
+  focusIfNone("f-server");
 }
 
 /** The server a signed-out profile uses, with a way to another one. */
@@ -128,8 +132,8 @@ function authScreen(): void {
     field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
     field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password`, ...(prefix === "signup" ? { "aria-describedby": "password-rule" } : {}) }),
   ];
-  root().replaceChildren(
-    h("div", { class: "pair" },
+  show(
+    h("div", { class: "pair", id: "auth-screen" },
       form("Sign in", fields("signin"), "Sign in", async (d) => {
         const outcome = await api.signIn(String(d.get("email")), String(d.get("password")));
         if (outcome === "code_needed") codeScreen();
@@ -145,13 +149,14 @@ function authScreen(): void {
         await enterMain();
       }),
     ),
-    serverNote() ?? "",
+    serverNote(),
   );
+  focusIfNone("f-signin-email");
 }
 
 function codeScreen(): void {
-  root().replaceChildren(
-    h("div", { class: "pair" },
+  show(
+    h("div", { class: "pair", id: "code-screen" },
       form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
         await api.verifyCode(String(d.get("code")));
         await enterMain();
@@ -162,6 +167,7 @@ function codeScreen(): void {
       }),
     ),
   );
+  focusIfNone("f-code");
 }
 
 /** The lock screen: the only thing a locked window shows. The shell refuses every command but
@@ -181,7 +187,7 @@ async function lockScreen(): Promise<void> {
       throw new Error(lockNote(outcome));
     }
   };
-  root().replaceChildren(
+  show(
     h("div", { class: "pair", id: "lock-screen" },
       h("div", { class: "card" },
         h("h1", {}, "Lockstep is locked"),
@@ -325,7 +331,7 @@ function header(): HTMLElement {
     h("strong", { class: "brand" }, "Lockstep"),
     h("span", { class: `pill ${s?.live ? "live" : shared ? "shared" : ""}`, id: "connection", "aria-live": "polite", title: note }, s?.label ?? "…"),
     note ? h("span", { id: "connection-note", class: "muted" }, note) : null,
-    h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"),
+    h("span", { id: "pending" }, s && s.pending > 0 ? pendingText(s.pending) : "All changes synced"),
     h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`),
     h("button", { onclick: () => void api.syncNow(), disabled: shared, title: shared ? "The other Lockstep process syncs this profile" : "" }, "Sync now"),
     h("button", { id: "pause-sync", onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"),
@@ -350,10 +356,34 @@ function refusedBanner(): HTMLElement | null {
   );
 }
 
+/** Goes to `view` (and remembers it for the next start). */
+function go(view: View): void {
+  state.view = view;
+  void uiState.set("view", view).catch(() => undefined);
+  void render();
+}
+
+/** The views as tabs, following the WAI-ARIA tabs pattern: one tab in the Tab order (the
+ * selected one), arrow keys, Home and End move between tabs and select them. */
 function nav(): HTMLElement {
-  const tab = (view: View, text: string) =>
-    h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; void uiState.set("view", view).catch(() => undefined); render(); } }, text);
-  return h("nav", { role: "tablist" }, tab("settings", "Settings"), tab("security", "Security"), tab("devices", "Devices"), tab("activity", "Activity"));
+  const keys = (e: Event) => {
+    const key = (e as KeyboardEvent).key;
+    const at = VIEWS.findIndex(([view]) => view === state.view);
+    const to = key === "ArrowRight" ? (at + 1) % VIEWS.length
+      : key === "ArrowLeft" ? (at + VIEWS.length - 1) % VIEWS.length
+      : key === "Home" ? 0
+      : key === "End" ? VIEWS.length - 1
+      : -1;
+    if (to < 0) return;
+    e.preventDefault();
+    go(VIEWS[to][0]);
+    document.getElementById(`tab-${VIEWS[to][0]}`)?.focus();
+  };
+  return h("nav", { role: "tablist", "aria-label": "Views", id: "views", onkeydown: keys },
+    ...VIEWS.map(([view, text]) => {
+      const selected = state.view === view;
+      return h("button", { role: "tab", id: `tab-${view}`, "aria-selected": String(selected), "aria-controls": `panel-${view}`, tabindex: selected ? "0" : "-1", onclick: () => go(view) }, text);
+    }));
 }
 
 function provenance(s: SettingDto): HTMLElement {
@@ -427,7 +457,7 @@ function layoutEditor(s: SettingDto): HTMLElement {
   return h("ol", { id: `setting-${s.key}`, class: "layout" },
     ...layout.map((w, i) => h("li", {},
       h("input", { type: "checkbox", id: `w-${w.widget}`, checked: w.visible, onchange: () => save(toggle(layout, i)) }),
-      h("label", { for: `w-${w.widget}` }, w.widget.replace("_", " ")),
+      h("label", { for: `w-${w.widget}` }, widgetLabel(w.widget)),
       h("button", { "aria-label": `Move ${w.widget} up`, disabled: i === 0, onclick: () => save(move(layout, i, -1)) }, "↑"),
       h("button", { "aria-label": `Move ${w.widget} down`, disabled: i === layout.length - 1, onclick: () => save(move(layout, i, 1)) }, "↓"))));
 }
@@ -450,7 +480,7 @@ async function securityView(): Promise<HTMLElement> {
     h("p", { class: "muted", id: "account-server" }, `Server: ${account.server_url}`)));
   const codes = state.recoveryCodes;
   if (codes) {
-    const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = (e.target as HTMLInputElement).checked; done.toggleAttribute("disabled", !state.codesKept); } });
+    const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = (e.target as HTMLInputElement).checked; void render(); } });
     const done = h("button", { id: "codes-done", disabled: !state.codesKept, onclick: () => { state.recoveryCodes = null; state.codesKept = false; void render(); } }, "Done");
     section.append(h("div", { class: "card", id: "recovery-card" },
       h("h2", {}, "Your recovery codes"),
@@ -473,7 +503,7 @@ async function securityView(): Promise<HTMLElement> {
         }
       } }, "Turn on two-factor authentication"));
     } else {
-      const qr = h("div", { class: "qr", role: "img", "aria-label": "QR code for your authenticator app" });
+      const qr = h("div", { class: "qr", role: "img", "aria-label": "QR code for your authenticator app", "data-raw": true });
       qr.innerHTML = enrollment.qr_svg; // SVG markup rendered by the server's qrcode crate
       body.push(
         h("p", {}, "Scan this with your authenticator app, or type the key in:"), qr,
@@ -530,46 +560,55 @@ async function activityView(): Promise<HTMLElement> {
   const entries = await api.activity();
   return h("section", { "aria-label": "Activity" },
     h("ul", { class: "activity" }, ...entries.map((e) => h("li", {},
-      h("strong", {}, e.action.replaceAll("_", " ")), ` ${e.device_name ?? ""} `, h("small", { class: "muted" }, `${e.ip_address} · ${new Date(e.created_at).toLocaleString()}`)))),
+      h("strong", {}, e.label), ` ${e.device_name ?? ""} `, h("small", { class: "muted" }, `${e.ip_address} · ${new Date(e.created_at).toLocaleString()}`)))),
     h("h3", {}, "On this device"), h("ul", { id: "event-log" }, ...state.log.map((l) => h("li", {}, l))));
 }
 
-/** Runs `redraw` (which replaces the window's content) keeping what the user was doing: text
- * typed in fields, ticked boxes, inline errors, and focus with its selection, matched by id
- * (inline errors by their form's label). */
-function keepingInput(redraw: () => void): void {
-  const fields = new Map<string, { value: string; checked: boolean }>();
-  for (const el of Array.from(root().querySelectorAll<HTMLInputElement>("input[id]"))) {
-    if (el.type !== "checkbox" && el.value !== el.defaultValue) fields.set(el.id, { value: el.value, checked: el.checked });
-  }
-  const errors = new Map<string, Node[]>();
-  for (const el of Array.from(root().querySelectorAll<HTMLElement>("form[aria-label] > .error"))) {
-    const label = el.parentElement?.getAttribute("aria-label");
-    if (label && el.textContent) errors.set(label, Array.from(el.childNodes));
-  }
-  const active = document.activeElement instanceof HTMLElement && root().contains(document.activeElement) ? document.activeElement : null;
-  const focusId = active?.id || null;
-  const selection = active instanceof HTMLInputElement ? [active.selectionStart, active.selectionEnd] : null;
-  redraw();
-  for (const [id, kept] of fields) {
-    const el = document.getElementById(id);
-    if (el instanceof HTMLInputElement) el.value = kept.value;
-  }
-  for (const [label, nodes] of errors) {
-    const el = root().querySelector(`form[aria-label="${CSS.escape(label)}"] > .error`);
-    if (el && !el.textContent) el.replaceChildren(...nodes);
-  }
-  const again = focusId ? document.getElementById(focusId) : null;
-  if (again) {
-    again.focus();
-    if (again instanceof HTMLInputElement && selection && selection[0] !== null) {
-      try {
-        again.setSelectionRange(selection[0], selection[1]);
-      } catch {
-        // Not every input type has a selection.
-      }
+/** The home view: the widgets of `dashboard.layout`, in its order, those it shows. */
+async function dashboardView(): Promise<HTMLElement> {
+  const layout = (state.settings.find((s) => s.key === "dashboard.layout")?.value as Widget[] | null) ?? [];
+  const shown = visibleWidgets(layout);
+  const [devices, activity] = await Promise.all([
+    shown.includes("devices") ? api.devices().catch(() => null) : Promise.resolve(null),
+    shown.includes("activity") ? api.activity().catch(() => null) : Promise.resolve(null),
+  ]);
+  const now = Date.now();
+  const s = state.status;
+  const account = state.account;
+  const widget = (name: string, ...body: (Node | string | null)[]) =>
+    h("section", { class: "widget card", id: `widget-${name}`, "data-widget": name, "aria-labelledby": `widget-${name}-title` },
+      h("h2", { id: `widget-${name}-title` }, widgetLabel(name)), ...body);
+  const widgets = shown.map((name) => {
+    switch (name) {
+      case "sync_status":
+        return widget(name,
+          h("p", {}, s?.label ?? "…"),
+          h("p", { class: "muted" }, s && s.pending > 0 ? pendingText(s.pending) : "All changes synced"),
+          h("p", { class: "muted" }, `Last synced ${ago(s?.last_synced_ms ?? null, now)}`));
+      case "devices":
+        return widget(name, devices
+          ? h("ul", {}, ...devices.map((d) => h("li", {}, d.name, d.current ? " (this device)" : "", h("small", { class: "muted" }, ` · seen ${ago(Date.parse(d.last_seen_at), now)}`))))
+          : h("p", { class: "muted" }, "Not available offline"),
+          h("button", { onclick: () => go("devices") }, "Manage devices"));
+      case "security":
+        return widget(name,
+          h("p", {}, account?.mfa_enabled ? "Two-factor authentication is on" : "Two-factor authentication is off"),
+          h("p", { class: "muted" }, account?.email_verified ? "Email verified" : "Email not verified yet"),
+          h("button", { onclick: () => go("security") }, "Security settings"));
+      case "activity":
+        return widget(name, activity
+          ? h("ul", {}, ...activity.slice(0, 5).map((e) => h("li", {}, e.label, e.device_name ? ` · ${e.device_name}` : "", h("small", { class: "muted" }, ` · ${ago(Date.parse(e.created_at), now)}`))))
+          : h("p", { class: "muted" }, "Not available offline"),
+          h("button", { onclick: () => go("activity") }, "All activity"));
+      default:
+        return widget(name,
+          h("ul", {}, ...state.settings.filter((x) => !x.sensitive && !x.key.startsWith("custom.") && x.key !== "dashboard.layout").slice(0, 6)
+            .map((x) => h("li", {}, `${x.label}: ${historyValue(x.value ?? null)}`, x.pending ? h("small", { class: "muted" }, " · waiting to sync") : null))),
+          h("button", { onclick: () => go("settings") }, "All settings"));
     }
-  }
+  });
+  return h("section", { "aria-label": "Home", class: "dashboard", id: "dashboard" },
+    ...(widgets.length > 0 ? widgets : [h("p", { class: "muted" }, "Every widget is hidden: show some under Settings, Dashboard layout.")]));
 }
 
 let rendering = 0;
@@ -578,22 +617,28 @@ async function render(): Promise<void> {
   const ticket = ++rendering;
   let body: HTMLElement;
   try {
-    body = state.view === "settings" ? settingsView() : state.view === "security" ? await securityView() : state.view === "devices" ? await devicesView() : await activityView();
+    body = state.view === "dashboard" ? await dashboardView() : state.view === "settings" ? settingsView() : state.view === "security" ? await securityView() : state.view === "devices" ? await devicesView() : await activityView();
   } catch (e) {
     if (isError(e) && e.code === "locked") return void (await lockScreen());
     body = h("p", { class: "error" }, message(e));
   }
   // The lock may have come on while the view was read: it wins.
   if (ticket !== rendering || state.locked) return;
-  keepingInput(() => root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body)));
+  show(header(), banner(), refusedBanner(), nav(), h("main", { role: "tabpanel", id: `panel-${state.view}`, "aria-labelledby": `tab-${state.view}`, tabindex: "0" }, body));
 }
 
 function onEngineEvent(event: EventReport): void {
   if (event.event === "status") {
+    const before = state.status;
     state.status = event;
-    if (!state.locked) document.querySelector("header")?.replaceWith(header());
-    if (event.connection === "signed_out") authScreen();
-    if (event.connection === "step_up_required") codeScreen();
+    if (event.connection === "signed_out") return authScreen();
+    if (event.connection === "step_up_required") return codeScreen();
+    if (state.locked) return;
+    // The queue changed (an edit sent, or acknowledged): the rows' "waiting to sync" markers
+    // follow it, so read the settings again; otherwise the status line is all that changed.
+    if (before && (before.pending !== event.pending || before.set_aside !== event.set_aside)) return void refresh();
+    const shown = document.querySelector("header");
+    if (shown) morph(shown, Array.from(header().childNodes));
     return;
   }
   const text = describe(event);
@@ -611,7 +656,7 @@ async function start(): Promise<void> {
   document.title = `Lockstep (${launch.profile})`;
   uiState.open(launch.profile);
   const lastView = await uiState.get<View>("view").catch(() => null);
-  if (lastView === "settings" || lastView === "security" || lastView === "devices" || lastView === "activity") state.view = lastView;
+  if (VIEWS.some(([view]) => view === lastView)) state.view = lastView as View;
   for (const p of launch.problems) toast(p);
   if (!launch.connected) return connectScreen(launch);
   if (launch.locked) return void (await lockScreen());
@@ -644,15 +689,20 @@ window.addEventListener("keydown", (e) => {
   }
 });
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
+// Relative times ("2 min ago") move on by themselves.
+setInterval(() => {
+  if (!state.locked && document.querySelector("header")) void render();
+}, 30_000);
 
 /** Shows an error the window could not recover from, instead of a blank window. */
 function fatal(e: unknown): void {
-  root().replaceChildren(h("div", { class: "card", role: "alert" }, h("h2", {}, "Something went wrong"), h("p", { class: "error" }, message(e))));
+  show(h("div", { class: "card", role: "alert", id: "fatal" }, h("h2", {}, "Something went wrong"), h("p", { class: "error" }, message(e))));
 }
 
 window.addEventListener("unhandledrejection", (e) => fatal(e.reason));
 try {
   onEvent(onEngineEvent);
+  onSignOutAsked(() => void signOutFlow());
   start().catch(fatal);
 } catch (e) {
   fatal(e);

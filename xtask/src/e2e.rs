@@ -18,6 +18,11 @@ pub const DRIVER_VAR: &str = "LOCKSTEP_TAURI_DRIVER";
 /// Set by xtask: a missing prerequisite fails the end-to-end test instead of skipping it.
 pub const REQUIRE_VAR: &str = "LOCKSTEP_REQUIRE_E2E";
 
+/// Where the end-to-end test finds axe-core (the accessibility checker it injects into each
+/// screen), and the file under `src-ui/` that `npm ci` puts there.
+pub const AXE_VAR: &str = "LOCKSTEP_AXE";
+pub const AXE_SCRIPT: &str = "node_modules/axe-core/axe.min.js";
+
 /// The path of tauri-driver, installing it first if needed.
 pub fn tauri_driver() -> Result<PathBuf> {
     let root = cmd::workspace_root()

@@ -81,6 +81,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
     };
 
+    // The window's packages first: the end-to-end test injects axe-core from them.
+    let ui = cmd::workspace_root().join("src-ui");
+    ui_install(&ui).run()?;
+
     let driver = e2e::tauri_driver()?;
     let mut test = cmd::cargo();
     test.args(["test", "--workspace", "--locked"])
@@ -89,7 +93,8 @@ pub fn run(args: &Args) -> Result<()> {
         .env(REQUIRE_POSTGRES_VAR, "1")
         .env(keyring::REQUIRE_VAR, "1")
         .env(e2e::DRIVER_VAR, driver)
-        .env(e2e::REQUIRE_VAR, "1");
+        .env(e2e::REQUIRE_VAR, "1")
+        .env(e2e::AXE_VAR, ui.join(e2e::AXE_SCRIPT));
     let test = e2e::on_virtual_display(&test);
     Stage::new("cargo test", keyring::wrap(&test)?).run()?;
 
@@ -153,15 +158,20 @@ if [ -n "$changed" ]; then
   exit 1
 fi"#;
 
+/// `npm ci` in the window's folder: TypeScript, and axe-core for the end-to-end test.
+fn ui_install(ui: &Path) -> Stage {
+    let mut install = Command::new("npm");
+    install
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(ui);
+    Stage::new("npm ci (src-ui)", install)
+}
+
 /// The window's checks: its view-logic tests (`npm test`: `tsc`, then `node --test`), and that
 /// the committed UI build and the TypeScript bindings (which `cargo test` regenerates from the
 /// shell's DTOs) match their sources, so a fresh clone builds without a UI step.
 fn ui_stages() -> Vec<Stage> {
     let ui = cmd::workspace_root().join("src-ui");
-    let mut install = Command::new("npm");
-    install
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&ui);
     let mut test = Command::new("npm");
     test.arg("test").current_dir(&ui);
     let mut fresh = Command::new("sh");
@@ -169,7 +179,6 @@ fn ui_stages() -> Vec<Stage> {
         .args(["-c", FRESHNESS_CHECK])
         .current_dir(cmd::workspace_root());
     vec![
-        Stage::new("npm ci (src-ui)", install),
         Stage::new("npm test (src-ui)", test),
         Stage::new("committed UI build and bindings are current", fresh),
     ]

@@ -112,6 +112,22 @@ impl EmbeddedCloud {
             .with_context(|| format!("no link was mailed to {to}"))
     }
 
+    /// The messages mailed to `to` (kept in the data directory, as mail is without SMTP),
+    /// newest first.
+    pub fn mail_to(&self, to: &str) -> anyhow::Result<Vec<crate::mail::OutgoingMail>> {
+        crate::mail::read_mail_dir(&self.data_dir.join("mail"), Some(to))
+    }
+
+    /// The code of the newest message mailed to `to` that carries one (confirmation, email
+    /// change, password reset): what the recipient types into the app instead of opening
+    /// the link.
+    pub fn newest_code(&self, to: &str) -> anyhow::Result<String> {
+        self.mail_to(to)?
+            .iter()
+            .find_map(|message| crate::mail::code_in(&message.text))
+            .with_context(|| format!("no code was mailed to {to}"))
+    }
+
     /// Stops the server at once, as if its process died.
     pub fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {

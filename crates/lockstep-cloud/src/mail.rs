@@ -11,6 +11,16 @@ use lettre::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// What comes just before the code in a mail that carries one (see `auth::emails`).
+pub const CODE_LEAD: &str = "Or enter this code in the app: ";
+
+/// The code in a mail's text, if it carries one: the digits after [`CODE_LEAD`].
+pub fn code_in(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once(CODE_LEAD)?;
+    let code: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (!code.is_empty()).then_some(code)
+}
+
 /// One message as composed by the server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutgoingMail {
@@ -130,4 +140,16 @@ pub fn read_mail_dir(dir: &Path, to: Option<&str>) -> anyhow::Result<Vec<Outgoin
     }
     messages.sort_by(|a, b| b.sent_at.cmp(&a.sent_at).then_with(|| b.id.cmp(&a.id)));
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_is_read_after_its_lead() {
+        let text = format!("Open this link:\n\nhttp://x\n\n{CODE_LEAD}012345\n\nBye\n");
+        assert_eq!(code_in(&text).as_deref(), Some("012345"));
+        assert_eq!(code_in("Open this link: http://x"), None);
+    }
 }

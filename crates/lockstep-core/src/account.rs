@@ -56,7 +56,7 @@ impl std::fmt::Debug for Enrollment {
     }
 }
 
-fn has_verified_totp(user: &User) -> Option<String> {
+pub(crate) fn has_verified_totp(user: &User) -> Option<String> {
     user.factors
         .iter()
         .find(|f| f.factor_type == "totp" && f.status == "verified")
@@ -64,7 +64,7 @@ fn has_verified_totp(user: &User) -> Option<String> {
 }
 
 impl Engine {
-    async fn installed(&self, session: &Session) -> Result<(), EngineError> {
+    pub(crate) async fn installed(&self, session: &Session) -> Result<(), EngineError> {
         self.session().install(session).await?;
         // What the status said (signed out, a code needed) no longer holds; the live loop,
         // woken now, says what does.
@@ -278,6 +278,8 @@ impl Engine {
         .await
     }
 
+    /// Renames a device of the account. Renaming this one takes the name here at once (as a
+    /// rename made elsewhere does when the feed tells it: see [`crate::rename`]).
     pub async fn rename_device(&self, device_id: &str, name: &str) -> Result<(), EngineError> {
         lockstep_protocol::devices::validate_device_name(name).map_err(EngineError::State)?;
         let client = self.session().client().clone();
@@ -285,7 +287,11 @@ impl Engine {
             let (c, id, name) = (client.clone(), device_id.to_owned(), name.to_owned());
             async move { c.rename_device(&t, &id, &name).await }
         })
-        .await
+        .await?;
+        if device_id == self.profile().device.id {
+            self.take_device_name(name).await;
+        }
+        Ok(())
     }
 
     /// Revokes another device: its sessions end at once and it wipes itself when it hears.

@@ -3,14 +3,18 @@
 //! Stateless: every call that needs a session takes the access token. Keeping the session
 //! fresh (single-flight refresh) is [`crate::session`]'s job.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use lockstep_protocol::{
     audit::AuditEntry,
     auth::{
         ChallengeResponse, EnrollRequest, EnrollResponse, FactorSecret, MfaVerifyRequest,
-        PasswordGrant, RecoveryCodeVerify, RecoveryCodes, RefreshGrant, Session, SignupRequest,
-        User,
+        PasswordGrant, RecoverRequest, RecoveryCodeVerify, RecoveryCodes, RecoveryCodesStatus,
+        RefreshGrant, ResendRequest, Session, SignupRequest, UpdateUserRequest, User,
+        VerificationType, VerifyRequest,
     },
     devices::{Device, DeviceInfo},
     errors::{Code, ErrorCode, RestCode, RestError},
@@ -148,7 +152,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     anon_key: String,
-    device: DeviceInfo,
+    /// Shared by every clone, so a new name ([`Client::set_device_name`]) goes out in the
+    /// headers of every later request, whichever clone makes it.
+    device: Arc<RwLock<DeviceInfo>>,
 }
 
 impl Client {
@@ -163,7 +169,7 @@ impl Client {
             http,
             base: server.trim_end_matches('/').to_owned(),
             anon_key: anon_key.to_owned(),
-            device,
+            device: Arc::new(RwLock::new(device)),
         })
     }
 
@@ -175,22 +181,33 @@ impl Client {
         &self.anon_key
     }
 
-    pub fn device(&self) -> &DeviceInfo {
-        &self.device
+    /// This device as the client describes it (a copy: the name may change).
+    pub fn device(&self) -> DeviceInfo {
+        self.device
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Renames this device in what every clone of the client sends from now on (the device
+    /// headers, the device described at sign-in).
+    pub fn set_device_name(&self, name: &str) {
+        self.device
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .name = name.to_owned();
     }
 
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let device = self.device();
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .header("apikey", &self.anon_key)
-            .header(
-                lockstep_protocol::devices::DEVICE_ID_HEADER,
-                &self.device.id,
-            )
+            .header(lockstep_protocol::devices::DEVICE_ID_HEADER, &device.id)
             .header(
                 lockstep_protocol::devices::DEVICE_NAME_HEADER,
-                url_encode(&self.device.name),
+                url_encode(&device.name),
             );
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -229,7 +246,7 @@ impl Client {
             email: email.into(),
             password: password.into(),
             data: None,
-            device: Some(self.device.clone()),
+            device: Some(self.device()),
         };
         self.send(
             self.request(Method::POST, "/auth/v1/signup", None)
@@ -242,7 +259,7 @@ impl Client {
         let body = PasswordGrant {
             email: email.into(),
             password: password.into(),
-            device: Some(self.device.clone()),
+            device: Some(self.device()),
         };
         self.send(
             self.request(Method::POST, "/auth/v1/token?grant_type=password", None)
@@ -420,6 +437,93 @@ impl Client {
                 Some(token),
             )
             .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /auth/v1/resend` `{type, email}`: mails the confirmation again. The server answers
+    /// `{}` whether or not it sent anything (it sends at most one mail per interval per address).
+    pub async fn resend(&self, kind: VerificationType, email: &str) -> Result<(), ApiError> {
+        let body = ResendRequest {
+            kind,
+            email: email.into(),
+        };
+        self.send_empty(
+            self.request(Method::POST, "/auth/v1/resend", None)
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /auth/v1/recover` `{email}`: mails a password-reset code (and link). The same `{}`
+    /// answers every address, known or not.
+    pub async fn recover(&self, email: &str) -> Result<(), ApiError> {
+        let body = RecoverRequest {
+            email: email.into(),
+        };
+        self.send_empty(
+            self.request(Method::POST, "/auth/v1/recover", None)
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `POST /auth/v1/verify` `{type, token, email}`: redeems an emailed code. Answers a new
+    /// session for this device.
+    pub async fn verify_email_code(
+        &self,
+        kind: VerificationType,
+        email: &str,
+        code: &str,
+    ) -> Result<Session, ApiError> {
+        let body = VerifyRequest {
+            kind,
+            token_hash: None,
+            token: Some(code.into()),
+            email: Some(email.into()),
+            device: Some(self.device()),
+        };
+        self.send(
+            self.request(Method::POST, "/auth/v1/verify", None)
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `PUT /auth/v1/user` `{password}`: the server signs every other session out.
+    pub async fn update_password(&self, token: &str, password: &str) -> Result<User, ApiError> {
+        let body = UpdateUserRequest {
+            email: None,
+            password: Some(password.into()),
+            data: None,
+        };
+        self.send(
+            self.request(Method::PUT, "/auth/v1/user", Some(token))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /auth/v1/factors/recovery-codes`: how many codes there are and how many are left
+    /// (404 `mfa_factor_not_found` before any were generated).
+    pub async fn recovery_codes_status(
+        &self,
+        token: &str,
+    ) -> Result<RecoveryCodesStatus, ApiError> {
+        self.send(self.request(Method::GET, "/auth/v1/factors/recovery-codes", Some(token)))
+            .await
+    }
+
+    /// `POST /auth/v1/factors/recovery-codes/regenerate`: a new set (the old codes stop
+    /// working). Needs a code verified within the last few minutes.
+    pub async fn regenerate_recovery_codes(&self, token: &str) -> Result<RecoveryCodes, ApiError> {
+        self.send(
+            self.request(
+                Method::POST,
+                "/auth/v1/factors/recovery-codes/regenerate",
+                Some(token),
+            )
+            .json(&json!({})),
         )
         .await
     }

@@ -85,7 +85,10 @@ pub enum Unlock {
     /// The app is unlocked.
     Unlocked,
     /// The code was wrong (or already used); `retry_in_ms`: the wait before the next try.
-    Wrong { failures: u32, retry_in_ms: Option<i64> },
+    Wrong {
+        failures: u32,
+        retry_in_ms: Option<i64>,
+    },
     /// Too many wrong codes: nothing was checked; try again in `retry_in_ms`.
     Wait { failures: u32, retry_in_ms: i64 },
 }

@@ -275,7 +275,10 @@ impl Counts {
 
 /// The engine of one profile.
 pub struct Engine {
+    /// The profile as opened; [`Engine::profile`] answers its newest version.
     profile: Profile,
+    /// This device renamed while the engine runs ([`crate::rename`]).
+    pub(crate) renames: crate::rename::Renames,
     session: SessionKeeper,
     keychain: Keychain,
     /// The profile's database, on its own thread.
@@ -333,6 +336,7 @@ impl Engine {
         });
         let engine = Engine {
             profile,
+            renames: Default::default(),
             session,
             keychain,
             store,
@@ -358,8 +362,10 @@ impl Engine {
         self
     }
 
+    /// The profile, with this device's current name (it may change while the engine runs:
+    /// see [`crate::rename`]).
     pub fn profile(&self) -> &Profile {
-        &self.profile
+        self.renames.latest(&self.profile)
     }
 
     pub fn session(&self) -> &SessionKeeper {
@@ -631,7 +637,7 @@ impl Engine {
             if version.device_name.is_none()
                 && version.device_id.as_deref() == Some(self.profile.device.id.as_str())
             {
-                version.device_name = Some(self.profile.device.name.clone());
+                version.device_name = Some(self.profile().device.name.clone());
             }
         }
         Ok(versions)
@@ -958,10 +964,11 @@ impl Engine {
         let mine = self.profile.device.id.clone();
         let now = self.now_ms();
         let arrival = self.arrival();
-        let (events, session_check) = self
+        let (events, session_check, renamed) = self
             .write(move |tx| {
                 let mut events = Vec::new();
                 let mut session_check = None;
+                let mut renamed = None;
                 for change in changes {
                     let seq = change.seq;
                     if seq <= tx.view().cache.cursor {
@@ -991,13 +998,17 @@ impl Engine {
                             events.push(EngineEvent::OwnSecurity(event));
                         }
                         FeedEffect::Security(event) => events.push(EngineEvent::Security(event)),
+                        FeedEffect::RenamedHere { name } => renamed = Some(name),
                         FeedEffect::Nothing => {}
                     }
                     tx.advance_cursor(seq)?;
                 }
-                Ok((events, session_check))
+                Ok((events, session_check, renamed))
             })
             .await?;
+        if let Some(name) = renamed {
+            self.take_device_name(&name).await;
+        }
         if let Some(by) = session_check {
             self.flags().session_check = Some(by);
         }
@@ -1060,7 +1071,7 @@ impl Engine {
                     // An edit made on this device (a `lockstep set`, a device-only value).
                     _ => Writer {
                         device_id: Some(self.profile.device.id.clone()),
-                        device_name: Some(self.profile.device.name.clone()),
+                        device_name: Some(self.profile().device.name.clone()),
                     },
                 };
                 self.emit(remote_change(key, before, after, writer, arrival));

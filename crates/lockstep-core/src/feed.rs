@@ -53,6 +53,9 @@ pub enum FeedEffect {
     Setting(SettingRow),
     /// A security event to tell the user about.
     Security(SecurityEvent),
+    /// This device was given a new name (by another device, or by itself): it takes the name
+    /// locally (see [`crate::rename`]).
+    RenamedHere { name: String },
     /// Nothing this device shows (e.g. its own sign-in, a session that stepped up).
     Nothing,
 }
@@ -119,6 +122,18 @@ pub fn interpret(change: &ChangeEvent, my_device: &str) -> FeedEffect {
                     name: new.name,
                     device_id: new.id,
                 })
+            }
+        }
+        FeedRecord::Device(Change {
+            event_type: EventType::Update,
+            new: Some(new),
+            old,
+        }) if new.id == my_device => {
+            // An update that leaves the name alone (a new app version) is nothing to take.
+            if old.is_some_and(|old| old.name == new.name) {
+                FeedEffect::Nothing
+            } else {
+                FeedEffect::RenamedHere { name: new.name }
             }
         }
         FeedRecord::Session(Change {
@@ -280,6 +295,45 @@ mod tests {
                 name: "Laptop".into(),
                 by: Some("desk name".into())
             })
+        );
+    }
+
+    #[test]
+    fn a_rename_of_this_device_is_taken_here_and_others_are_not() {
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let device = |id: &str, name: &str| DeviceRecord {
+            id: id.into(),
+            user_id: uuid::Uuid::nil(),
+            name: name.into(),
+            platform: "linux".into(),
+            app_version: "1".into(),
+            created_at: at,
+            last_seen_at: at,
+        };
+        let update = |id: &str, old: &str, new: &str| {
+            change(
+                FeedRecord::Device(Change {
+                    event_type: EventType::Update,
+                    new: Some(device(id, new)),
+                    old: Some(device(id, old)),
+                }),
+                Some("desk"),
+            )
+        };
+        assert_eq!(
+            interpret(&update("me", "Laptop", "Den laptop"), "me"),
+            FeedEffect::RenamedHere {
+                name: "Den laptop".into()
+            }
+        );
+        assert_eq!(
+            interpret(&update("other", "Laptop", "Den laptop"), "me"),
+            FeedEffect::Nothing
+        );
+        assert_eq!(
+            interpret(&update("me", "Laptop", "Laptop"), "me"),
+            FeedEffect::Nothing,
+            "a new app version is not a rename"
         );
     }
 

@@ -10,7 +10,10 @@
 //! - [`feed`]: what a change-feed entry means to this device (pure).
 //! - [`plan`]: which pushes carry the outbox (newest change per key; pure).
 //! - [`live`]: the live loop: change stream, reconnects, polling fallback, revocation.
-//! - [`account`]: sign-up, sign-in, two-factor authentication, devices, activity.
+//! - [`account`]: sign-up, sign-in, two-factor authentication, devices, activity;
+//!   [`credentials`]: the emailed codes (confirming the address, resetting a forgotten
+//!   password) and the recovery codes' count and renewal; [`rename`]: this device's own name
+//!   when it changes.
 //! - [`totp`]: checking a code offline against the keychain's secret (app lock).
 //! - [`profile`]: a device identity, its directory and the front ends' shared arguments;
 //!   [`transfer`]: export and import; [`typed`]: the known settings as typed keys.
@@ -23,12 +26,14 @@
 pub mod account;
 pub mod app_lock;
 pub mod api;
+pub mod credentials;
 pub mod engine;
 pub mod feed;
 pub mod keychain;
 pub mod live;
 pub mod plan;
 pub mod profile;
+pub mod rename;
 pub mod report;
 pub mod session;
 pub mod store;

@@ -680,6 +680,9 @@ async fn stream<T: launchdarkly_sdk_transport::HttpTransport>(
                     )));
                     return StreamEnd::Failed(format!("could not save changes: {error}"));
                 }
+                // What arrived is in: this device is in step with the server as of now.
+                let now = engine.now_ms();
+                engine.update_status(|s| s.last_synced_ms = Some(now));
                 if let Some(end) = ended {
                     return end;
                 }

@@ -70,6 +70,10 @@ export const uiState = (() => {
         },
     };
 })();
+/** The tray's "Sign out": the window confirms it (and warns about unsynced edits). */
+export function onSignOutAsked(handler) {
+    void window.__TAURI__.event.listen("lockstep://sign-out-asked", () => handler());
+}
 export function onEvent(handler) {
     void window.__TAURI__.event.listen("lockstep://event", (e) => handler(e.payload));
 }

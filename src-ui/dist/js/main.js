@@ -1,25 +1,12 @@
-// The Lockstep window: connect, sign in, settings, security, devices, activity, app lock.
-// Plain DOM (no framework): a few views re-rendered from state; all decisions are the
-// engine's, reached through `api`.
-import { api, isError, onEvent, uiState } from "./api.js";
-import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, toggle } from "./format.js";
-function h(tag, attrs = {}, ...children) {
-    const el = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs)) {
-        if (typeof v === "function")
-            el.addEventListener(k.replace(/^on/, ""), v);
-        else if (v === true)
-            el.setAttribute(k, "");
-        else if (v !== false)
-            el.setAttribute(k, v);
-    }
-    for (const c of children)
-        if (c !== null)
-            el.append(c);
-    return el;
-}
+// The Lockstep window: connect, sign in, dashboard, settings, security, devices, activity,
+// app lock. Plain DOM (no framework): views are functions of the state, and `morph` (dom.ts)
+// updates the window in place; all decisions are the engine's, reached through `api`.
+import { api, isError, onEvent, onSignOutAsked, uiState } from "./api.js";
+import { h, morph } from "./dom.js";
+import { ago, connectionNote, describe, effectiveTheme, groupedKey, historyNote, historyValue, lockNote, mask, move, pendingText, toggle, visibleWidgets, widgetLabel } from "./format.js";
+const VIEWS = [["dashboard", "Home"], ["settings", "Settings"], ["security", "Security"], ["devices", "Devices"], ["activity", "Activity"]];
 const state = {
-    view: "settings",
+    view: "dashboard",
     status: null,
     account: null,
     settings: [],
@@ -43,6 +30,17 @@ const state = {
     launch: null,
 };
 const root = () => document.getElementById("app");
+/** Shows `nodes` as the window's content, updating what is there in place. */
+function show(...nodes) {
+    morph(root(), nodes.filter((n) => n !== null));
+}
+/** Puts the keyboard on `id` when a screen opens (focus that is already in the window stays). */
+function focusIfNone(id) {
+    const active = document.activeElement;
+    if (active && active !== document.body && root().contains(active))
+        return;
+    document.getElementById(id)?.focus();
+}
 function message(e) {
     if (isError(e))
         return e.message;
@@ -71,10 +69,11 @@ function applyTheme() {
 }
 /** A form whose submit runs `action`, showing its error inline. */
 function form(title, fields, submit, action) {
-    const error = h("p", { class: "error", role: "alert" });
-    const f = h("form", { class: "card", "aria-label": title }, h("h2", {}, title), ...fields, error, h("button", { type: "submit" }, submit));
-    f.addEventListener("submit", async (e) => {
+    const id = `form-${title.toLowerCase().replace(/[^a-z0-9]+/g, "-")}`;
+    const submitted = async (e) => {
         e.preventDefault();
+        const f = e.currentTarget;
+        const error = f.querySelector(".error");
         error.textContent = "";
         try {
             await action(new FormData(f));
@@ -82,8 +81,8 @@ function form(title, fields, submit, action) {
         catch (err) {
             error.replaceChildren(...explained(err));
         }
-    });
-    return f;
+    };
+    return h("form", { class: "card", "aria-label": title, id, onsubmit: submitted }, h("h2", {}, title), ...fields, h("p", { class: "error", role: "alert", "data-keep": true }), h("button", { type: "submit" }, submit));
 }
 function field(name, text, type = "text", value = "", extra = {}) {
     const id = typeof extra.id === "string" ? extra.id : `f-${name}`;
@@ -91,7 +90,7 @@ function field(name, text, type = "text", value = "", extra = {}) {
 }
 // ---- screens before the main window ----
 function connectScreen(prefill) {
-    root().replaceChildren(form("Connect to your Lockstep server", [
+    show(form("Connect to your Lockstep server", [
         field("server", "Server URL", "url", prefill.server_url ?? "http://127.0.0.1:54321"),
         field("anon", "Anon key", "text", prefill.anon_key ?? ""),
         field("device", "Name this device", "text", prefill.device_name ?? ""),
@@ -99,6 +98,7 @@ function connectScreen(prefill) {
         await api.connect(String(d.get("server")), String(d.get("anon")), String(d.get("device")));
         await start();
     }));
+    focusIfNone("f-server");
 }
 /** The server a signed-out profile uses, with a way to another one. */
 function serverNote() {
@@ -113,7 +113,7 @@ function authScreen() {
         field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
         field("password", "Password", "password", "", { autocomplete: prefix === "signup" ? "new-password" : "current-password", id: `f-${prefix}-password`, ...(prefix === "signup" ? { "aria-describedby": "password-rule" } : {}) }),
     ];
-    root().replaceChildren(h("div", { class: "pair" }, form("Sign in", fields("signin"), "Sign in", async (d) => {
+    show(h("div", { class: "pair", id: "auth-screen" }, form("Sign in", fields("signin"), "Sign in", async (d) => {
         const outcome = await api.signIn(String(d.get("email")), String(d.get("password")));
         if (outcome === "code_needed")
             codeScreen();
@@ -128,16 +128,18 @@ function authScreen() {
             throw new Error("The two passwords differ: type the same one twice");
         await api.signUp(String(d.get("email")), String(d.get("password")));
         await enterMain();
-    })), serverNote() ?? "");
+    })), serverNote());
+    focusIfNone("f-signin-email");
 }
 function codeScreen() {
-    root().replaceChildren(h("div", { class: "pair" }, form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
+    show(h("div", { class: "pair", id: "code-screen" }, form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
         await api.verifyCode(String(d.get("code")));
         await enterMain();
     }), form("Lost your authenticator?", [field("recovery", "Recovery code")], "Use recovery code", async (d) => {
         await api.verifyRecoveryCode(String(d.get("recovery")));
         await enterMain();
     })));
+    focusIfNone("f-code");
 }
 /** The lock screen: the only thing a locked window shows. The shell refuses every command but
  * unlock and sign-out while locked, so nothing behind it works even over IPC. */
@@ -157,7 +159,7 @@ async function lockScreen() {
             throw new Error(lockNote(outcome));
         }
     };
-    root().replaceChildren(h("div", { class: "pair", id: "lock-screen" }, h("div", { class: "card" }, h("h1", {}, "Lockstep is locked"), who ? h("p", { id: "lock-account" }, who) : null, wait, form("Unlock", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-unlock-code" })], "Unlock", tryUnlock(false))), form("Lost your authenticator?", [field("recovery", "Recovery code", "text", "", { id: "f-unlock-recovery" })], "Unlock with a recovery code", tryUnlock(true)), h("div", { class: "card" }, h("h2", {}, "Not you?"), h("button", { class: "danger", id: "lock-sign-out", onclick: () => void signOutFlow() }, "Sign out of this device"))));
+    show(h("div", { class: "pair", id: "lock-screen" }, h("div", { class: "card" }, h("h1", {}, "Lockstep is locked"), who ? h("p", { id: "lock-account" }, who) : null, wait, form("Unlock", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-unlock-code" })], "Unlock", tryUnlock(false))), form("Lost your authenticator?", [field("recovery", "Recovery code", "text", "", { id: "f-unlock-recovery" })], "Unlock with a recovery code", tryUnlock(true)), h("div", { class: "card" }, h("h2", {}, "Not you?"), h("button", { class: "danger", id: "lock-sign-out", onclick: () => void signOutFlow() }, "Sign out of this device"))));
     document.getElementById("f-unlock-code")?.focus();
 }
 /** Signs this device out after a confirmation; with edits that have not reached the server,
@@ -289,7 +291,7 @@ function header() {
     // Another Lockstep process on this profile syncs it; this window follows what it writes.
     const shared = s?.connection === "shared";
     const note = s ? connectionNote(s.connection) : "";
-    return h("header", {}, h("strong", { class: "brand" }, "Lockstep"), h("span", { class: `pill ${s?.live ? "live" : shared ? "shared" : ""}`, id: "connection", "aria-live": "polite", title: note }, s?.label ?? "…"), note ? h("span", { id: "connection-note", class: "muted" }, note) : null, h("span", { id: "pending" }, s && s.pending > 0 ? `${s.pending} change(s) waiting` : "All changes synced"), h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`), h("button", { onclick: () => void api.syncNow(), disabled: shared, title: shared ? "The other Lockstep process syncs this profile" : "" }, "Sync now"), h("button", { id: "pause-sync", onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"), state.account?.offline_codes ? h("button", { id: "lock-now", title: "Ctrl+L", "aria-keyshortcuts": "Control+L", onclick: () => void lockNow() }, "Lock now") : null);
+    return h("header", {}, h("strong", { class: "brand" }, "Lockstep"), h("span", { class: `pill ${s?.live ? "live" : shared ? "shared" : ""}`, id: "connection", "aria-live": "polite", title: note }, s?.label ?? "…"), note ? h("span", { id: "connection-note", class: "muted" }, note) : null, h("span", { id: "pending" }, s && s.pending > 0 ? pendingText(s.pending) : "All changes synced"), h("span", { id: "last-synced" }, `Last synced ${ago(s?.last_synced_ms ?? null, Date.now())}`), h("button", { onclick: () => void api.syncNow(), disabled: shared, title: shared ? "The other Lockstep process syncs this profile" : "" }, "Sync now"), h("button", { id: "pause-sync", onclick: async () => { await api.pauseSync(!paused); await refresh(); } }, paused ? "Resume sync" : "Pause sync"), state.account?.offline_codes ? h("button", { id: "lock-now", title: "Ctrl+L", "aria-keyshortcuts": "Control+L", onclick: () => void lockNow() }, "Lock now") : null);
 }
 function banner() {
     if (!state.account || state.account.email_verified)
@@ -303,9 +305,33 @@ function refusedBanner() {
     const n = state.setAside.length;
     return h("div", { class: "banner", id: "set-aside", role: "alert" }, h("strong", {}, n === 1 ? "1 change could not be synced" : `${n} changes could not be synced`), h("ul", {}, ...state.setAside.map((e) => h("li", {}, `${e.label}: ${e.reason}`))), h("button", { id: "set-aside-retry", onclick: async () => { await guard(api.retrySetAside(null)); } }, "Try again"), h("button", { id: "set-aside-drop", onclick: async () => { await guard(api.dropSetAside(null)); } }, "Discard"));
 }
+/** Goes to `view` (and remembers it for the next start). */
+function go(view) {
+    state.view = view;
+    void uiState.set("view", view).catch(() => undefined);
+    void render();
+}
+/** The views as tabs, following the WAI-ARIA tabs pattern: one tab in the Tab order (the
+ * selected one), arrow keys, Home and End move between tabs and select them. */
 function nav() {
-    const tab = (view, text) => h("button", { role: "tab", "aria-selected": String(state.view === view), id: `tab-${view}`, onclick: () => { state.view = view; void uiState.set("view", view).catch(() => undefined); render(); } }, text);
-    return h("nav", { role: "tablist" }, tab("settings", "Settings"), tab("security", "Security"), tab("devices", "Devices"), tab("activity", "Activity"));
+    const keys = (e) => {
+        const key = e.key;
+        const at = VIEWS.findIndex(([view]) => view === state.view);
+        const to = key === "ArrowRight" ? (at + 1) % VIEWS.length
+            : key === "ArrowLeft" ? (at + VIEWS.length - 1) % VIEWS.length
+                : key === "Home" ? 0
+                    : key === "End" ? VIEWS.length - 1
+                        : -1;
+        if (to < 0)
+            return;
+        e.preventDefault();
+        go(VIEWS[to][0]);
+        document.getElementById(`tab-${VIEWS[to][0]}`)?.focus();
+    };
+    return h("nav", { role: "tablist", "aria-label": "Views", id: "views", onkeydown: keys }, ...VIEWS.map(([view, text]) => {
+        const selected = state.view === view;
+        return h("button", { role: "tab", id: `tab-${view}`, "aria-selected": String(selected), "aria-controls": `panel-${view}`, tabindex: selected ? "0" : "-1", onclick: () => go(view) }, text);
+    }));
 }
 function provenance(s) {
     const who = s.changed_by ? `${s.changed_by}, ${s.changed_at ? ago(Date.parse(s.changed_at), Date.now()) : ""}` : "default";
@@ -372,7 +398,7 @@ function historyList(s, versions) {
 function layoutEditor(s) {
     const layout = s.value ?? [];
     const save = (next) => void guard(api.setSetting(s.key, next));
-    return h("ol", { id: `setting-${s.key}`, class: "layout" }, ...layout.map((w, i) => h("li", {}, h("input", { type: "checkbox", id: `w-${w.widget}`, checked: w.visible, onchange: () => save(toggle(layout, i)) }), h("label", { for: `w-${w.widget}` }, w.widget.replace("_", " ")), h("button", { "aria-label": `Move ${w.widget} up`, disabled: i === 0, onclick: () => save(move(layout, i, -1)) }, "↑"), h("button", { "aria-label": `Move ${w.widget} down`, disabled: i === layout.length - 1, onclick: () => save(move(layout, i, 1)) }, "↓"))));
+    return h("ol", { id: `setting-${s.key}`, class: "layout" }, ...layout.map((w, i) => h("li", {}, h("input", { type: "checkbox", id: `w-${w.widget}`, checked: w.visible, onchange: () => save(toggle(layout, i)) }), h("label", { for: `w-${w.widget}` }, widgetLabel(w.widget)), h("button", { "aria-label": `Move ${w.widget} up`, disabled: i === 0, onclick: () => save(move(layout, i, -1)) }, "↑"), h("button", { "aria-label": `Move ${w.widget} down`, disabled: i === layout.length - 1, onclick: () => save(move(layout, i, 1)) }, "↓"))));
 }
 function settingsView() {
     const addKey = form("Add an integration API key", [field("name", "Integration (e.g. github)"), field("key", "API key", "password")], "Save", async (d) => {
@@ -389,7 +415,7 @@ async function securityView() {
     section.append(h("div", { class: "card", id: "account-card" }, h("h2", {}, "Account"), h("p", {}, `Signed in as ${account.email} on ${account.device_name}`), h("p", { class: "muted", id: "account-server" }, `Server: ${account.server_url}`)));
     const codes = state.recoveryCodes;
     if (codes) {
-        const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = e.target.checked; done.toggleAttribute("disabled", !state.codesKept); } });
+        const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = e.target.checked; void render(); } });
         const done = h("button", { id: "codes-done", disabled: !state.codesKept, onclick: () => { state.recoveryCodes = null; state.codesKept = false; void render(); } }, "Done");
         section.append(h("div", { class: "card", id: "recovery-card" }, h("h2", {}, "Your recovery codes"), h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."), h("pre", { id: "recovery-codes" }, codes.join("\n")), h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")).then(() => toast("Recovery codes copied")) }, "Copy"), h("p", {}, kept, h("label", { for: "codes-kept", class: "inline" }, "I have saved my recovery codes")), done));
     }
@@ -408,7 +434,7 @@ async function securityView() {
                 } }, "Turn on two-factor authentication"));
         }
         else {
-            const qr = h("div", { class: "qr", role: "img", "aria-label": "QR code for your authenticator app" });
+            const qr = h("div", { class: "qr", role: "img", "aria-label": "QR code for your authenticator app", "data-raw": true });
             qr.innerHTML = enrollment.qr_svg; // SVG markup rendered by the server's qrcode crate
             body.push(h("p", {}, "Scan this with your authenticator app, or type the key in:"), qr, h("p", {}, h("code", { id: "totp-secret", "data-secret": enrollment.secret }, groupedKey(enrollment.secret)), " ", h("button", { id: "copy-secret", onclick: () => void navigator.clipboard.writeText(enrollment.secret).then(() => toast("Key copied")) }, "Copy key")), form("Confirm with a code", [field("code", "Code from the app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-confirm-code" })], "Turn on", async (d) => {
                 // A wrong code throws: the form shows it, and the same key stays for the next code.
@@ -451,49 +477,40 @@ async function devicesView() {
 }
 async function activityView() {
     const entries = await api.activity();
-    return h("section", { "aria-label": "Activity" }, h("ul", { class: "activity" }, ...entries.map((e) => h("li", {}, h("strong", {}, e.action.replaceAll("_", " ")), ` ${e.device_name ?? ""} `, h("small", { class: "muted" }, `${e.ip_address} · ${new Date(e.created_at).toLocaleString()}`)))), h("h3", {}, "On this device"), h("ul", { id: "event-log" }, ...state.log.map((l) => h("li", {}, l))));
+    return h("section", { "aria-label": "Activity" }, h("ul", { class: "activity" }, ...entries.map((e) => h("li", {}, h("strong", {}, e.label), ` ${e.device_name ?? ""} `, h("small", { class: "muted" }, `${e.ip_address} · ${new Date(e.created_at).toLocaleString()}`)))), h("h3", {}, "On this device"), h("ul", { id: "event-log" }, ...state.log.map((l) => h("li", {}, l))));
 }
-/** Runs `redraw` (which replaces the window's content) keeping what the user was doing: text
- * typed in fields, ticked boxes, inline errors, and focus with its selection, matched by id
- * (inline errors by their form's label). */
-function keepingInput(redraw) {
-    const fields = new Map();
-    for (const el of Array.from(root().querySelectorAll("input[id]"))) {
-        if (el.type !== "checkbox" && el.value !== el.defaultValue)
-            fields.set(el.id, { value: el.value, checked: el.checked });
-    }
-    const errors = new Map();
-    for (const el of Array.from(root().querySelectorAll("form[aria-label] > .error"))) {
-        const label = el.parentElement?.getAttribute("aria-label");
-        if (label && el.textContent)
-            errors.set(label, Array.from(el.childNodes));
-    }
-    const active = document.activeElement instanceof HTMLElement && root().contains(document.activeElement) ? document.activeElement : null;
-    const focusId = active?.id || null;
-    const selection = active instanceof HTMLInputElement ? [active.selectionStart, active.selectionEnd] : null;
-    redraw();
-    for (const [id, kept] of fields) {
-        const el = document.getElementById(id);
-        if (el instanceof HTMLInputElement)
-            el.value = kept.value;
-    }
-    for (const [label, nodes] of errors) {
-        const el = root().querySelector(`form[aria-label="${CSS.escape(label)}"] > .error`);
-        if (el && !el.textContent)
-            el.replaceChildren(...nodes);
-    }
-    const again = focusId ? document.getElementById(focusId) : null;
-    if (again) {
-        again.focus();
-        if (again instanceof HTMLInputElement && selection && selection[0] !== null) {
-            try {
-                again.setSelectionRange(selection[0], selection[1]);
-            }
-            catch {
-                // Not every input type has a selection.
-            }
+/** The home view: the widgets of `dashboard.layout`, in its order, those it shows. */
+async function dashboardView() {
+    const layout = state.settings.find((s) => s.key === "dashboard.layout")?.value ?? [];
+    const shown = visibleWidgets(layout);
+    const [devices, activity] = await Promise.all([
+        shown.includes("devices") ? api.devices().catch(() => null) : Promise.resolve(null),
+        shown.includes("activity") ? api.activity().catch(() => null) : Promise.resolve(null),
+    ]);
+    const now = Date.now();
+    const s = state.status;
+    const account = state.account;
+    const widget = (name, ...body) => h("section", { class: "widget card", id: `widget-${name}`, "data-widget": name, "aria-labelledby": `widget-${name}-title` }, h("h2", { id: `widget-${name}-title` }, widgetLabel(name)), ...body);
+    const widgets = shown.map((name) => {
+        switch (name) {
+            case "sync_status":
+                return widget(name, h("p", {}, s?.label ?? "…"), h("p", { class: "muted" }, s && s.pending > 0 ? pendingText(s.pending) : "All changes synced"), h("p", { class: "muted" }, `Last synced ${ago(s?.last_synced_ms ?? null, now)}`));
+            case "devices":
+                return widget(name, devices
+                    ? h("ul", {}, ...devices.map((d) => h("li", {}, d.name, d.current ? " (this device)" : "", h("small", { class: "muted" }, ` · seen ${ago(Date.parse(d.last_seen_at), now)}`))))
+                    : h("p", { class: "muted" }, "Not available offline"), h("button", { onclick: () => go("devices") }, "Manage devices"));
+            case "security":
+                return widget(name, h("p", {}, account?.mfa_enabled ? "Two-factor authentication is on" : "Two-factor authentication is off"), h("p", { class: "muted" }, account?.email_verified ? "Email verified" : "Email not verified yet"), h("button", { onclick: () => go("security") }, "Security settings"));
+            case "activity":
+                return widget(name, activity
+                    ? h("ul", {}, ...activity.slice(0, 5).map((e) => h("li", {}, e.label, e.device_name ? ` · ${e.device_name}` : "", h("small", { class: "muted" }, ` · ${ago(Date.parse(e.created_at), now)}`))))
+                    : h("p", { class: "muted" }, "Not available offline"), h("button", { onclick: () => go("activity") }, "All activity"));
+            default:
+                return widget(name, h("ul", {}, ...state.settings.filter((x) => !x.sensitive && !x.key.startsWith("custom.") && x.key !== "dashboard.layout").slice(0, 6)
+                    .map((x) => h("li", {}, `${x.label}: ${historyValue(x.value ?? null)}`, x.pending ? h("small", { class: "muted" }, " · waiting to sync") : null))), h("button", { onclick: () => go("settings") }, "All settings"));
         }
-    }
+    });
+    return h("section", { "aria-label": "Home", class: "dashboard", id: "dashboard" }, ...(widgets.length > 0 ? widgets : [h("p", { class: "muted" }, "Every widget is hidden: show some under Settings, Dashboard layout.")]));
 }
 let rendering = 0;
 async function render() {
@@ -502,7 +519,7 @@ async function render() {
     const ticket = ++rendering;
     let body;
     try {
-        body = state.view === "settings" ? settingsView() : state.view === "security" ? await securityView() : state.view === "devices" ? await devicesView() : await activityView();
+        body = state.view === "dashboard" ? await dashboardView() : state.view === "settings" ? settingsView() : state.view === "security" ? await securityView() : state.view === "devices" ? await devicesView() : await activityView();
     }
     catch (e) {
         if (isError(e) && e.code === "locked")
@@ -512,17 +529,25 @@ async function render() {
     // The lock may have come on while the view was read: it wins.
     if (ticket !== rendering || state.locked)
         return;
-    keepingInput(() => root().replaceChildren(header(), banner() ?? "", refusedBanner() ?? "", nav(), h("main", {}, body)));
+    show(header(), banner(), refusedBanner(), nav(), h("main", { role: "tabpanel", id: `panel-${state.view}`, "aria-labelledby": `tab-${state.view}`, tabindex: "0" }, body));
 }
 function onEngineEvent(event) {
     if (event.event === "status") {
+        const before = state.status;
         state.status = event;
-        if (!state.locked)
-            document.querySelector("header")?.replaceWith(header());
         if (event.connection === "signed_out")
-            authScreen();
+            return authScreen();
         if (event.connection === "step_up_required")
-            codeScreen();
+            return codeScreen();
+        if (state.locked)
+            return;
+        // The queue changed (an edit sent, or acknowledged): the rows' "waiting to sync" markers
+        // follow it, so read the settings again; otherwise the status line is all that changed.
+        if (before && (before.pending !== event.pending || before.set_aside !== event.set_aside))
+            return void refresh();
+        const shown = document.querySelector("header");
+        if (shown)
+            morph(shown, Array.from(header().childNodes));
         return;
     }
     const text = describe(event);
@@ -540,7 +565,7 @@ async function start() {
     document.title = `Lockstep (${launch.profile})`;
     uiState.open(launch.profile);
     const lastView = await uiState.get("view").catch(() => null);
-    if (lastView === "settings" || lastView === "security" || lastView === "devices" || lastView === "activity")
+    if (VIEWS.some(([view]) => view === lastView))
         state.view = lastView;
     for (const p of launch.problems)
         toast(p);
@@ -581,13 +606,19 @@ window.addEventListener("keydown", (e) => {
     }
 });
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
+// Relative times ("2 min ago") move on by themselves.
+setInterval(() => {
+    if (!state.locked && document.querySelector("header"))
+        void render();
+}, 30_000);
 /** Shows an error the window could not recover from, instead of a blank window. */
 function fatal(e) {
-    root().replaceChildren(h("div", { class: "card", role: "alert" }, h("h2", {}, "Something went wrong"), h("p", { class: "error" }, message(e))));
+    show(h("div", { class: "card", role: "alert", id: "fatal" }, h("h2", {}, "Something went wrong"), h("p", { class: "error" }, message(e))));
 }
 window.addEventListener("unhandledrejection", (e) => fatal(e.reason));
 try {
     onEvent(onEngineEvent);
+    onSignOutAsked(() => void signOutFlow());
     start().catch(fatal);
 }
 catch (e) {

@@ -13,7 +13,7 @@ use crate::{
     },
     error::ApiResult,
     keys::random_token,
-    mail::OutgoingMail,
+    mail::{CODE_LEAD, OutgoingMail},
     state::AppState,
     token::{hash_code, hash_link_token, new_code},
 };
@@ -109,7 +109,7 @@ pub async fn prepare(
     };
     let hours = what.lifetime().whole_hours();
     let text = format!(
-        "{intro} by opening this link:\n\n{link}\n\nOr enter this code in the app: {code}\n\n\
+        "{intro} by opening this link:\n\n{link}\n\n{CODE_LEAD}{code}\n\n\
          The link and code expire in {hours} hour(s). If you did not ask for this, ignore this email.\n"
     );
     Ok(OutgoingMail {

@@ -19,10 +19,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
 use super::cache::{CacheData, local_row};
-use crate::app_lock::LockState;
 use super::outbox::{OutboxEntry, Refusal};
 use super::seal::{LocalSeal, open_value, seal_value};
 use super::{HistoryEntry, HistoryOrigin, StoreError};
+use crate::app_lock::LockState;
 
 /// The database file inside the profile directory.
 pub const DB_FILE: &str = "profile.sqlite3";
