@@ -577,3 +577,125 @@ pub async fn regenerate_recovery_codes(
         .regenerate_recovery_codes(&code)
         .await?)
 }
+
+/// Saves the recovery codes just shown to a file the user picks in the system's save dialog
+/// (opened from here: the page has no file access), readable by the user alone (mode 0600 on
+/// Unix). Answers where, or `null` when the dialog was cancelled.
+#[tauri::command]
+pub async fn save_recovery_codes<R: tauri::Runtime>(
+    app: tauri::AppHandle<R>,
+    shell: State<'_, Shell>,
+    codes: Vec<String>,
+) -> Answer<Option<String>> {
+    use tauri_plugin_dialog::DialogExt as _;
+    shell.engine().await?;
+    if codes.is_empty() || codes.iter().any(|c| c.trim().is_empty() || c.len() > 64) {
+        return Err(ErrorDto::new(
+            ErrorCode::Invalid,
+            "there are no recovery codes to save",
+        ));
+    }
+    let chosen = tauri::async_runtime::spawn_blocking(move || {
+        app.dialog()
+            .file()
+            .set_title("Save your Lockstep recovery codes")
+            .set_file_name("lockstep-recovery-codes.txt")
+            .add_filter("Text", &["txt"])
+            .blocking_save_file()
+    })
+    .await
+    .map_err(|error| {
+        ErrorDto::new(
+            ErrorCode::Storage,
+            format!("the save dialog failed: {error}"),
+        )
+    })?;
+    let Some(chosen) = chosen else {
+        return Ok(None);
+    };
+    let path = chosen.into_path().map_err(|error| {
+        ErrorDto::new(
+            ErrorCode::Invalid,
+            format!("that is not a file on this computer: {error}"),
+        )
+    })?;
+    let text = recovery_codes_text(&codes);
+    let target = path.clone();
+    tauri::async_runtime::spawn_blocking(move || write_private(&target, &text))
+        .await
+        .map_err(|error| ErrorDto::new(ErrorCode::Storage, error.to_string()))?
+        .map_err(|error| {
+            ErrorDto::new(
+                ErrorCode::Storage,
+                format!(
+                    "the codes could not be saved to {}: {error}",
+                    path.display()
+                ),
+            )
+        })?;
+    Ok(Some(path.display().to_string()))
+}
+
+/// The recovery codes file: what they are, then one code per line.
+pub fn recovery_codes_text(codes: &[String]) -> String {
+    let mut text = String::from(
+        "Lockstep recovery codes. Each works once, if you lose your authenticator app.\n\
+         Keep this file somewhere safe and private.\n\n",
+    );
+    for code in codes {
+        text.push_str(code.trim());
+        text.push('\n');
+    }
+    text
+}
+
+/// Writes `text` to `path` (replacing it), readable and writable by its owner alone on Unix:
+/// the file is created with mode 0600, and an existing one is set to it before it is written.
+pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_codes_are_saved_for_their_owner_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codes.txt");
+        // An existing file that others could read is closed to them before the codes go in.
+        std::fs::write(&path, "old").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let codes = vec!["abcd-efgh".to_owned(), " ijkl-mnop ".to_owned()];
+        write_private(&path, &recovery_codes_text(&codes)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("abcd-efgh\nijkl-mnop\n"), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let fresh = dir.path().join("fresh.txt");
+            write_private(&fresh, "x").unwrap();
+            let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+}

@@ -59,6 +59,7 @@ macro_rules! handler {
             $crate::commands::restore_setting,
             $crate::commands::enroll_totp,
             $crate::commands::confirm_enrollment,
+            $crate::commands::save_recovery_codes,
             $crate::commands::disable_mfa,
             $crate::commands::unlock,
             $crate::commands::lock_now,
@@ -97,12 +98,26 @@ fn sink<R: Runtime>(app: tauri::AppHandle<R>) -> shell::Sink {
 
 /// Runs the app (the binary's `main`).
 pub fn run() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // The log goes to stderr, or to the file `LOCKSTEP_LOG_FILE` names (appended): a window
+    // started by a desktop launcher or a WebDriver has no terminal to read.
+    let log_file = std::env::var_os("LOCKSTEP_LOG_FILE").and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    let subscriber = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
+    match log_file {
+        Some(file) => subscriber
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init(),
+        None => subscriber.with_writer(std::io::stderr).init(),
+    }
     if let Err(error) = Keychain::use_platform_store() {
         // Commands report it when they need a secret; the window still opens.
         tracing::error!(%error, "no OS keychain");
@@ -120,6 +135,7 @@ pub fn run() {
     }
     let result = builder
         .plugin(tauri_plugin_store::Builder::default().build())
+        .plugin(tauri_plugin_dialog::init())
         .manage(Shell::new(launch))
         .invoke_handler(handler!())
         .on_window_event(window::on_event)

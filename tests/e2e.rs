@@ -122,8 +122,9 @@ impl Instance {
             .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
             .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1")
             .env("LIBGL_ALWAYS_SOFTWARE", "1")
-            .env("RUST_LOG", "info,lockstep_core=debug")
-            .stdout(std::fs::File::create(&log).unwrap())
+            .env("RUST_LOG", "info,lockstep_core=debug,lockstep_desktop=debug")
+            .env("LOCKSTEP_LOG_FILE", &log)
+            .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let driver = Guard(driver);

@@ -12,6 +12,7 @@ import type { HistoryDto } from "./bindings/HistoryDto";
 import type { LaunchDto } from "./bindings/LaunchDto";
 import type { LockScreenDto } from "./bindings/LockScreenDto";
 import type { UnlockDto } from "./bindings/UnlockDto";
+import type { RecoveryCodesDto } from "./bindings/RecoveryCodesDto";
 import type { SetAsideDto } from "./bindings/SetAsideDto";
 import type { SettingDto } from "./bindings/SettingDto";
 import type { SignInDto } from "./bindings/SignInDto";
@@ -74,6 +75,17 @@ export const api = {
   signOut: (scope: "this_device" | "others" | "everywhere", discardPending: boolean) => invoke<null>("sign_out", { scope, discardPending }),
   activity: () => invoke<ActivityDto[]>("activity"),
   syncNow: () => invoke<null>("sync_now"),
+  /** Mails the confirmation again (to the signed-in account when `email` is null). */
+  resendConfirmation: (email: string | null) => invoke<null>("resend_confirmation", { email }),
+  confirmEmailCode: (code: string) => invoke<null>("confirm_email_code", { code }),
+  requestPasswordReset: (email: string) => invoke<null>("request_password_reset", { email }),
+  /** `code_needed`: signed in, but the new password is set only after a second factor (then `changePassword`). */
+  resetPassword: (email: string, code: string, newPassword: string) => invoke<SignInDto>("reset_password", { email, code, newPassword }),
+  changePassword: (newPassword: string) => invoke<null>("change_password", { newPassword }),
+  recoveryCodesStatus: () => invoke<RecoveryCodesDto>("recovery_codes_status"),
+  regenerateRecoveryCodes: (code: string) => invoke<string[]>("regenerate_recovery_codes", { code }),
+  /** Opens the system's save dialog; answers the path saved to, or null when cancelled. */
+  saveRecoveryCodes: (codes: string[]) => invoke<string | null>("save_recovery_codes", { codes }),
   pauseSync: (paused: boolean) => invoke<null>("pause_sync", { paused }),
 };
 

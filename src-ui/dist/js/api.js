@@ -42,6 +42,17 @@ export const api = {
     signOut: (scope, discardPending) => invoke("sign_out", { scope, discardPending }),
     activity: () => invoke("activity"),
     syncNow: () => invoke("sync_now"),
+    /** Mails the confirmation again (to the signed-in account when `email` is null). */
+    resendConfirmation: (email) => invoke("resend_confirmation", { email }),
+    confirmEmailCode: (code) => invoke("confirm_email_code", { code }),
+    requestPasswordReset: (email) => invoke("request_password_reset", { email }),
+    /** `code_needed`: signed in, but the new password is set only after a second factor (then `changePassword`). */
+    resetPassword: (email, code, newPassword) => invoke("reset_password", { email, code, newPassword }),
+    changePassword: (newPassword) => invoke("change_password", { newPassword }),
+    recoveryCodesStatus: () => invoke("recovery_codes_status"),
+    regenerateRecoveryCodes: (code) => invoke("regenerate_recovery_codes", { code }),
+    /** Opens the system's save dialog; answers the path saved to, or null when cancelled. */
+    saveRecoveryCodes: (codes) => invoke("save_recovery_codes", { codes }),
     pauseSync: (paused) => invoke("pause_sync", { paused }),
 };
 /**

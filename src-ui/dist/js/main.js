@@ -26,6 +26,10 @@ const state = {
     enrollment: null,
     /** The user ticked "I have saved my recovery codes". */
     codesKept: false,
+    /** A new password waiting for the second factor (a reset of a two-factor account). */
+    newPassword: null,
+    /** The account's recovery codes: how many are left, of how many. */
+    recoveryStatus: null,
     /** How this window was launched (the profile, its server, the connect form's prefill). */
     launch: null,
 };
@@ -128,16 +132,59 @@ function authScreen() {
             throw new Error("The two passwords differ: type the same one twice");
         await api.signUp(String(d.get("email")), String(d.get("password")));
         await enterMain();
-    })), serverNote());
+    })), h("p", { class: "center" }, h("button", { id: "forgot-password", onclick: () => resetScreen(null) }, "Forgot your password?")), serverNote());
     focusIfNone("f-signin-email");
+}
+/** "Forgot your password?": the address first, then the code from the mail and a new password. */
+function resetScreen(email) {
+    if (email === null) {
+        show(h("div", { class: "pair", id: "reset-screen" }, form("Reset your password", [field("email", "Email", "email", "", { autocomplete: "username", id: "f-reset-email" })], "Mail me a code", async (d) => {
+            const address = String(d.get("email"));
+            await api.requestPasswordReset(address);
+            resetScreen(address);
+        }), h("p", { class: "center" }, h("button", { onclick: () => authScreen() }, "Back to sign in"))));
+        focusIfNone("f-reset-email");
+        return;
+    }
+    show(h("div", { class: "pair", id: "reset-screen" }, form("Choose a new password", [
+        h("p", {}, `If ${email} has an account, a code is on its way there.`),
+        field("code", "Code from the email", "text", "", { autocomplete: "one-time-code", id: "f-reset-code" }),
+        field("password", "New password", "password", "", { autocomplete: "new-password", id: "f-reset-password", "aria-describedby": "reset-rule" }),
+        h("p", { class: "muted", id: "reset-rule" }, state.launch?.password_rule ?? ""),
+        field("confirm", "New password again", "password", "", { autocomplete: "new-password", id: "f-reset-confirm" }),
+    ], "Set the new password", async (d) => {
+        const password = String(d.get("password"));
+        if (password !== d.get("confirm"))
+            throw new Error("The two passwords differ: type the same one twice");
+        const outcome = await api.resetPassword(email, String(d.get("code")), password);
+        if (outcome === "code_needed") {
+            state.newPassword = password;
+            codeScreen();
+        }
+        else {
+            toast("Your new password is set");
+            await enterMain();
+        }
+    }), h("p", { class: "center" }, h("button", { onclick: () => authScreen() }, "Back to sign in"))));
+    focusIfNone("f-reset-code");
+}
+/** After a second factor: a new password waiting for it (a reset) is set now. */
+async function afterSecondFactor() {
+    const password = state.newPassword;
+    if (password) {
+        state.newPassword = null;
+        await api.changePassword(password);
+        toast("Your new password is set");
+    }
+    await enterMain();
 }
 function codeScreen() {
     show(h("div", { class: "pair", id: "code-screen" }, form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
         await api.verifyCode(String(d.get("code")));
-        await enterMain();
+        await afterSecondFactor();
     }), form("Lost your authenticator?", [field("recovery", "Recovery code")], "Use recovery code", async (d) => {
         await api.verifyRecoveryCode(String(d.get("recovery")));
-        await enterMain();
+        await afterSecondFactor();
     })));
     focusIfNone("f-code");
 }
@@ -296,7 +343,22 @@ function header() {
 function banner() {
     if (!state.account || state.account.email_verified)
         return null;
-    return h("div", { class: "banner", id: "verify-banner", role: "status" }, `Verify your email: we sent a link to ${state.account.email}.`);
+    const email = state.account.email;
+    const confirm = async (e) => {
+        e.preventDefault();
+        const f = e.currentTarget;
+        const error = f.querySelector(".error");
+        error.textContent = "";
+        try {
+            await api.confirmEmailCode(String(new FormData(f).get("code")));
+            toast("Your email address is confirmed");
+            await refresh();
+        }
+        catch (err) {
+            error.replaceChildren(...explained(err));
+        }
+    };
+    return h("div", { class: "banner", id: "verify-banner", role: "region", "aria-label": "Confirm your email" }, h("p", {}, `Confirm your email: we sent a link and a code to ${email}.`), h("form", { class: "inline-form", id: "form-email-code", "aria-label": "Enter the code from the email", onsubmit: confirm }, h("label", { for: "f-email-code" }, "Code from the email"), h("input", { id: "f-email-code", name: "code", type: "text", autocomplete: "one-time-code", required: true }), h("button", { type: "submit" }, "Confirm"), h("button", { type: "button", id: "resend", onclick: () => void api.resendConfirmation(null).then(() => toast(`Sent again to ${email}`), (e) => toast(message(e))) }, "Resend"), h("span", { class: "error", role: "alert", "data-keep": true })));
 }
 /** The edits the server refused: what, why, and a way to send them again or let them go. */
 function refusedBanner() {
@@ -412,12 +474,14 @@ async function securityView() {
     const account = state.account;
     if (!account)
         return section;
+    state.recoveryStatus = account.mfa_enabled ? await api.recoveryCodesStatus().catch(() => null) : null;
     section.append(h("div", { class: "card", id: "account-card" }, h("h2", {}, "Account"), h("p", {}, `Signed in as ${account.email} on ${account.device_name}`), h("p", { class: "muted", id: "account-server" }, `Server: ${account.server_url}`)));
     const codes = state.recoveryCodes;
     if (codes) {
         const kept = h("input", { type: "checkbox", id: "codes-kept", checked: state.codesKept, onchange: (e) => { state.codesKept = e.target.checked; void render(); } });
         const done = h("button", { id: "codes-done", disabled: !state.codesKept, onclick: () => { state.recoveryCodes = null; state.codesKept = false; void render(); } }, "Done");
-        section.append(h("div", { class: "card", id: "recovery-card" }, h("h2", {}, "Your recovery codes"), h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."), h("pre", { id: "recovery-codes" }, codes.join("\n")), h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")).then(() => toast("Recovery codes copied")) }, "Copy"), h("p", {}, kept, h("label", { for: "codes-kept", class: "inline" }, "I have saved my recovery codes")), done));
+        section.append(h("div", { class: "card", id: "recovery-card" }, h("h2", {}, "Your recovery codes"), h("p", {}, "Keep them somewhere safe: each works once, if you lose your authenticator. They are shown only now."), h("pre", { id: "recovery-codes" }, codes.join("\n")), h("button", { onclick: () => void navigator.clipboard.writeText(codes.join("\n")).then(() => toast("Recovery codes copied")) }, "Copy"), h("button", { id: "save-codes", onclick: () => void api.saveRecoveryCodes(codes).then((path) => { if (path)
+                toast(`Saved to ${path} (readable by you alone)`); }, (e) => toast(message(e))) }, "Save to a file…"), h("p", {}, kept, h("label", { for: "codes-kept", class: "inline" }, "I have saved my recovery codes")), done));
     }
     if (!account.mfa_enabled) {
         const enrollment = state.enrollment;
@@ -446,7 +510,11 @@ async function securityView() {
         section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is off"), ...body));
     }
     else {
-        section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is on"), h("p", {}, account.offline_codes ? "This device can check codes offline (app lock)." : "This device does not hold the authenticator secret."), form("Turn it off", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", id: "f-disable-code" })], "Turn off", async (d) => {
+        section.append(h("div", { class: "card" }, h("h2", {}, "Two-factor authentication is on"), h("p", {}, account.offline_codes ? "This device can check codes offline (app lock)." : "This device does not hold the authenticator secret."), h("p", { id: "recovery-left" }, state.recoveryStatus ? `${state.recoveryStatus.remaining} of ${state.recoveryStatus.total} recovery codes left` : ""), form("Make new recovery codes", [field("code", "Code from your authenticator app (or a recovery code)", "text", "", { autocomplete: "one-time-code", id: "f-regenerate-code" })], "Make new codes", async (d) => {
+            state.recoveryCodes = await api.regenerateRecoveryCodes(String(d.get("code")));
+            state.codesKept = false;
+            await refresh();
+        }), form("Turn it off", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", id: "f-disable-code" })], "Turn off", async (d) => {
             if (!(await confirmDialog("Turn off two-factor authentication?", "Signing in will need only your password, on every device.", "Turn off")))
                 return;
             await api.disableMfa(String(d.get("code")));
