@@ -229,6 +229,7 @@ pub async fn settings(shell: State<'_, Shell>) -> Answer<Vec<SettingDto>> {
                     changed_by: row.as_ref().map(|r| changed_by(engine, r)),
                     changed_at: row.as_ref().map(|r| rfc3339(r.updated_at)),
                     pending: engine.is_pending(&key),
+                    spoken: settings::spoken_value(&key, &value),
                     value: Some(value),
                     key,
                 }

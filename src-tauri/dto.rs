@@ -193,6 +193,9 @@ dto! {
         pub label: String,
         pub description: String,
         pub value: Option<Value>,
+        /// The value as people read it ("on", "15 minutes", "Dark"); `null` for a secret or a
+        /// value that has no words (the window then says "set").
+        pub spoken: Option<String>,
         /// Kept on this device only.
         pub device_only: bool,
         /// A secret (API key): shown masked until revealed.

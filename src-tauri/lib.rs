@@ -87,6 +87,7 @@ macro_rules! handler {
 fn sink<R: Runtime>(app: tauri::AppHandle<R>) -> shell::Sink {
     Arc::new(move |_engine: &Arc<Engine>, event: &EngineEvent| {
         let report = EventReport::from(event);
+        tracing::debug!(?report, "to the window");
         if let Err(error) = app.emit(EVENT, &report) {
             tracing::warn!(%error, "could not send an event to the window");
         }
@@ -146,7 +147,10 @@ pub fn run() {
             shell.set_observer(Arc::new(notify::Notifications::default()));
             if tray::build(&handle).is_some() {
                 // Logs at start (once) where the tray shows nowhere; asked again on each close.
-                tauri::async_runtime::spawn_blocking(tray::host_present);
+                // The tray is updated only where a host shows it (see `tray::show_status`).
+                tauri::async_runtime::spawn_blocking(move || {
+                    tray::set_host_present(&handle, tray::host_present());
+                });
             }
             Ok(())
         })

@@ -378,11 +378,18 @@ fn security_note(security: &SecurityEvent, locked: bool) -> Option<Note> {
         ),
         SecurityEvent::MfaEnabled { device_name } => (
             "Two-factor authentication on",
-            format!("Turned on{}", on(device_name)),
+            // "from Work laptop": "Turned on on Work laptop" read badly.
+            match device_name {
+                Some(name) => format!("Turned on from {name}"),
+                None => "Turned on for your account".into(),
+            },
         ),
         SecurityEvent::MfaDisabled { device_name } => (
             "Authenticator removed",
-            format!("An authenticator was removed{}", on(device_name)),
+            match device_name {
+                Some(name) => format!("An authenticator was removed from {name}"),
+                None => "An authenticator was removed".into(),
+            },
         ),
         SecurityEvent::DeviceSignedIn { name, .. } => ("New device", format!("{name} signed in")),
         SecurityEvent::DeviceRevoked { name, by, .. } => (
@@ -637,6 +644,17 @@ mod tests {
             Arrival::Live,
         ));
         assert_eq!(custom, ["custom.panels changed on Desk"]);
+    }
+
+    #[test]
+    fn two_factor_changes_name_the_device_they_came_from() {
+        let mut notifier = Notifier::new();
+        let on = EngineEvent::Security(SecurityEvent::MfaEnabled {
+            device_name: Some("Device 1".into()),
+        });
+        let notes = notifier.take(&on, HERE, 0);
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].body, "Turned on from Device 1");
     }
 
     #[test]

@@ -256,6 +256,9 @@ impl Shell {
                 }
             }
         });
+        // A sign-out the server has not heard of yet (made offline): tell it now.
+        let finishing = engine.clone();
+        tokio::spawn(async move { finishing.finish_pending_sign_out_quietly().await });
         let live = live::start(engine.clone(), self.live_options.clone());
         *running = Some(Running {
             engine,

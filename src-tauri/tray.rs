@@ -137,6 +137,12 @@ struct Items<R: Runtime> {
     status: MenuItem<R>,
     pause: MenuItem<R>,
     shown: Mutex<Look>,
+    /// The newest status not shown yet.
+    latest: Mutex<Option<StatusReport>>,
+    /// A tray host shows the icon (checked once at start): only then is it updated.
+    host: AtomicBool,
+    /// A blocking task is showing statuses.
+    showing: AtomicBool,
 }
 
 /// This instance's profile name.
@@ -185,6 +191,9 @@ fn try_build<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<TrayIcon<R>> {
         status,
         pause,
         shown: Mutex::new(look),
+        latest: Mutex::new(None),
+        host: AtomicBool::new(false),
+        showing: AtomicBool::new(false),
     });
     Ok(tray)
 }
@@ -273,10 +282,74 @@ fn on_menu<R: Runtime>(app: &AppHandle<R>, id: &str) {
     });
 }
 
-/// Shows `status` in the tray: its badge, tooltip, status line and pause item (each only when
-/// it changed).
+/// Shows `status` in the tray: its icon, tooltip, status line and pause item. Called with every
+/// status, in order, on the event path, so it never waits: the tray is changed on the blocking
+/// pool (changing it waits for the main thread, and where no tray host listens the indicator
+/// library can hold that thread for D-Bus's 25-second timeout, which would hold back every
+/// event behind it), only the newest status is shown, and nothing is changed where no tray host
+/// shows the icon.
 pub fn show_status<R: Runtime>(app: &AppHandle<R>, status: &StatusReport) {
-    let (Some(tray), Some(items)) = (app.tray_by_id(TRAY_ID), app.try_state::<Items<R>>()) else {
+    let Some(items) = app.try_state::<Items<R>>() else {
+        return;
+    };
+    *items.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(status.clone());
+    if items.host.load(Ordering::SeqCst) {
+        show_latest(app);
+    }
+}
+
+/// Records whether a tray host shows the icon (the check at start), and shows the newest
+/// status if it does.
+pub fn set_host_present<R: Runtime>(app: &AppHandle<R>, present: bool) {
+    if let Some(items) = app.try_state::<Items<R>>() {
+        items.host.store(present, Ordering::SeqCst);
+        if present {
+            show_latest(app);
+        }
+    }
+}
+
+/// Shows the newest status on a blocking thread, unless one is at it already.
+fn show_latest<R: Runtime>(app: &AppHandle<R>) {
+    let Some(items) = app.try_state::<Items<R>>() else {
+        return;
+    };
+    if items.showing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let app = app.clone();
+    tauri::async_runtime::spawn_blocking(move || {
+        let Some(items) = app.try_state::<Items<R>>() else {
+            return;
+        };
+        loop {
+            let next = items
+                .latest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            match next {
+                Some(status) => apply(&app, &items, &status),
+                None => {
+                    items.showing.store(false, Ordering::SeqCst);
+                    // A status that came between the take and the store: show it too.
+                    let more = items
+                        .latest
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_some();
+                    if !more || items.showing.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Changes the tray to show `status` (waits for the main thread).
+fn apply<R: Runtime>(app: &AppHandle<R>, items: &Items<R>, status: &StatusReport) {
+    let Some(tray) = app.tray_by_id(TRAY_ID) else {
         return;
     };
     let new = look(&profile(app), status);

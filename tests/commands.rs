@@ -758,6 +758,23 @@ fn signing_out_with_a_pending_edit_warns_and_keeps_it() {
         a.call("account", json!({})).unwrap_err()["code"],
         "signed_out"
     );
+
+    // That sign-out could not reach the server: it ends the session there once it can (issue
+    // 15: signing out offline left the session alive on the server). The account's log shows
+    // both sign-outs once this device is back.
+    cloud.server.restart().unwrap();
+    a.ok(
+        "sign_in",
+        json!({"email": "bye@example.com", "password": "Correct horse 42"}),
+    );
+    let activity = a.ok("activity", json!({}));
+    let sign_outs = activity
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "logout")
+        .count();
+    assert_eq!(sign_outs, 2, "{activity:#}");
 }
 
 /// A web server on loopback that answers every request with a page: not a Lockstep server.

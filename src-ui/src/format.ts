@@ -141,7 +141,7 @@ export function describe(event: EventReport): string {
     case "remote_change":
       return `${event.label} changed${on(event.device_name)}`;
     case "superseded":
-      return `Your change to ${event.label} was replaced by a newer one${on(event.device_name ?? event.device_id)}`;
+      return `Your ${event.label} ${historyValue(event.lost)} was replaced by ${historyValue(event.value)}${from(event.device_name ?? event.device_id)}`;
     case "security":
       return securityText(event);
     case "set_aside":
@@ -153,6 +153,11 @@ export function describe(event: EventReport): string {
   }
 }
 
+/** " from Work laptop" (where an action was taken), or nothing when unknown. */
+function from(device: string | null): string {
+  return device ? ` from ${device}` : "";
+}
+
 /** A security event as people say it. */
 export function securityText(event: SecurityEvent): string {
   switch (event.kind) {
@@ -161,9 +166,9 @@ export function securityText(event: SecurityEvent): string {
     case "email_changed":
       return `Your email address is now ${event.email}`;
     case "mfa_enabled":
-      return `Two-factor authentication was turned on${on(event.device_name)}`;
+      return `Two-factor authentication was turned on${from(event.device_name)}`;
     case "mfa_disabled":
-      return `An authenticator was removed${on(event.device_name)}`;
+      return `An authenticator was removed${from(event.device_name)}`;
     case "mfa":
       return mfaText(event.action) + on(event.device_name);
     case "device_signed_in":

@@ -53,8 +53,8 @@ test("events are described with the device", () => {
 
 test("a superseded edit names the device that won, or its id", () => {
   const lost = { event: "superseded", key: "appearance.theme", label: "Theme", lost: "light", value: "dark", device_id: "d-2" };
-  assert.equal(describe({ ...lost, device_name: "Laptop" }), "Your change to Theme was replaced by a newer one on Laptop");
-  assert.equal(describe({ ...lost, device_name: null }), "Your change to Theme was replaced by a newer one on d-2");
+  assert.equal(describe({ ...lost, device_name: "Laptop" }), "Your Theme light was replaced by dark from Laptop");
+  assert.equal(describe({ ...lost, device_name: null }), "Your Theme light was replaced by dark from d-2");
 });
 
 test("an ended session and a status change read as people say them", () => {
@@ -110,4 +110,14 @@ test("the lock screen says why a code did not unlock", () => {
   assert.equal(lockNote({ failures: 2, retry_in_ms: null }), "That code is not valid (or was already used): try the next one");
   assert.equal(lockNote({ failures: 5, retry_in_ms: 14_200 }), "Too many wrong codes: try again in 15 s");
   assert.equal(lockNote({ failures: 9, retry_in_ms: 240_000 }), "Too many wrong codes: try again in 4 min");
+});
+
+test("a two-factor change names the device it came from, without \"on on\"", () => {
+  assert.equal(describe({ event: "security", kind: "mfa_enabled", device_name: "Device 1" }), "Two-factor authentication was turned on from Device 1");
+  assert.equal(describe({ event: "security", kind: "mfa_disabled", device_name: null }), "An authenticator was removed");
+});
+
+test("a replaced edit names the value that lost and the one that won", () => {
+  const event = { event: "superseded", key: "appearance.theme", label: "Theme", lost: "dark", value: "light", device_id: "d1", device_name: "Work laptop" };
+  assert.equal(describe(event), "Your Theme dark was replaced by light from Work laptop");
 });

@@ -83,6 +83,7 @@ impl Engine {
     /// Creates the account and signs this device in (the email is confirmed later, by the
     /// emailed link).
     pub async fn sign_up(&self, email: &str, password: &str) -> Result<(), EngineError> {
+        self.finish_pending_sign_out_quietly().await;
         let session = self.session().client().signup(email, password).await?;
         self.require_full_pull();
         self.installed(&session).await
@@ -90,6 +91,7 @@ impl Engine {
 
     /// Signs this device in with a password.
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<SignIn, EngineError> {
+        self.finish_pending_sign_out_quietly().await;
         let session = self.session().client().sign_in(email, password).await?;
         self.require_full_pull();
         self.installed(&session).await?;
@@ -309,6 +311,37 @@ impl Engine {
         .await
     }
 
+    /// [`Engine::finish_pending_sign_out`], its failure logged.
+    pub async fn finish_pending_sign_out_quietly(&self) {
+        if let Err(error) = self.finish_pending_sign_out().await {
+            tracing::warn!(%error, "could not end the session signed out offline");
+        }
+    }
+
+    /// Ends on the server a session this device signed out of while offline (see
+    /// [`Engine::sign_out`]): `true` when none is left to end, `false` when the server still
+    /// cannot be reached (it is tried again next time). Called when the profile opens and
+    /// before signing in.
+    pub async fn finish_pending_sign_out(&self) -> Result<bool, EngineError> {
+        let Some(kept) = self.keychain().get(SecretKind::PendingSignOut).await? else {
+            return Ok(true);
+        };
+        let (scope, token) = kept.split_once(':').unwrap_or(("local", kept.as_str()));
+        let client = self.session().client();
+        let ended = match client.refresh(token).await {
+            Ok(session) => client.logout(&session.access_token, scope).await,
+            Err(error) => Err(error),
+        };
+        match ended {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Ok(false),
+            // Gone already (expired, revoked, signed out elsewhere): nothing left to end.
+            Err(error) => tracing::info!(%error, "the session signed out offline had ended"),
+        }
+        self.keychain().delete(SecretKind::PendingSignOut).await?;
+        Ok(true)
+    }
+
     /// The edits signing out with `scope` would lose: those made here that have not reached
     /// the server (queued, or refused and set aside). Signing this device out wipes them;
     /// signing the others out loses nothing here.
@@ -338,7 +371,18 @@ impl Engine {
         if scope == SignOutScope::Others {
             return result;
         }
+        // The server could not be reached: the session is ended there later, with its refresh
+        // token, kept apart from the profile's wiped secrets.
+        let unconfirmed = match &result {
+            Err(e) if e.is_offline() => self.session().current().await.map(|t| t.refresh_token),
+            _ => None,
+        };
         self.wipe().await?;
+        if let Some(token) = unconfirmed {
+            self.keychain()
+                .set(SecretKind::PendingSignOut, &format!("{scope_name}:{token}"))
+                .await?;
+        }
         self.set_connection(Connection::SignedOut);
         match result {
             Err(e) if !e.is_signed_out() => {

@@ -32,22 +32,28 @@ pub enum SecretKind {
     TotpSecret,
     /// The key that seals this device's local state at rest.
     LocalKey,
+    /// The refresh token of a session this device signed out of while the server could not
+    /// be reached, kept (with the scope) until the server has ended it too.
+    PendingSignOut,
 }
 
 impl SecretKind {
     /// Every kind, in the order [`Keychain::wipe`] deletes them.
-    pub const ALL: [SecretKind; 3] = [
+    pub const ALL: [SecretKind; 4] = [
         SecretKind::RefreshToken,
         SecretKind::TotpSecret,
         SecretKind::LocalKey,
+        SecretKind::PendingSignOut,
     ];
 
-    /// The entry's user name: `refresh-token`, `totp-secret` or `local-key`.
+    /// The entry's user name: `refresh-token`, `totp-secret`, `local-key` or
+    /// `pending-sign-out`.
     pub fn as_str(self) -> &'static str {
         match self {
             SecretKind::RefreshToken => "refresh-token",
             SecretKind::TotpSecret => "totp-secret",
             SecretKind::LocalKey => "local-key",
+            SecretKind::PendingSignOut => "pending-sign-out",
         }
     }
 }
@@ -363,7 +369,15 @@ mod tests {
     #[test]
     fn kinds_and_services_are_named_as_documented() {
         let names: Vec<&str> = SecretKind::ALL.iter().map(|kind| kind.as_str()).collect();
-        assert_eq!(names, ["refresh-token", "totp-secret", "local-key"]);
+        assert_eq!(
+            names,
+            [
+                "refresh-token",
+                "totp-secret",
+                "local-key",
+                "pending-sign-out"
+            ]
+        );
         let keychain = Keychain::for_profile("work");
         assert_eq!(keychain.service(), "lockstep:work");
         assert_eq!(

@@ -24,8 +24,8 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
-pub mod app_lock;
 pub mod api;
+pub mod app_lock;
 pub mod credentials;
 pub mod engine;
 pub mod feed;

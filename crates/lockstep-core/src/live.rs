@@ -395,8 +395,9 @@ async fn run(engine: Arc<Engine>, options: LiveOptions, mut control: watch::Rece
                 // The stream judged the session as it was when it opened; this device may
                 // have stepped up since (it turned MFA on itself). Ask again.
                 match engine.sync_once().await {
-                    Ok(_) => {}
+                    Ok(_) => tracing::debug!("synced after the stream asked for a second factor"),
                     Err(error) => {
+                        tracing::debug!(%error, "the stream asked for a second factor");
                         if let Next::Wait(connection) = after_error(&engine, error).await {
                             // Offline: retry later; otherwise wait for the user (a code).
                             let delay =

@@ -58,13 +58,17 @@ function explained(e) {
         return [text];
     return [text, document.createTextNode(" "), h("details", { class: "detail" }, h("summary", {}, "Details"), h("code", {}, detail))];
 }
-function toast(text) {
+/** A passing message; with `action` ([label, what it does]) a button too, and longer. */
+function toast(text, action) {
     const region = document.getElementById("toasts");
     if (!region || !text)
         return;
     const item = h("div", { class: "toast", role: "status" }, text);
+    if (action) {
+        item.append(" ", h("button", { class: "toast-action", onclick: () => { item.remove(); action[1](); } }, action[0]));
+    }
     region.append(item);
-    setTimeout(() => item.remove(), 6000);
+    setTimeout(() => item.remove(), action ? 15000 : 6000);
 }
 function applyTheme() {
     const choice = state.settings.find((s) => s.key === "appearance.theme")?.value;
@@ -94,6 +98,8 @@ function field(name, text, type = "text", value = "", extra = {}) {
 }
 // ---- screens before the main window ----
 function connectScreen(prefill) {
+    // A view still being read must not paint over this screen.
+    rendering++;
     show(form("Connect to your Lockstep server", [
         field("server", "Server URL", "url", prefill.server_url ?? "http://127.0.0.1:54321"),
         field("anon", "Anon key", "text", prefill.anon_key ?? ""),
@@ -112,6 +118,8 @@ function serverNote() {
     return h("p", { class: "muted server-note", id: "server-note" }, `Server: ${launch.server} `, h("button", { id: "change-server", onclick: () => connectScreen({ ...launch, server_url: launch.server }) }, "Change server"));
 }
 function authScreen() {
+    // A view still being read must not paint over this screen.
+    rendering++;
     // Each form's fields get their own ids (`f-signin-email`, `f-signup-email`, …).
     const fields = (prefix) => [
         field("email", "Email", "email", "", { autocomplete: "username", id: `f-${prefix}-email` }),
@@ -137,6 +145,8 @@ function authScreen() {
 }
 /** "Forgot your password?": the address first, then the code from the mail and a new password. */
 function resetScreen(email) {
+    // A view still being read must not paint over this screen.
+    rendering++;
     if (email === null) {
         show(h("div", { class: "pair", id: "reset-screen" }, form("Reset your password", [field("email", "Email", "email", "", { autocomplete: "username", id: "f-reset-email" })], "Mail me a code", async (d) => {
             const address = String(d.get("email"));
@@ -179,6 +189,8 @@ async function afterSecondFactor() {
     await enterMain();
 }
 function codeScreen() {
+    // A view still being read must not paint over this screen.
+    rendering++;
     show(h("div", { class: "pair", id: "code-screen" }, form("Two-factor authentication", [field("code", "Code from your authenticator app", "text", "", { inputmode: "numeric", autocomplete: "one-time-code", id: "f-code" })], "Verify", async (d) => {
         await api.verifyCode(String(d.get("code")));
         await afterSecondFactor();
@@ -191,6 +203,8 @@ function codeScreen() {
 /** The lock screen: the only thing a locked window shows. The shell refuses every command but
  * unlock and sign-out while locked, so nothing behind it works even over IPC. */
 async function lockScreen() {
+    // A view still being read must not paint over this screen.
+    rendering++;
     state.locked = true;
     const info = await api.lockScreen().catch(() => null);
     const who = info ? `${info.email ?? `profile ${info.profile}`} on ${info.device_name}` : "";
@@ -255,20 +269,39 @@ function choiceDialog(title, text, choices) {
     });
 }
 // ---- the main window ----
+/** Counts reads of the whole state: only the newest one started is shown. */
+let refreshes = 0;
+/** Counts status events: a read that began before one must not put back the status it read. */
+let statusEvents = 0;
+/** Reads the whole state again and shows it. Reads overlap (each event starts one) and answer
+ * in any order: what an older read brings is dropped, and so is a status older than the newest
+ * status event (issue 15: a read that began before "Paused" or "Code needed" arrived put the
+ * old status back, over the code screen). */
 async function refresh() {
+    const ticket = ++refreshes;
+    const seen = statusEvents;
+    const keepStatus = (status) => {
+        if (statusEvents === seen)
+            state.status = status;
+    };
     try {
         const [status, account, settings, setAside] = await Promise.all([api.status(), api.account(), api.settings(), api.setAside()]);
-        state.status = status;
+        if (ticket !== refreshes)
+            return;
+        keepStatus(status);
         state.setAside = setAside;
         state.account = account;
         state.settings = settings;
         // The engine's state wins over whatever view was asked for.
-        if (status.connection === "step_up_required")
+        const connection = state.status?.connection;
+        if (connection === "step_up_required")
             return codeScreen();
-        if (status.connection === "signed_out")
+        if (connection === "signed_out")
             return authScreen();
     }
     catch (e) {
+        if (ticket !== refreshes)
+            return;
         if (isError(e) && e.code === "locked")
             return void (await lockScreen());
         if (isError(e) && e.code === "signed_out")
@@ -276,13 +309,18 @@ async function refresh() {
         if (isError(e) && e.code === "code_needed")
             return codeScreen();
         if (isError(e) && e.code === "offline") {
-            state.settings = await api.settings();
-            state.status = await api.status();
+            const [settings, status] = await Promise.all([api.settings(), api.status()]);
+            if (ticket !== refreshes)
+                return;
+            state.settings = settings;
+            keepStatus(status);
         }
         else
             throw e;
     }
     await loadHistory();
+    if (ticket !== refreshes)
+        return;
     applyTheme();
     render();
 }
@@ -575,7 +613,7 @@ async function dashboardView() {
                     : h("p", { class: "muted" }, "Not available offline"), h("button", { onclick: () => go("activity") }, "All activity"));
             default:
                 return widget(name, h("ul", {}, ...state.settings.filter((x) => !x.sensitive && !x.key.startsWith("custom.") && x.key !== "dashboard.layout").slice(0, 6)
-                    .map((x) => h("li", {}, `${x.label}: ${historyValue(x.value ?? null)}`, x.pending ? h("small", { class: "muted" }, " · waiting to sync") : null))), h("button", { onclick: () => go("settings") }, "All settings"));
+                    .map((x) => h("li", {}, `${x.label}: ${x.spoken ?? "set"}`, x.pending ? h("small", { class: "muted" }, " · waiting to sync") : null))), h("button", { onclick: () => go("settings") }, "All settings"));
         }
     });
     return h("section", { "aria-label": "Home", class: "dashboard", id: "dashboard" }, ...(widgets.length > 0 ? widgets : [h("p", { class: "muted" }, "Every widget is hidden: show some under Settings, Dashboard layout.")]));
@@ -602,6 +640,7 @@ async function render() {
 function onEngineEvent(event) {
     if (event.event === "status") {
         const before = state.status;
+        statusEvents++;
         state.status = event;
         if (event.connection === "signed_out")
             return authScreen();
@@ -622,7 +661,12 @@ function onEngineEvent(event) {
     if (text) {
         state.log.unshift(text);
         state.log = state.log.slice(0, 50);
-        if (event.event !== "remote_change")
+        if (event.event === "superseded" && !state.settings.find((x) => x.key === event.key)?.sensitive) {
+            // The value that lost, back as a new edit (which wins, being newer).
+            const { key, lost } = event;
+            toast(text, ["Keep mine", () => void guard(api.setSetting(key, lost))]);
+        }
+        else if (event.event !== "remote_change")
             toast(text);
     }
     void refresh();

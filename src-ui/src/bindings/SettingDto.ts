@@ -10,6 +10,11 @@ export type SettingDto = { key: string,
  */
 label: string, description: string, value: JsonValue | null, 
 /**
+ * The value as people read it ("on", "15 minutes", "Dark"); `null` for a secret or a
+ * value that has no words (the window then says "set").
+ */
+spoken: string | null, 
+/**
  * Kept on this device only.
  */
 device_only: boolean, 
