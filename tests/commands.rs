@@ -3,129 +3,12 @@
 //! same IPC commands the window calls.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod support;
 
-use lockstep_core::{engine::EngineEvent, keychain::Keychain, report::EventReport};
-use lockstep_desktop::shell::{Launch, Shell};
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
-use tauri::{
-    Manager, WebviewWindow,
-    ipc::{CallbackFn, InvokeBody},
-    test::{INVOKE_KEY, MockRuntime, get_ipc_response, mock_builder, mock_context, noop_assets},
-    webview::InvokeRequest,
-};
-
-/// A lockstep-cloud on its own runtime and thread, in a temporary directory.
-struct Cloud {
-    server: lockstep_cloud::embedded::EmbeddedCloud,
-    _dir: tempfile::TempDir,
-}
-
-impl Cloud {
-    fn start() -> Cloud {
-        let dir = tempfile::tempdir().unwrap();
-        let server =
-            lockstep_cloud::embedded::EmbeddedCloud::start(dir.path(), Arc::new(|c| c.dev = true))
-                .unwrap();
-        Cloud { server, _dir: dir }
-    }
-}
-
-/// One app instance: its mock window and the engine events its shell forwarded.
-struct Instance {
-    window: WebviewWindow<MockRuntime>,
-    events: Arc<Mutex<Vec<EventReport>>>,
-    _app: tauri::App<MockRuntime>,
-}
-
-impl Instance {
-    fn start(base: &Path, profile: &str) -> Instance {
-        Keychain::use_mock_store();
-        let launch = Launch {
-            name: profile.into(),
-            home: Some(base.to_owned()),
-            ..Launch::default()
-        };
-        let app = mock_builder()
-            .manage(Shell::new(launch))
-            .invoke_handler(lockstep_desktop::handler!())
-            .build(mock_context(noop_assets()))
-            .unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let seen = events.clone();
-        app.state::<Shell>()
-            .set_sink(Arc::new(move |_, event: &EngineEvent| {
-                seen.lock().unwrap().push(EventReport::from(event));
-            }));
-        let window = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
-            .build()
-            .unwrap();
-        Instance {
-            window,
-            events,
-            _app: app,
-        }
-    }
-
-    fn call(&self, cmd: &str, args: Value) -> Result<Value, Value> {
-        let request = InvokeRequest {
-            cmd: cmd.into(),
-            callback: CallbackFn(0),
-            error: CallbackFn(1),
-            url: "tauri://localhost".parse().unwrap(),
-            body: InvokeBody::Json(args),
-            headers: Default::default(),
-            invoke_key: INVOKE_KEY.to_string(),
-        };
-        get_ipc_response(&self.window, request).map(|body| body.deserialize::<Value>().unwrap())
-    }
-
-    fn ok(&self, cmd: &str, args: Value) -> Value {
-        self.call(cmd, args.clone())
-            .unwrap_or_else(|e| panic!("{cmd} {args}: {e}"))
-    }
-
-    /// Waits (up to 20 s) until `pred` holds for some forwarded event.
-    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| pred(&serde_json::to_value(e).unwrap()));
-            if found {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what}; saw {:?}",
-                self.events.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn setting(&self, key: &str) -> Value {
-        let all = self.ok("settings", json!({}));
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["key"] == key)
-            .cloned()
-            .unwrap_or(Value::Null)
-    }
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-        + &format!("-{:?}", Instant::now()).replace(|c: char| !c.is_ascii_alphanumeric(), "")[..6]
-}
+use support::{Cloud, Instance, confirm_email, totp_code, unique};
 
 #[test]
 fn two_instances_sync_through_the_commands_and_a_revoked_one_is_signed_out() {
@@ -488,23 +371,6 @@ fn a_setting_history_lists_its_versions_and_a_restore_syncs() {
         a.ok("setting_history", json!({"key": "appearance.theme"}))
     );
     assert_eq!(shared[0]["changed_by"], "this device", "{shared}");
-}
-
-/// Opens the link mailed to `email`, as its owner would in a browser.
-fn confirm_email(cloud: &Cloud, email: &str) {
-    let link = cloud.server.newest_link(email).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let landed = runtime.block_on(reqwest::get(link)).unwrap();
-    assert!(landed.status().is_success(), "{}", landed.status());
-}
-
-/// The code of `secret` `offset` steps from now.
-fn totp_code(secret: &str, offset: i64) -> String {
-    let now = lockstep_core::clock_ms() / 1000 + offset * 30;
-    lockstep_core::totp::code_at(secret, u64::try_from(now).unwrap()).unwrap()
 }
 
 /// Regression (issue 15): with "ask for a code when the app starts" on, the restarted app

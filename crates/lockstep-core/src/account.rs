@@ -247,6 +247,19 @@ impl Engine {
         Ok(())
     }
 
+    /// The authenticator secret this device holds, or an error saying so and what to do
+    /// (`instead`).
+    pub(crate) async fn offline_secret(&self, instead: &str) -> Result<String, EngineError> {
+        self.keychain()
+            .get(SecretKind::TotpSecret)
+            .await?
+            .ok_or_else(|| {
+                EngineError::State(format!(
+                    "this device holds no authenticator secret: {instead}"
+                ))
+            })
+    }
+
     /// Whether this device can check codes offline (it holds the secret).
     pub async fn has_offline_secret(&self) -> Result<bool, EngineError> {
         Ok(self.keychain().get(SecretKind::TotpSecret).await?.is_some())
@@ -255,15 +268,7 @@ impl Engine {
     /// Checks a code against the secret in this device's keychain, with no network (the app
     /// lock). A code accepted once is not accepted again.
     pub async fn check_code_offline(&self, code: &str) -> Result<bool, EngineError> {
-        let secret = self
-            .keychain()
-            .get(SecretKind::TotpSecret)
-            .await?
-            .ok_or_else(|| {
-                EngineError::State(
-                    "this device holds no authenticator secret: verify a code online first".into(),
-                )
-            })?;
+        let secret = self.offline_secret("verify a code online first").await?;
         let now = u64::try_from(self.now_ms() / 1000).unwrap_or(0);
         self.codes
             .check(&secret, code, now)

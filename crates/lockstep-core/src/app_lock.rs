@@ -12,7 +12,6 @@
 
 use crate::{
     engine::{Engine, EngineError},
-    keychain::SecretKind,
     totp,
     typed::keys,
 };
@@ -155,15 +154,8 @@ impl Engine {
     /// keychain, under the back-off rules.
     pub async fn unlock_with_code(&self, code: &str) -> Result<Unlock, EngineError> {
         let secret = self
-            .keychain()
-            .get(SecretKind::TotpSecret)
-            .await?
-            .ok_or_else(|| {
-                EngineError::State(
-                    "this device holds no authenticator secret: use a recovery code or sign out"
-                        .into(),
-                )
-            })?;
+            .offline_secret("use a recovery code or sign out")
+            .await?;
         let now = self.now_ms();
         let unix_secs = u64::try_from(now / 1000).unwrap_or(0);
         let code = code.to_owned();
