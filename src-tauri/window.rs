@@ -92,15 +92,22 @@ pub fn state_file(launch: &Launch) -> Option<String> {
     Some(profile_dir(launch)?.join(STATE_FILE).to_str()?.to_owned())
 }
 
+/// What of the window is kept: size, position and maximised (not visibility, which closing to
+/// the tray changes, nor decorations or full screen).
+fn geometry() -> tauri_plugin_window_state::StateFlags {
+    use tauri_plugin_window_state::StateFlags;
+    StateFlags::SIZE | StateFlags::POSITION | StateFlags::MAXIMIZED
+}
+
 /// The window-state plugin for this launch's profile: size, position and maximised (not
 /// visibility, which closing to the tray changes, nor decorations or full screen).
 pub fn state_plugin<R: Runtime>(launch: &Launch) -> Option<tauri::plugin::TauriPlugin<R>> {
-    use tauri_plugin_window_state::{Builder, StateFlags};
+    use tauri_plugin_window_state::Builder;
     let file = state_file(launch)?;
     Some(
         Builder::new()
             .with_filename(file)
-            .with_state_flags(StateFlags::SIZE | StateFlags::POSITION | StateFlags::MAXIMIZED)
+            .with_state_flags(geometry())
             .build(),
     )
 }
@@ -138,6 +145,14 @@ pub fn show_main<R: Runtime>(app: &AppHandle<R>) {
 /// [`close_action`]). Without a tray (logged once at start) the close goes ahead; with one the
 /// close is held while the setting and the tray host are read, off the event loop.
 pub fn on_event<R: Runtime>(window: &tauri::Window<R>, event: &tauri::WindowEvent) {
+    if matches!(
+        event,
+        tauri::WindowEvent::Moved(_) | tauri::WindowEvent::Resized(_)
+    ) && window.label() == MAIN
+    {
+        save_geometry_soon(window.app_handle());
+        return;
+    }
     let tauri::WindowEvent::CloseRequested { api, .. } = event else {
         return;
     };
@@ -149,6 +164,28 @@ pub fn on_event<R: Runtime>(window: &tauri::Window<R>, event: &tauri::WindowEven
         return;
     };
     tauri::async_runtime::spawn(close_or_hide(window));
+}
+
+/// Writes the window's size and position half a second after it last moved or changed size.
+/// The window-state plugin writes them only when the app exits normally; a crash, a kill or a
+/// session ending would otherwise lose where the user put the window.
+fn save_geometry_soon<R: Runtime>(app: &tauri::AppHandle<R>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MOVES: AtomicU64 = AtomicU64::new(0);
+    let this = MOVES.fetch_add(1, Ordering::SeqCst) + 1;
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if MOVES.load(Ordering::SeqCst) != this {
+            return;
+        }
+        tauri::async_runtime::spawn_blocking(move || {
+            use tauri_plugin_window_state::AppHandleExt as _;
+            if let Err(error) = app.save_window_state(geometry()) {
+                tracing::debug!(%error, "could not save where the window is");
+            }
+        });
+    });
 }
 
 async fn close_or_hide<R: Runtime>(window: WebviewWindow<R>) {

@@ -91,6 +91,8 @@ struct Instance {
     left: u32,
     /// The app's log (through its driver's output), shown when a step fails.
     log: PathBuf,
+    /// Where the window opened (x, y, width, height), before this test placed it.
+    opened_at: (u64, u64, u64, u64),
     _driver: Guard,
 }
 
@@ -159,6 +161,10 @@ impl Instance {
                 Err(e) => panic!("{name}: no WebDriver session within 30 s: {e}"),
             }
         };
+        let opened_at = client
+            .get_window_rect()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: could not read where the window opened: {e}"));
         client
             .set_window_rect(left, 0, WINDOW.0, WINDOW.1)
             .await
@@ -168,6 +174,7 @@ impl Instance {
             client,
             left,
             log,
+            opened_at,
             _driver: driver,
         }
     }
@@ -404,6 +411,23 @@ fn decode_qr(svg: &str) -> String {
         .expect("zbarimg (zbar-tools)");
     assert!(decoded.status.success(), "zbarimg found no QR code");
     String::from_utf8(decoded.stdout).unwrap().trim().to_owned()
+}
+
+/// The first file named `name` under `dir` whose path contains `within`, if any.
+fn find_file(dir: &Path, name: &str, within: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name, within) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name)
+            && path.to_string_lossy().contains(within)
+        {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// WebDriver's key codes.
@@ -913,7 +937,17 @@ async fn two_devices_in_real_windows() {
         .await;
         // The window saves its view on its own time: let it.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // Somewhere else on the display, at another size: where the next start opens it
+        // (issue 15: the window forgot its size and position).
+        let placed = (37 + 10 * n as u32, 23, 980, 690);
+        a.client
+            .set_window_rect(placed.0, placed.1, placed.2, placed.3)
+            .await
+            .unwrap();
+        // The app writes where its window is half a second after it last moved.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         a.client.clone().close().await.unwrap();
+        let left_log = a.log.clone();
         drop(a);
         // Closing the session ends the app: give it a moment to let go of the profile.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -926,6 +960,24 @@ async fn two_devices_in_real_windows() {
             home.path(),
         )
         .await;
+        // (From the second restart: the first instance of A started before its profile existed,
+        // so had nowhere to keep its place.)
+        assert!(
+            n == 0
+                || a.opened_at
+                    == (
+                        u64::from(placed.0),
+                        u64::from(placed.1),
+                        u64::from(placed.2),
+                        u64::from(placed.3)
+                    ),
+            "the window opens where and as large as it was left: {:?}, not {placed:?}\n\
+             the window state kept: {:?}\nthe closed instance's log:\n{}",
+            a.opened_at,
+            find_file(home.path(), "window-state.json", &format!("e2e-a-{suffix}"))
+                .map(|p| (p.clone(), std::fs::read_to_string(p))),
+            std::fs::read_to_string(&left_log).unwrap_or_default()
+        );
         a.wait("#lock-screen").await;
         // Long enough for a late view to paint over it, as it did.
         tokio::time::sleep(Duration::from_secs(2)).await;
