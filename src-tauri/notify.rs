@@ -40,6 +40,8 @@ use serde_json::Value;
 /// than this (a streamed batch, the pages of a catch-up) make one note, released once none came
 /// for this long.
 pub const SETTLE_MS: i64 = 1_000;
+/// The longest a burst is held: a steady trickle of changes is told at least this often.
+pub const LONGEST_HOLD_MS: i64 = 10_000;
 
 /// The user's notification settings (`notifications.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,8 @@ pub struct Notifier {
     burst: Vec<Waiting>,
     /// When the newest change of the burst came.
     last_at_ms: i64,
+    /// When the waiting burst began.
+    first_at_ms: i64,
     /// The settings changed while locked: their keys, nothing else.
     held: BTreeSet<String>,
 }
@@ -179,15 +183,20 @@ impl Notifier {
         if self.locked {
             self.held.insert(waiting.key);
         } else {
+            if self.burst.is_empty() {
+                self.first_at_ms = now_ms;
+            }
             self.burst.push(waiting);
             self.last_at_ms = now_ms;
         }
         notes
     }
 
-    /// When the waiting burst is due (Unix milliseconds); `None` when nothing waits.
+    /// When the waiting burst is due (Unix milliseconds): [`SETTLE_MS`] after its last change,
+    /// and at most [`LONGEST_HOLD_MS`] after its first; `None` when nothing waits.
     pub fn due_at(&self) -> Option<i64> {
-        (!self.burst.is_empty()).then_some(self.last_at_ms + SETTLE_MS)
+        (!self.burst.is_empty())
+            .then(|| (self.last_at_ms + SETTLE_MS).min(self.first_at_ms + LONGEST_HOLD_MS))
     }
 
     /// The notes due at `now_ms`: the burst, once no change came for [`SETTLE_MS`]. A change
@@ -655,6 +664,25 @@ mod tests {
         let notes = notifier.take(&on, HERE, 0);
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].body, "Turned on from Device 1");
+    }
+
+    #[test]
+    fn a_steady_trickle_of_changes_is_told_at_least_every_ten_seconds() {
+        let mut notifier = Notifier::new();
+        let mut told = Vec::new();
+        // A change every half second for 25 s: the burst never settles.
+        for i in 0..50 {
+            let at = i * 500;
+            told.extend(notifier.release(at).into_iter().map(|_| at));
+            let change = change(
+                &format!("custom.k{i}"),
+                json!(i),
+                Some("Work laptop"),
+                Arrival::Live,
+            );
+            assert_eq!(notifier.take(&change, HERE, at), []);
+        }
+        assert_eq!(told, [LONGEST_HOLD_MS, 2 * LONGEST_HOLD_MS]);
     }
 
     #[test]
