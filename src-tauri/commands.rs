@@ -125,12 +125,7 @@ pub async fn connect(
     anon_key: String,
     device_name: String,
 ) -> Answer<()> {
-    if shell.is_locked() {
-        return Err(ErrorDto::new(
-            ErrorCode::Locked,
-            "Lockstep is locked: enter a code from your authenticator app",
-        ));
-    }
+    shell.unlocked()?;
     if let Ok(engine) = shell.engine().await
         && engine.session().is_signed_in().await.unwrap_or(false)
     {

@@ -289,13 +289,19 @@ impl Shell {
     /// The engine, or `NotConnected`, or `Locked` while the app lock is on: what every
     /// command that reads or changes anything goes through.
     pub async fn engine(&self) -> Result<Arc<Engine>, ErrorDto> {
+        self.unlocked()?;
+        self.engine_while_locked().await
+    }
+
+    /// The gate: `Locked` while the app lock is on.
+    pub fn unlocked(&self) -> Result<(), ErrorDto> {
         if self.is_locked() {
             return Err(ErrorDto::new(
                 ErrorCode::Locked,
                 "Lockstep is locked: enter a code from your authenticator app",
             ));
         }
-        self.engine_while_locked().await
+        Ok(())
     }
 
     /// The engine even while locked: only for unlocking, signing out and the lock screen.

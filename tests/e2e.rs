@@ -332,6 +332,26 @@ impl Instance {
         panic!("{}: Tab never reached #{id}", self.name);
     }
 
+    /// Sends the IPC command `cmd` (no arguments) from the page, as its script could: its answer,
+    /// or the error it was refused with (`no_answer` after 5 s, `webdriver` when the page could
+    /// not be reached).
+    async fn invoke(&self, cmd: &str) -> Result<Value, Value> {
+        let answer = self
+            .client
+            .execute_async(
+                "const [cmd, done] = arguments; \
+                 setTimeout(() => done({ err: { code: 'no_answer' } }), 5000); \
+                 window.__TAURI__.core.invoke(cmd).then((ok) => done({ ok }), (err) => done({ err }));",
+                vec![json!(cmd)],
+            )
+            .await
+            .map_err(|e| json!({ "code": "webdriver", "message": e.to_string() }))?;
+        match answer.get("err") {
+            Some(err) => Err(err.clone()),
+            None => Ok(answer.get("ok").cloned().unwrap_or(Value::Null)),
+        }
+    }
+
     /// What the window shows, for a failure's message: a screenshot (`failed-<name>.png`) and
     /// the page's text, or why it could not be read.
     async fn diagnose(&self) -> String {
@@ -348,15 +368,7 @@ impl Instance {
             Ok(text) => format!("the window shows:\n{}", text.as_str().unwrap_or_default()),
             Err(error) => format!("the window's text could not be read: {error:?}"),
         };
-        let status = self
-            .client
-            .execute_async(
-                "const done = arguments[arguments.length - 1]; \
-                 setTimeout(() => done('no answer in 5 s'), 5000); \
-                 window.__TAURI__.core.invoke('status').then((s) => done(JSON.stringify(s)), (e) => done('error ' + JSON.stringify(e)));",
-                vec![],
-            )
-            .await;
+        let status = self.invoke("status").await;
         let page = format!("{page}\nthe shell's status: {status:?}");
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(80).collect();
@@ -987,16 +999,8 @@ async fn two_devices_in_real_windows() {
             "only the lock screen",
         )
         .await;
-        let refused = a
-            .client
-            .execute_async(
-                "const done = arguments[arguments.length - 1]; \
-                 window.__TAURI__.core.invoke('devices').then(() => done('answered'), (e) => done(e.code));",
-                vec![],
-            )
-            .await
-            .unwrap();
-        assert_eq!(refused, json!("locked"), "devices over IPC while locked");
+        let refused = a.invoke("devices").await.unwrap_err();
+        assert_eq!(refused["code"], "locked", "devices over IPC while locked");
         a.shot(&format!("13-a-locked-{}", n + 1)).await;
         if n == 0 {
             a.accessible("the lock screen").await;
